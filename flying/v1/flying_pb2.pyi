@@ -1,0 +1,243 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PreemptMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOFT: _ClassVar[PreemptMode]
+    HARD: _ClassVar[PreemptMode]
+SOFT: PreemptMode
+HARD: PreemptMode
+
+class SamplingParams(_message.Message):
+    __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    ignore_eos: bool
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ...) -> None: ...
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "priority", "instance")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt: str
+    prompt_token_ids: TokenIds
+    sampling: SamplingParams
+    priority: int
+    instance: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("token_ids", "text")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    text: str
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Complete(_message.Message):
+    __slots__ = ("finish_reason", "usage", "ttft_ms", "queue_ms", "request_id", "served_by")
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    finish_reason: str
+    usage: Usage
+    ttft_ms: float
+    queue_ms: float
+    request_id: str
+    served_by: str
+    def __init__(self, finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., ttft_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., request_id: _Optional[str] = ..., served_by: _Optional[str] = ...) -> None: ...
+
+class GenerateResponse(_message.Message):
+    __slots__ = ("chunk", "complete")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    chunk: Chunk
+    complete: Complete
+    def __init__(self, chunk: _Optional[_Union[Chunk, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ...) -> None: ...
+
+class AbortRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class AbortResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class ReconfigureRequest(_message.Message):
+    __slots__ = ("instance_sizes", "mode", "deadline_ms", "node")
+    INSTANCE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    instance_sizes: _containers.RepeatedScalarFieldContainer[int]
+    mode: PreemptMode
+    deadline_ms: float
+    node: str
+    def __init__(self, instance_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[_Union[PreemptMode, str]] = ..., deadline_ms: _Optional[float] = ..., node: _Optional[str] = ...) -> None: ...
+
+class ReconfigureResponse(_message.Message):
+    __slots__ = ("instance_sizes", "switch_ms", "migrated", "recomputed", "drained", "kv_bytes_moved")
+    INSTANCE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_MS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATED_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    DRAINED_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_MOVED_FIELD_NUMBER: _ClassVar[int]
+    instance_sizes: _containers.RepeatedScalarFieldContainer[int]
+    switch_ms: float
+    migrated: int
+    recomputed: int
+    drained: int
+    kv_bytes_moved: int
+    def __init__(self, instance_sizes: _Optional[_Iterable[int]] = ..., switch_ms: _Optional[float] = ..., migrated: _Optional[int] = ..., recomputed: _Optional[int] = ..., drained: _Optional[int] = ..., kv_bytes_moved: _Optional[int] = ...) -> None: ...
+
+class StepCost(_message.Message):
+    __slots__ = ("batch_size", "decode_ms")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    decode_ms: float
+    def __init__(self, batch_size: _Optional[int] = ..., decode_ms: _Optional[float] = ...) -> None: ...
+
+class LayoutCost(_message.Message):
+    __slots__ = ("tp_size", "prefill_ms_per_token", "decode")
+    TP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_MS_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
+    tp_size: int
+    prefill_ms_per_token: float
+    decode: _containers.RepeatedCompositeFieldContainer[StepCost]
+    def __init__(self, tp_size: _Optional[int] = ..., prefill_ms_per_token: _Optional[float] = ..., decode: _Optional[_Iterable[_Union[StepCost, _Mapping]]] = ...) -> None: ...
+
+class InstanceStatus(_message.Message):
+    __slots__ = ("index", "workers", "tp_size", "waiting", "running", "kv_blocks_total", "kv_blocks_used", "max_context_tokens", "available")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    TP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    KV_BLOCKS_USED_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    workers: _containers.RepeatedScalarFieldContainer[int]
+    tp_size: int
+    waiting: int
+    running: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    max_context_tokens: int
+    available: bool
+    def __init__(self, index: _Optional[int] = ..., workers: _Optional[_Iterable[int]] = ..., tp_size: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., kv_blocks_used: _Optional[int] = ..., max_context_tokens: _Optional[int] = ..., available: _Optional[bool] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("index", "name", "memory_total_bytes", "memory_used_bytes", "nvlink_peers")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NVLINK_PEERS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    memory_total_bytes: int
+    memory_used_bytes: int
+    nvlink_peers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., memory_total_bytes: _Optional[int] = ..., memory_used_bytes: _Optional[int] = ..., nvlink_peers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Topology(_message.Message):
+    __slots__ = ("kind", "devices", "note")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    note: str
+    def __init__(self, kind: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node", "model", "num_workers", "instance_sizes", "instances", "possible_tp_sizes", "topology", "costs", "state", "block_size", "switches", "restarts", "max_model_len")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    POSSIBLE_TP_SIZES_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    COSTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    model: str
+    num_workers: int
+    instance_sizes: _containers.RepeatedScalarFieldContainer[int]
+    instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
+    possible_tp_sizes: _containers.RepeatedScalarFieldContainer[int]
+    topology: Topology
+    costs: _containers.RepeatedCompositeFieldContainer[LayoutCost]
+    state: str
+    block_size: int
+    switches: int
+    restarts: int
+    max_model_len: int
+    def __init__(self, node: _Optional[str] = ..., model: _Optional[str] = ..., num_workers: _Optional[int] = ..., instance_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., possible_tp_sizes: _Optional[_Iterable[int]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[LayoutCost, _Mapping]]] = ..., state: _Optional[str] = ..., block_size: _Optional[int] = ..., switches: _Optional[int] = ..., restarts: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,35 @@
+"""Frozen configuration of a worker group (per-rank variants with dataclasses.replace)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    model: str                          # HF folder
+    num_workers: int = 2
+    device: str = "cpu"                 # cpu | cuda
+    dtype: str = "auto"                 # auto | float32 | bfloat16 | float16
+    layout: tuple[int, ...] = ()        # () : all workers as replicas
+    kv_bytes: int = 256 << 20           # physical KV pool per worker
+    block_size: int = 32                # tokens per DP block (CPU attention: a multiple of 32)
+    max_model_len: int = 2048
+    max_queue: int = 256                # waiting requests per group before ResourceExhausted
+    max_batch_tokens: int = 512         # token budget of one instance step (chunked prefill)
+    max_running: int = 32               # running requests per instance
+    seed: int = 0
+    threads_per_worker: int = 1         # CPU: torch threads per worker process
+    soft_bound_s: float = 30.0          # SOFT switch: in-flight work gets this long, then HARD
+    # test hooks: extra seconds each worker sleeps before every step (skew injection)
+    worker_delays: tuple[float, ...] = ()
+    profile: bool = True                # measure the per-layout cost profile at warm-up
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What one worker process needs; made from GroupConfig with rank and addresses."""
+    group: GroupConfig
+    rank: int
+    dist_port: int
+    cpu_ids: tuple[int, ...] = field(default=())
+    delay_s: float = 0.0

@@ -1,0 +1,130 @@
+"""Typed messages of the worker group, in one place.
+
+Plain dataclasses only: no gRPC, no proto, no torch. The agent converts proto <-> these at its
+edge (agent/convert.py); the router's policy reads the status types.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PreemptMode(enum.Enum):
+    SOFT = "soft"  # in-flight requests on changing instances finish first, then switch
+    HARD = "hard"  # switch now; in-flight requests move with their KV (head-group exchange)
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"      # EOS or a stop string
+    LENGTH = "length"  # max_tokens or the instance's context
+    ABORT = "abort"    # client cancel / deadline / operator
+    ERROR = "error"    # the worker serving it died (see Finished.error)
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0          # 0: off
+    seed: int | None = None  # None: the group draws one, so replays stay exact across switches
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingSpec = SamplingSpec()
+    priority: int = 0           # lower runs first (vLLM's convention)
+    instance: int | None = None  # pin to an instance of the current layout; None: the group picks
+
+
+# ---------------------------------------------------------------- events to the caller
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    request_id: str
+    token_ids: tuple[int, ...]
+    instance: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: str
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    queue_ms: float
+    instance: int
+    error: str = ""
+
+
+Event = TokenEvent | Finished
+
+
+# ---------------------------------------------------------------- switching
+
+
+@dataclass(frozen=True)
+class SwitchReport:
+    layout: tuple[int, ...]
+    switch_ms: float
+    migrated: int = 0      # requests whose KV moved by the head-group exchange
+    recomputed: int = 0    # requests resumed by recomputing their KV (fallback)
+    drained: int = 0       # requests that finished on the old layout (SOFT)
+    kv_bytes_moved: int = 0
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    index: int
+    workers: tuple[int, ...]
+    waiting: int
+    running: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    max_context_tokens: int
+    available: bool = True
+
+    @property
+    def tp_size(self) -> int:
+        return len(self.workers)
+
+
+@dataclass(frozen=True)
+class LayoutCost:
+    """Measured cost of one TP size: prefill ms per token, decode ms per step by batch size."""
+    tp_size: int
+    prefill_ms_per_token: float
+    decode_ms: dict[int, float] = field(default_factory=dict)
+
+    def decode_at(self, batch: int) -> float:
+        if not self.decode_ms:
+            return 0.0
+        sizes = sorted(self.decode_ms)
+        below = [b for b in sizes if b <= batch]
+        return self.decode_ms[below[-1] if below else sizes[0]]
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    state: str                      # warming | serving | switching | draining | restarting | failed
+    layout: tuple[int, ...]
+    instances: tuple[InstanceStatus, ...]
+    possible_tp_sizes: tuple[int, ...]
+    block_size: int
+    max_model_len: int
+    costs: tuple[LayoutCost, ...] = ()
+    switches: int = 0
+    restarts: int = 0

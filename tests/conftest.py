@@ -1,0 +1,22 @@
+"""Shared fixtures: test checkpoints are built once into .models/ (never committed)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("FLYING_LOG_LEVEL", "WARNING")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the slow tests (4 workers, SmolLM2)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow") or os.environ.get("FLYING_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow or FLYING_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
