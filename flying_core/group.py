@@ -1,8 +1,8 @@
 """WorkerGroup: the Python API the agent drives (no gRPC, no proto).
 
     group = WorkerGroup(GroupConfig(model=..., num_workers=2))
-    group.start()                        # spawns workers, waits until every layout is warm
-    group.submit(RequestSpec(...), on_event)   # on_event(TokenEvent | Finished), group thread
+    group.start()                                 # spawns workers, waits until every layout is warm
+    group.submit(RequestSpec(...), on_event)      # on_event(TokenEvent | Finished), driver thread
     group.abort(request_id) -> bool
     group.reconfigure((2,), PreemptMode.HARD, timeout_s=5.0) -> SwitchReport   (blocking)
     group.status() -> GroupStatus
@@ -10,44 +10,257 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing as mp
+import os
+import random
+import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 
-from flying_core.config import GroupConfig
-from flying_core.messages import Event, GroupStatus, PreemptMode, RequestSpec, SwitchReport
+from flying import logs
+from flying_core import layout as lay
+from flying_core.config import GroupConfig, WorkerConfig
+from flying_core.driver import Driver
+from flying_core.driver_state import PendingSwitch
+from flying_core.errors import (
+    Aborted,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from flying_core.messages import (
+    Event,
+    GroupStatus,
+    PreemptMode,
+    ProbeCmd,
+    RequestSpec,
+    StopCmd,
+    SwitchReport,
+)
+from flying_core.request import Detokenizer, Request
+from flying_core.worker import worker_main
 
 
-class WorkerGroup:  # interface; implementation lands in this module
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_ids(rank: int) -> tuple[int, ...]:
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return (cpus[rank % len(cpus)],) if cpus else ()
+
+
+class WorkerGroup:
     def __init__(self, cfg: GroupConfig):
         self.cfg = cfg
+        self.log = logs.get("flying.group")
+        self.procs: list = []
+        self.conns: list = []
+        self.driver: Driver | None = None
+        self._thread: threading.Thread | None = None
+        self._switch_lock = threading.Lock()
+        self._tokenizer = None
+        self.info: dict = {}
+        self.worker_info: list[dict] = []
+        self.startup_s = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout_s: float = 900.0) -> None:
-        raise NotImplementedError
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        for rank in range(cfg.num_workers):
+            parent, child = ctx.Pipe()
+            delay = cfg.worker_delays[rank] if rank < len(cfg.worker_delays) else 0.0
+            wcfg = WorkerConfig(cfg, rank, port, _cpu_ids(rank), delay)
+            p = ctx.Process(target=worker_main, args=(wcfg, child), daemon=True,
+                            name=f"flying-worker{rank}")
+            p.start()
+            child.close()
+            self.procs.append(p)
+            self.conns.append(parent)
+        from transformers import AutoTokenizer
+        self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.worker_info = [self._expect(r, "ready", t0 + timeout_s).info
+                            for r in range(cfg.num_workers)]
+        self.info = self.worker_info[0]
+        layout = lay.validate(cfg.layout or (1,) * cfg.num_workers, cfg.num_workers,
+                              tuple(self.info["sizes"]))
+        self.driver = Driver(cfg, self.conns, [p.sentinel for p in self.procs], self.info,
+                             self._tokenizer, self._eos_ids(), layout)
+        if cfg.profile:
+            self._probe(t0 + timeout_s)
+        self.driver.publish()
+        self._thread = threading.Thread(target=self.driver.run, name="flying-driver",
+                                        daemon=True)
+        self._thread.start()
+        self.startup_s = time.perf_counter() - t0
+        self.log.info("worker group ready", workers=cfg.num_workers, layout=list(layout),
+                      sizes=self.info["sizes"], startup_s=round(self.startup_s, 1),
+                      kv_blocks=self.info["num_blocks"])
 
-    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
-        """Validate and queue. Raises InvalidArgument, ResourceExhausted, Unavailable."""
-        raise NotImplementedError
+    def _expect(self, rank: int, kind: str, deadline: float):
+        conn, proc = self.conns[rank], self.procs[rank]
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                self.shutdown(0)
+                raise Unavailable(f"worker {rank} did not report {kind} in time")
+            if conn.poll(min(left, 1.0)):
+                try:
+                    reply = conn.recv()
+                except (EOFError, OSError):
+                    self.shutdown(0)
+                    raise Unavailable(f"worker {rank} exited during {kind}") from None
+                if reply.kind == "error":
+                    self.shutdown(0)
+                    raise Unavailable(f"worker {rank} failed: {reply.info.get('error')}")
+                return reply
+            if not proc.is_alive():
+                self.shutdown(0)
+                raise Unavailable(f"worker {rank} exited with {proc.exitcode} during {kind}")
 
-    def abort(self, request_id: str) -> bool:
-        raise NotImplementedError
+    def _probe(self, deadline: float) -> None:
+        """Measure every TP size once, all instances of that size together."""
+        for size in self.info["sizes"]:
+            self.driver.ticket += 1
+            cmd = ProbeCmd(self.driver.ticket, size, 64, (1, 4, 16))
+            for conn in self.conns:
+                conn.send(cmd)
+            replies = [self._expect(r, "probe", deadline) for r in range(self.cfg.num_workers)]
+            lead = [r.info for r in replies if r.worker % size == 0]
+            prefill = sum(x["prefill_ms_per_token"] for x in lead) / len(lead)
+            decode = {b: sum(x["decode_ms"][b] for x in lead) / len(lead)
+                      for b in lead[0]["decode_ms"]}
+            self.driver.costs.seed(size, prefill, decode)
 
-    def reconfigure(self, layout: Sequence[int], mode: PreemptMode = PreemptMode.SOFT,
-                    timeout_s: float | None = None) -> SwitchReport:
-        """Raises FailedPrecondition (impossible layout), Aborted (another switch running),
-        DeadlineExceeded."""
-        raise NotImplementedError
+    def _eos_ids(self) -> frozenset[int]:
+        ids = set()
+        if self._tokenizer.eos_token_id is not None:
+            ids.add(self._tokenizer.eos_token_id)
+        try:
+            from transformers import GenerationConfig
+            gen = GenerationConfig.from_pretrained(self.cfg.model).eos_token_id
+            ids |= set(gen if isinstance(gen, list) else [gen] if gen is not None else [])
+        except (OSError, ValueError):
+            pass
+        return frozenset(ids)
 
-    def status(self) -> GroupStatus:
-        raise NotImplementedError
+    def alive(self) -> bool:
+        d = self.driver
+        return bool(d and not d.failed and self._thread and self._thread.is_alive()
+                    and all(p.is_alive() for p in self.procs))
 
-    def kv_blocks_used(self) -> int:
-        raise NotImplementedError
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        if self.driver is not None:
+            self.driver.post(("stop", None))
+            if self._thread:
+                self._thread.join(timeout_s)
+        for conn in self.conns:
+            try:
+                conn.send(StopCmd(-1))
+            except (OSError, BrokenPipeError):
+                pass
+        end = time.perf_counter() + timeout_s
+        for p in self.procs:
+            p.join(max(0.1, end - time.perf_counter()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        self.procs, self.conns = [], []
+
+    # ------------------------------------------------------------------ requests
 
     @property
     def tokenizer(self):
-        raise NotImplementedError
+        return self._tokenizer
 
-    def alive(self) -> bool:
-        raise NotImplementedError
+    def validate(self, spec: RequestSpec) -> None:
+        s, d = spec.sampling, self.driver
+        if not spec.prompt_token_ids:
+            raise InvalidArgument("prompt is empty")
+        vocab = self.info["vocab_size"]
+        if any(t < 0 or t >= vocab for t in spec.prompt_token_ids):
+            raise InvalidArgument(f"prompt token ids must be in [0, {vocab})")
+        if s.max_tokens <= 0:
+            raise InvalidArgument("max_tokens must be > 0")
+        total = len(spec.prompt_token_ids) + s.max_tokens
+        if total > d.max_model_len:
+            raise InvalidArgument(
+                f"prompt ({len(spec.prompt_token_ids)} tokens) + max_tokens ({s.max_tokens}) = "
+                f"{total} exceeds the model's context of {d.max_model_len} tokens")
+        largest = self.driver.pool.num_blocks * self.cfg.num_workers * self.cfg.block_size
+        if total > largest:
+            raise InvalidArgument(f"{total} tokens need more KV than the whole node holds "
+                                  f"({largest} tokens)")
+        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < -1:
+            raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
+        if spec.instance is not None and not 0 <= spec.instance < len(d.layout):
+            raise InvalidArgument(f"instance {spec.instance} does not exist in layout "
+                                  f"{list(d.layout)}")
 
-    def shutdown(self, timeout_s: float = 10.0) -> None:
-        raise NotImplementedError
+    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
+        if not self.alive():
+            raise Unavailable("worker group is not serving" + (
+                f": {self.driver.failed}" if self.driver and self.driver.failed else ""))
+        self.validate(spec)
+        if len(self.driver.requests) + self.driver.inbox.qsize() >= self.cfg.max_queue:
+            raise ResourceExhausted(f"queue full ({self.cfg.max_queue} requests)")
+        if spec.request_id in self.driver.requests:
+            raise InvalidArgument(f"request id {spec.request_id!r} is already in use")
+        seed = spec.sampling.seed if spec.sampling.seed is not None else random.getrandbits(63)
+        if spec.sampling.top_k == -1:
+            spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
+        req = Request(spec, on_event, seed, Detokenizer(self._tokenizer, spec.sampling.stop))
+        self.driver.post(("submit", req))
+
+    def abort(self, request_id: str) -> bool:
+        if self.driver is None or request_id not in self.driver.requests:
+            return False
+        self.driver.post(("abort", request_id))
+        return True
+
+    # ------------------------------------------------------------------ layouts
+
+    def check_layout(self, layout: Sequence[int]) -> tuple[int, ...]:
+        return lay.validate(layout, self.cfg.num_workers, tuple(self.info["sizes"]))
+
+    def reconfigure(self, layout: Sequence[int], mode: PreemptMode = PreemptMode.SOFT,
+                    timeout_s: float | None = None) -> SwitchReport:
+        new = self.check_layout(layout)
+        if not self.alive():
+            raise Unavailable("worker group is not serving")
+        if not self._switch_lock.acquire(blocking=False):
+            raise Aborted("another reconfigure is in progress")
+        try:
+            if new == self.driver.layout:
+                return SwitchReport(new, 0.0)
+            bound = self.cfg.soft_bound_s if timeout_s is None else min(timeout_s,
+                                                                        self.cfg.soft_bound_s)
+            p = PendingSwitch(new, mode, time.perf_counter() + bound)
+            self.driver.post(("switch", p))
+            wait_s = (timeout_s if timeout_s is not None else self.cfg.soft_bound_s) + 60
+            if not p.done.wait(wait_s):
+                raise DeadlineExceeded(f"switch to {list(new)} did not finish in {wait_s:.0f}s")
+            if p.error:
+                raise p.error
+            self.log.info("layout switched", layout=list(new), mode=mode.value,
+                          switch_ms=round(p.report.switch_ms, 2), migrated=p.report.migrated,
+                          drained=p.report.drained, kv_bytes=p.report.kv_bytes_moved)
+            return p.report
+        finally:
+            self._switch_lock.release()
+
+    def status(self) -> GroupStatus:
+        return self.driver.status()
+
+    def kv_blocks_used(self) -> int:
+        d = self.driver
+        return d.pool.used(range(self.cfg.num_workers))

@@ -14,7 +14,7 @@ class PreemptMode(enum.Enum):
     HARD = "hard"  # switch now; in-flight requests move with their KV (head-group exchange)
 
 
-class FinishReason(str, enum.Enum):
+class FinishReason(enum.StrEnum):
     STOP = "stop"      # EOS or a stop string
     LENGTH = "length"  # max_tokens or the instance's context
     ABORT = "abort"    # client cancel / deadline / operator
@@ -53,6 +53,7 @@ class TokenEvent:
     request_id: str
     token_ids: tuple[int, ...]
     instance: int
+    text: str = ""          # incremental text (stop strings already applied)
 
 
 @dataclass(frozen=True)
@@ -128,3 +129,67 @@ class GroupStatus:
     costs: tuple[LayoutCost, ...] = ()
     switches: int = 0
     restarts: int = 0
+    unplaced: int = 0               # requests no instance of this layout can hold (or mid-switch)
+    unplaced_max_tokens: int = 0    # the longest of them (prompt + max_tokens)
+    updated: float = 0.0            # wall-clock time of this snapshot
+
+
+# ---------------------------------------------------------------- driver <-> worker
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SeqChunk:
+    """One request's share of an instance step."""
+    request_id: str
+    token_ids: tuple[int, ...]     # tokens whose KV this step computes
+    start: int                     # position of token_ids[0]
+    block_table: tuple[int, ...]   # the instance's TP block ids, in sequence order
+    sample: SampleParams | None    # None: a prefill chunk that does not end the prompt
+
+
+@dataclass(frozen=True)
+class StepCmd:
+    ticket: int                    # the node's step sequence number
+    instance: int
+    first: int                     # the instance's first worker
+    size: int                      # its TP size
+    seqs: tuple[SeqChunk, ...]
+
+
+@dataclass(frozen=True)
+class MoveCmd:
+    ticket: int
+    moves: tuple                   # kv_plan.Move, every worker gets the whole plan
+
+
+@dataclass(frozen=True)
+class ProbeCmd:
+    """Measure this TP size's step costs (all workers of every such instance run it)."""
+    ticket: int
+    size: int
+    prefill_tokens: int
+    decode_batches: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class StopCmd:
+    ticket: int
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    ticket: int
+    worker: int
+    kind: str                      # ready | step | move | probe | error
+    tokens: tuple[tuple[str, int], ...] = ()
+    ms: float = 0.0
+    nbytes: int = 0
+    info: dict = field(default_factory=dict)

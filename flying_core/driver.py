@@ -1,0 +1,233 @@
+"""The node's driver loop: one thread, one global step order, layout changes between steps.
+
+Each turn: take new submissions/aborts/switches, advance a pending switch, start a step on
+every idle instance that has work, then wait for any instance leader's reply. Commands reach
+each worker through its own FIFO pipe in ticket order, and instances of a layout are disjoint,
+so workers skewed in time can never deadlock on a collective.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from multiprocessing.connection import wait
+
+from flying_core import layout as lay
+from flying_core.driver_state import DriverState, PendingSwitch
+from flying_core.errors import Unavailable
+from flying_core.messages import FinishReason, MoveCmd, StepCmd, SwitchReport
+from flying_core.request import Request
+from flying_core.switch import plan_migration
+
+
+class Driver(DriverState):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inbox: queue.Queue = queue.Queue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.stopping = False
+
+    # ------------------------------------------------------------------ called by other threads
+
+    def post(self, item) -> None:
+        self.inbox.put(item)
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        try:
+            while not self.stopping and not self.failed:
+                self.drain_inbox()
+                self.advance_switch()
+                self.dispatch()
+                self.collect(timeout=0.05)
+                self.publish()
+        except Exception as e:  # noqa: BLE001 - a driver bug must not hang callers
+            self.log.exception("driver crashed")
+            self.fail(f"driver error: {type(e).__name__}: {e}")
+        self.publish()
+
+    def drain_inbox(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while True:
+            try:
+                kind, arg = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "submit":
+                self.requests[arg.id] = arg
+                self.place(arg)
+            elif kind == "abort":
+                self.abort(arg)
+            elif kind == "switch":
+                self.begin_switch(arg)
+            elif kind == "stop":
+                self.stopping = True
+
+    def dispatch(self) -> None:
+        paused = self.switch.paused if self.switch else set()
+        for idx, sched in enumerate(self.scheds):
+            if idx in self.inflight or idx in paused:
+                continue
+            batch = sched.schedule()
+            if not batch:
+                continue
+            self.ticket += 1
+            inst = sched.inst
+            cmd = StepCmd(self.ticket, idx, inst.first, inst.size, sched.chunks(batch))
+            now = time.perf_counter()
+            for req, _ in batch:
+                req.in_flight = True
+                req.started = req.started or now
+            for w in inst.workers:
+                self.conns[w].send(cmd)
+            self.inflight[idx] = (self.ticket, batch, now)
+
+    def collect(self, timeout: float) -> None:
+        leaders = {self.conns[self.scheds[i].inst.first]: i for i in self.inflight}
+        ready = wait([*leaders, self._wake_r, *self.sentinels], timeout=timeout)
+        for obj in ready:
+            if obj in self.sentinels:
+                self.fail(f"worker {self.sentinels.index(obj)} died")
+                return
+            if obj in leaders:
+                reply = obj.recv()
+                if reply.kind == "error":
+                    self.fail(f"worker {reply.worker}: {reply.info.get('error')}")
+                    return
+                self.finish_step(leaders[obj], reply)
+
+    def finish_step(self, idx: int, reply) -> None:
+        ticket, batch, t0 = self.inflight.pop(idx)
+        assert reply.ticket == ticket, (reply.ticket, ticket)
+        sched = self.scheds[idx]
+        self.costs.observe(sched.inst.size, batch, reply.ms)
+        tokens = dict(reply.tokens)
+        for req, n in batch:
+            req.in_flight = False
+            req.num_computed += n
+            reason = None
+            if req.aborted:
+                reason = FinishReason.ABORT
+            elif req.id in tokens:
+                reason = req.emit_token(tokens[req.id], idx, self.eos_ids, self.max_model_len)
+            if reason is not None:
+                self.retire(req, reason)
+
+    # ------------------------------------------------------------------ requests
+
+    def place(self, req: Request) -> None:
+        if self.switch and req.spec.instance is None:
+            self.unplaced.append(req)
+            return
+        if req.spec.instance is not None:
+            if req.spec.instance >= len(self.scheds):
+                self.retire(req, FinishReason.ERROR, "instance no longer exists")
+                return
+            self.scheds[req.spec.instance].add(req)
+            return
+        open_ = [s for s in self.scheds if not s.closing and s.fits(req)]
+        if not open_:
+            self.unplaced.append(req)  # waits for a layout whose instances can hold it
+            return
+        best = min(open_, key=lambda s: ((s.load() + 1) / s.inst.size,
+                                         -self.pool.total_free(s.inst.workers)))
+        best.add(req)
+
+    def abort(self, request_id: str) -> None:
+        req = self.requests.get(request_id)
+        if req is None or req.done:
+            return
+        req.aborted = True
+        if req in self.unplaced:
+            self.unplaced.remove(req)
+            self.retire(req, FinishReason.ABORT)
+        elif not req.in_flight:
+            self.retire(req, FinishReason.ABORT)
+        # in flight: retired when its step returns (its KV is being written right now)
+
+    def retire(self, req: Request, reason: FinishReason, error: str = "") -> None:
+        idx = req.instance if req.instance is not None else -1
+        if 0 <= idx < len(self.scheds):
+            self.scheds[idx].remove(req)
+        if req in self.unplaced:
+            self.unplaced.remove(req)
+        self.pool.release(req.homes)
+        req.homes = []
+        self.requests.pop(req.id, None)
+        if self.switch and idx in self.switch.old_changed and reason != FinishReason.ABORT:
+            self.switch.drained += 1
+        req.finish(reason, idx, error)
+
+    # ------------------------------------------------------------------ switching
+
+    def begin_switch(self, p: PendingSwitch) -> None:
+        p.old_changed, _ = lay.changed(self.layout, p.layout)
+        p.t0 = time.perf_counter()
+        self.switch = p
+        self.state = "switching"
+        for idx in p.old_changed:
+            sched = self.scheds[idx]
+            sched.closing = True
+            for req in [r for r in sched.waiting if not r.homes]:
+                sched.waiting.remove(req)
+                self.unplaced.append(req)
+
+    def advance_switch(self) -> None:
+        p = self.switch
+        if p is None:
+            return
+        busy = [r for i in p.old_changed for r in self.scheds[i].running]
+        if p.soft and busy and time.perf_counter() < p.soft_until:
+            return  # SOFT: let in-flight work finish on the old layout
+        p.paused = set(p.old_changed)
+        if any(i in self.inflight for i in p.old_changed):
+            return  # wait for the running step of a retiring instance
+        self.execute_switch(p)
+
+    def execute_switch(self, p: PendingSwitch) -> None:
+        old_insts = lay.instances(self.layout)
+        running = [(r, old_insts[i]) for i in p.old_changed for r in self.scheds[i].running]
+        mig = plan_migration(running, p.layout, self.pool, self.num_kv_heads)
+        nbytes, workers = 0, sorted({w for i in p.old_changed for w in old_insts[i].workers})
+        if mig.moves:
+            self.ticket += 1
+            cmd = MoveCmd(self.ticket, tuple(mig.moves))
+            for w in workers:
+                self.conns[w].send(cmd)
+            for w in workers:
+                reply = self.recv_blocking(w)
+                if reply.kind != "move":
+                    self.fail(f"worker {w}: KV move failed: {reply.info.get('error')}")
+                    return
+                nbytes += reply.nbytes
+        self.pool.release(mig.freed)
+        self.install_layout(p.layout, old_insts, mig)
+        report = SwitchReport(p.layout, (time.perf_counter() - p.t0) * 1e3,
+                              migrated=len(mig.assignments), recomputed=len(mig.recompute),
+                              drained=p.drained, kv_bytes_moved=nbytes)
+        self.switches += 1
+        self.switch = None
+        self.state = "serving"
+        for req in list(self.unplaced):
+            self.unplaced.remove(req)
+            self.place(req)
+        p.resolve(report)
+
+    def recv_blocking(self, worker: int):
+        conn, sentinel = self.conns[worker], self.sentinels[worker]
+        while True:
+            ready = wait([conn, sentinel], timeout=60)
+            if conn in ready:
+                return conn.recv()
+            if sentinel in ready:
+                raise Unavailable(f"worker {worker} died during a switch")

@@ -1,0 +1,82 @@
+"""KV cache adaptor: one physical KV buffer per worker, re-viewed for every TP size.
+
+The buffer is layer-outer and head-major: [L, NB, H, Bs * 2D] (the CPU attention kernel's
+per-layer cache is [num_blocks, num_kv_heads, block_size, 2 * head_size]). The tp=s view of a
+layer is the same bytes as [NB * s, H / s, Bs, 2D]: TP block t = DP block t // s, head slot
+t % s. Nothing is copied to change layout; only heads of in-flight requests move
+(kv_plan.plan_moves), packed before any write so a plan may permute blocks freely.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from flying_core.kv_plan import Move
+
+
+class KVPool:
+    def __init__(self, num_layers: int, num_blocks: int, num_kv_heads: int, block_size: int,
+                 head_size: int, dtype: torch.dtype, device: str = "cpu"):
+        self.L, self.NB, self.H, self.Bs, self.D = (num_layers, num_blocks, num_kv_heads,
+                                                    block_size, head_size)
+        self.buf = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size * 2 * head_size,
+                               dtype=dtype, device=device)
+
+    @staticmethod
+    def blocks_for(kv_bytes: int, num_layers: int, num_kv_heads: int, block_size: int,
+                   head_size: int, dtype: torch.dtype) -> int:
+        per_block = num_layers * num_kv_heads * block_size * 2 * head_size * dtype.itemsize
+        return max(1, kv_bytes // per_block)
+
+    @property
+    def nbytes(self) -> int:
+        return self.buf.numel() * self.buf.element_size()
+
+    def layer_views(self, tp_size: int) -> list[torch.Tensor]:
+        """Per-layer KV caches for a tp_size instance: views, never copies."""
+        shape = (self.NB * tp_size, self.H // tp_size, self.Bs, 2 * self.D)
+        return [self.buf[i].view(shape) for i in range(self.L)]
+
+    def block_bytes_per_head(self) -> int:
+        return self.L * self.Bs * 2 * self.D * self.buf.element_size()
+
+    # ------------------------------------------------------------------ moving heads
+
+    def _pack(self, moves: list[Move]) -> torch.Tensor:
+        parts = [self.buf[:, m.src_block, m.src_pos:m.src_pos + m.n] for m in moves]
+        return torch.cat(parts, dim=1).contiguous()
+
+    def _unpack(self, packed: torch.Tensor, moves: list[Move]) -> None:
+        off = 0
+        for m in moves:
+            self.buf[:, m.dst_block, m.dst_pos:m.dst_pos + m.n] = packed[:, off:off + m.n]
+            off += m.n
+
+    def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
+                 group) -> int:
+        """Carry out this worker's part of a move plan; returns bytes received.
+
+        Every outgoing (and local) run is packed first, then point-to-point sends and
+        receives over `group` (the world's gloo group on CPU), then every write."""
+        packed = {dst: self._pack(ms) for dst, ms in sends.items()}
+        inbox: dict[int, torch.Tensor] = {}
+        reqs = []
+        for dst, t in packed.items():
+            if dst != me:
+                reqs.append(dist.isend(t, dst, group=group))
+        for src, ms in recvs.items():
+            if src == me:
+                inbox[src] = packed[me]
+                continue
+            n = sum(m.n for m in ms)
+            inbox[src] = torch.empty((self.L, n, self.buf.shape[-1]), dtype=self.buf.dtype,
+                                     device=self.buf.device)
+            reqs.append(dist.irecv(inbox[src], src, group=group))
+        for r in reqs:
+            r.wait()
+        received = 0
+        for src, ms in recvs.items():
+            self._unpack(inbox[src], ms)
+            if src != me:
+                received += inbox[src].numel() * inbox[src].element_size()
+        return received

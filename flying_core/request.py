@@ -1,0 +1,125 @@
+"""A request's state on the driver: tokens, KV homes, timing, incremental text and stops."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flying_core.kv_plan import Home
+from flying_core.messages import (
+    Event,
+    Finished,
+    FinishReason,
+    RequestSpec,
+    SampleParams,
+    TokenEvent,
+)
+
+
+class Detokenizer:
+    """Incremental text with stop strings; holds back text that could still become a stop."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...]):
+        self.tok, self.stops = tokenizer, stops
+        self.ids: list[int] = []
+        self.sent = 0           # characters already emitted
+        self.hold = max((len(s) for s in stops), default=1) - 1
+
+    def add(self, token: int) -> tuple[str, bool]:
+        """(new text to emit, hit a stop string)."""
+        self.ids.append(token)
+        if self.tok is None:
+            return "", False
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stops:
+            at = text.find(stop, max(0, self.sent - len(stop)))
+            if at >= 0:
+                out = text[self.sent:at] if at > self.sent else ""
+                self.sent = max(self.sent, at)
+                return out, True
+        if text.endswith("\ufffd"):
+            return "", False
+        upto = max(self.sent, len(text) - self.hold)
+        out, self.sent = text[self.sent:upto], upto
+        return out, False
+
+    def flush(self) -> str:
+        if self.tok is None:
+            return ""
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        out, self.sent = text[self.sent:], len(text)
+        return out
+
+
+@dataclass(eq=False)
+class Request:
+    spec: RequestSpec
+    on_event: Callable[[Event], None]
+    seed: int
+    detok: Detokenizer
+    tokens: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    homes: list[Home] = field(default_factory=list)
+    home: int | None = None          # preferred worker for new blocks
+    instance: int | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    started: float | None = None     # first scheduled
+    first_token: float | None = None
+    in_flight: bool = False
+    aborted: bool = False
+    done: bool = False
+    preemptions: int = 0
+
+    def __post_init__(self):
+        if not self.tokens:
+            self.tokens = list(self.spec.prompt_token_ids)
+
+    @property
+    def id(self) -> str:
+        return self.spec.request_id
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.spec.prompt_token_ids)
+
+    @property
+    def num_output(self) -> int:
+        return len(self.tokens) - self.num_prompt
+
+    @property
+    def key(self):
+        return (self.spec.priority, self.arrival)
+
+    def max_len(self) -> int:
+        return self.num_prompt + self.spec.sampling.max_tokens
+
+    def sample_params(self) -> SampleParams:
+        s = self.spec.sampling
+        return SampleParams(s.temperature, s.top_p, s.top_k, self.seed)
+
+    def emit_token(self, token: int, instance: int, eos_ids: frozenset[int],
+                   max_model_len: int) -> FinishReason | None:
+        now = time.perf_counter()
+        self.first_token = self.first_token or now
+        self.tokens.append(token)
+        text, stopped = self.detok.add(token)
+        s = self.spec.sampling
+        reason = None
+        if stopped or (token in eos_ids and not s.ignore_eos):
+            reason = FinishReason.STOP
+        elif self.num_output >= s.max_tokens or len(self.tokens) >= max_model_len:
+            reason = FinishReason.LENGTH
+        if reason is not None and not stopped:
+            text += self.detok.flush()
+        self.on_event(TokenEvent(self.id, (token,), instance, text))
+        return reason
+
+    def finish(self, reason: FinishReason, instance: int, error: str = "") -> None:
+        if self.done:
+            return
+        self.done = True
+        now = time.perf_counter()
+        ttft = ((self.first_token or now) - self.arrival) * 1e3
+        queue = ((self.started or now) - self.arrival) * 1e3
+        self.on_event(Finished(self.id, reason, self.num_prompt, self.num_output, ttft, queue,
+                               instance, error))

@@ -1,0 +1,137 @@
+"""Per-instance batching: running work first, then waiting requests by priority.
+
+One step is a token budget: every running request contributes its next token (or its next
+prefill chunk), then waiting requests are admitted in (priority, arrival) order while the
+budget, the running cap and KV room allow. When a more urgent request cannot get room, the
+least urgent running request is preempted by recompute: its KV is freed and it waits again
+with every token it produced, so nothing is lost (vLLM lacks this: vllm#40004).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flying_core.kv_plan import BlockPool, tp_block_id
+from flying_core.layout import Instance
+from flying_core.messages import SeqChunk
+from flying_core.request import Request
+
+
+@dataclass
+class Budget:
+    max_batch_tokens: int
+    max_running: int
+
+
+class InstanceScheduler:
+    def __init__(self, inst: Instance, pool: BlockPool, block_size: int, budget: Budget):
+        self.inst, self.pool, self.bs, self.budget = inst, pool, block_size, budget
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.closing = False        # a switch is retiring this instance: admit nothing new
+        self.preempted = 0
+
+    # ------------------------------------------------------------------ capacity
+
+    def capacity_tokens(self) -> int:
+        return self.pool.num_blocks * self.inst.size * self.bs
+
+    def fits(self, req: Request) -> bool:
+        return req.max_len() <= self.capacity_tokens()
+
+    def load(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, req: Request) -> None:
+        req.instance = self.inst.index
+        self.waiting.append(req)
+        self.waiting.sort(key=lambda r: r.key)
+
+    def remove(self, req: Request) -> None:
+        if req in self.waiting:
+            self.waiting.remove(req)
+        if req in self.running:
+            self.running.remove(req)
+
+    # ------------------------------------------------------------------ KV room
+
+    def _grow(self, req: Request, upto_tokens: int) -> bool:
+        need = -(-upto_tokens // self.bs) - len(req.homes)
+        workers = self.inst.workers
+        if need <= 0:
+            return True
+        if self.pool.total_free(workers) < need:
+            return False
+        if req.home is None:
+            req.home = max(workers, key=self.pool.free_on)
+        for _ in range(need):
+            w = req.home if self.pool.free_on(req.home) else max(workers, key=self.pool.free_on)
+            req.homes.append(self.pool.alloc(w))
+        return True
+
+    def release(self, req: Request) -> None:
+        self.pool.release(req.homes)
+        req.homes = []
+
+    def preempt(self, req: Request) -> None:
+        """Recompute preemption: free the KV, keep every token, wait again."""
+        self.release(req)
+        req.num_computed = 0
+        req.home = None
+        req.preemptions += 1
+        self.preempted += 1
+        self.running.remove(req)
+        self.waiting.append(req)
+        self.waiting.sort(key=lambda r: r.key)
+
+    def _victim(self, than: Request) -> Request | None:
+        worse = [r for r in self.running if r is not than and not r.in_flight
+                 and r.key > than.key]
+        return max(worse, key=lambda r: r.key) if worse else None
+
+    def _room(self, req: Request, upto: int) -> bool:
+        while not self._grow(req, upto):
+            victim = self._victim(req)
+            if victim is None:
+                return False
+            self.preempt(victim)
+        return True
+
+    # ------------------------------------------------------------------ one step
+
+    def schedule(self) -> list[tuple[Request, int]]:
+        budget = self.budget.max_batch_tokens
+        batch: list[tuple[Request, int]] = []
+        for req in sorted(self.running, key=lambda r: r.key):
+            if budget <= 0 or req not in self.running:
+                break
+            n = min(len(req.tokens) - req.num_computed, budget)
+            if n > 0 and self._room(req, req.num_computed + n):
+                batch.append((req, n))
+                budget -= n
+        while self.waiting and budget > 0 and not self.closing:
+            req = self.waiting[0]
+            if len(self.running) >= self.budget.max_running:
+                victim = self._victim(req)
+                if victim is None:
+                    break
+                self.preempt(victim)
+                continue
+            n = min(len(req.tokens) - req.num_computed, budget)
+            if not self._room(req, req.num_computed + n):
+                break
+            self.waiting.pop(0)
+            self.running.append(req)
+            batch.append((req, n))
+            budget -= n
+        return [(r, n) for r, n in batch if r in self.running]
+
+    def chunks(self, batch: list[tuple[Request, int]]) -> tuple[SeqChunk, ...]:
+        first, size = self.inst.first, self.inst.size
+        out = []
+        for req, n in batch:
+            end = req.num_computed + n
+            table = tuple(tp_block_id(h, first, size) for h in req.homes)
+            sample = req.sample_params() if end == len(req.tokens) else None
+            out.append(SeqChunk(req.id, tuple(req.tokens[req.num_computed:end]),
+                                req.num_computed, table, sample))
+        return tuple(out)

@@ -1,0 +1,214 @@
+"""One worker process per device: started once, serves every layout until the node stops.
+
+Start-up (the same order on every rank): join the torch.distributed world, build the
+communicator pool, load the full weights, build a zero-copy view model per pool TP size,
+allocate the one KV pool, make a runner per TP size, warm every layout, report ready.
+Then it executes commands from its FIFO pipe in the order the driver's sequencer sent them.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import asdict
+
+from flying_core.config import WorkerConfig
+from flying_core.messages import (
+    MoveCmd,
+    ProbeCmd,
+    SampleParams,
+    SeqChunk,
+    StepCmd,
+    StopCmd,
+    WorkerReply,
+)
+
+
+def _pin_threads(cfg: WorkerConfig) -> None:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    os.environ["VLLM_DIST_IDENT"] = f"flying{cfg.dist_port}"  # names shm segments per node
+    n = cfg.group.threads_per_worker
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if cfg.cpu_ids and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, set(cfg.cpu_ids))
+        except OSError:
+            pass
+    import torch
+    torch.set_num_threads(n)
+
+
+def _engine_config(g, tp: int):
+    from vllm.engine.arg_utils import EngineArgs
+    return EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
+                      enforce_eager=True, tensor_parallel_size=tp, seed=g.seed,
+                      block_size=g.block_size, trust_remote_code=False,
+                      ).create_engine_config()
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig):
+        import torch
+        import vllm.distributed.parallel_state as ps
+        from vllm.config import set_current_vllm_config
+
+        from flying_core import layout, weights
+        from flying_core.comm_pool import CommunicatorPool, tp_mode
+        from flying_core.kv_pool import KVPool
+        from flying_core.runner import ModelRunner
+
+        g = cfg.group
+        if g.device == "cpu":
+            import vllm.v1.worker.cpu.shm  # noqa: F401  (the torch patches vLLM's CPU worker applies)
+        self.cfg, self.rank = cfg, cfg.rank
+        t0 = time.perf_counter()
+        weights.keep_plain_cpu_weights()
+        base = _engine_config(g, 1)
+        hf = base.model_config.hf_config
+        text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
+        heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
+        self.sizes = layout.pool_sizes(g.num_workers, heads, kv_heads)
+        backend = "gloo" if g.device == "cpu" else "nccl"
+        with set_current_vllm_config(base):
+            ps.init_distributed_environment(
+                world_size=g.num_workers, rank=cfg.rank, local_rank=cfg.rank, backend=backend,
+                distributed_init_method=f"tcp://127.0.0.1:{cfg.dist_port}")
+            ps.initialize_model_parallel(tensor_model_parallel_size=1)
+            self.pool = CommunicatorPool(g.num_workers, cfg.rank, self.sizes, backend)
+        self.world_cpu = ps.get_world_group().cpu_group
+        self.configs = {1: base, **{s: _engine_config(g, s) for s in self.sizes if s > 1}}
+        full = weights.load_full_model(base, self.pool.group(1))
+        self.models = {1: full}
+        self.view_report = {}
+        for s in self.sizes:
+            if s > 1:
+                self.models[s], _ = weights.build_view_model(self.configs[s], full,
+                                                             self.pool.group(s))
+                self.view_report[s] = weights.storage_report(self.models[s], full)
+        dtype = base.model_config.dtype
+        head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
+        num_layers = text.num_hidden_layers
+        nb = KVPool.blocks_for(g.kv_bytes, num_layers, kv_heads, g.block_size, head_size, dtype)
+        self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, g.device)
+        vocab = text.vocab_size
+        self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
+                                       self.kv.layer_views(s), g.block_size, vocab, g.device)
+                        for s in self.sizes}
+        self._tp_mode = tp_mode
+        self.load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self._warm()
+        self.warm_s = time.perf_counter() - t1
+        self.info = {
+            "num_blocks": nb, "num_layers": num_layers, "num_kv_heads": kv_heads,
+            "num_heads": heads, "head_size": head_size, "vocab_size": vocab,
+            "sizes": list(self.sizes), "dtype": str(dtype).removeprefix("torch."),
+            "kv_pool_bytes": self.kv.nbytes, "kv_ptr": self.kv.buf.data_ptr(),
+            "kv_view_ptrs": {s: [v.data_ptr() for v in self.kv.layer_views(s)][:1]
+                             for s in self.sizes},
+            "view_report": self.view_report, "groups_created": self.pool.created,
+            "load_s": round(self.load_s, 3), "warm_s": round(self.warm_s, 3),
+            "max_model_len": base.model_config.max_model_len, "pid": os.getpid(),
+            "rss_bytes": _rss(),
+        }
+        del torch
+
+    def _warm(self) -> None:
+        """Run every TP size once (the first tp>1 call compiles a vocab mask for seconds).
+        Writes only into the last DP block, which the driver never hands out before use."""
+        for s in self.sizes:
+            last = (self.kv.NB - 1) * s
+            for n in (9, 1):
+                self.runners[s].step((SeqChunk("warm", tuple(range(3, 3 + n)), 0, (last,),
+                                               SampleParams()),))
+
+    def step(self, cmd: StepCmd):
+        t = time.perf_counter()
+        out = self.runners[cmd.size].step(cmd.seqs)
+        return out, (time.perf_counter() - t) * 1e3
+
+    def move(self, cmd: MoveCmd) -> tuple[int, float]:
+        from flying_core.kv_plan import moves_for
+        t = time.perf_counter()
+        sends, recvs = moves_for(self.rank, list(cmd.moves))
+        nbytes = self.kv.exchange(self.rank, sends, recvs, self.world_cpu) if (
+            sends or recvs) else 0
+        return nbytes, (time.perf_counter() - t) * 1e3
+
+    def probe(self, cmd: ProbeCmd) -> dict:
+        """Prefill ms/token and decode ms by batch for this TP size (collective per instance)."""
+        s, bs = cmd.size, self.cfg.group.block_size
+        blocks_needed = -(-cmd.prefill_tokens // bs) + 1
+        table = tuple(b * s for b in range(blocks_needed))
+        prompt = tuple(range(3, 3 + cmd.prefill_tokens))
+        t = time.perf_counter()
+        self.runners[s].step((SeqChunk("probe", prompt, 0, table, SampleParams()),))
+        prefill_ms = (time.perf_counter() - t) * 1e3
+        decode = {}
+        for batch in cmd.decode_batches:
+            seqs = tuple(SeqChunk(f"p{i}", (5,), cmd.prefill_tokens, table, SampleParams())
+                         for i in range(batch))
+            best = float("inf")
+            for _ in range(3):
+                t = time.perf_counter()
+                self.runners[s].step(seqs)
+                best = min(best, (time.perf_counter() - t) * 1e3)
+            decode[batch] = best
+        return {"tp_size": s, "prefill_ms_per_token": prefill_ms / cmd.prefill_tokens,
+                "decode_ms": decode}
+
+
+def _rss() -> int:
+    try:
+        import psutil
+        return psutil.Process().memory_info().rss
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def worker_main(cfg: WorkerConfig, conn) -> None:
+    """Process entry point (spawned)."""
+    _pin_threads(cfg)
+    from flying import logs
+    logs.configure(component=f"worker{cfg.rank}")
+    log = logs.get("flying.worker")
+    try:
+        worker = Worker(cfg)
+    except Exception as e:  # noqa: BLE001
+        log.error("worker start-up failed", error=str(e), trace=traceback.format_exc())
+        conn.send(WorkerReply(-1, cfg.rank, "error", info={"error": f"{type(e).__name__}: {e}",
+                                                             "trace": traceback.format_exc()}))
+        return
+    conn.send(WorkerReply(0, cfg.rank, "ready", info=worker.info))
+    log.info("worker ready", **{k: worker.info[k] for k in ("num_blocks", "sizes", "load_s",
+                                                            "warm_s")})
+    while True:
+        try:
+            cmd = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if isinstance(cmd, StopCmd):
+                conn.send(WorkerReply(cmd.ticket, cfg.rank, "stopped"))
+                return
+            if cfg.delay_s and isinstance(cmd, StepCmd):
+                time.sleep(cfg.delay_s)
+            if isinstance(cmd, StepCmd):
+                tokens, ms = worker.step(cmd)
+                if cmd.first == cfg.rank:
+                    conn.send(WorkerReply(cmd.ticket, cfg.rank, "step", tuple(tokens), ms))
+            elif isinstance(cmd, MoveCmd):
+                nbytes, ms = worker.move(cmd)
+                conn.send(WorkerReply(cmd.ticket, cfg.rank, "move", ms=ms, nbytes=nbytes))
+            elif isinstance(cmd, ProbeCmd):
+                info = worker.probe(cmd)
+                conn.send(WorkerReply(cmd.ticket, cfg.rank, "probe", info=info))
+            else:
+                conn.send(WorkerReply(getattr(cmd, "ticket", -1), cfg.rank, "info",
+                                      info={"rss_bytes": _rss(), **asdict(cmd)}))
+        except Exception as e:  # noqa: BLE001
+            log.error("command failed", cmd=type(cmd).__name__, error=str(e),
+                      trace=traceback.format_exc())
+            conn.send(WorkerReply(getattr(cmd, "ticket", -1), cfg.rank, "error",
+                                  info={"error": f"{type(e).__name__}: {e}"}))
