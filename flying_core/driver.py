@@ -15,7 +15,7 @@ from multiprocessing.connection import wait
 from flying_core import layout as lay
 from flying_core.driver_state import DriverState, PendingSwitch
 from flying_core.errors import Unavailable
-from flying_core.messages import FinishReason, MoveCmd, StepCmd, SwitchReport
+from flying_core.messages import FinishReason, MoveCmd, StatsCmd, StepCmd, SwitchReport
 from flying_core.request import Request
 from flying_core.switch import plan_migration
 
@@ -27,6 +27,7 @@ class Driver(DriverState):
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.stopping = False
+        self.stats_wait = None
 
     # ------------------------------------------------------------------ called by other threads
 
@@ -70,6 +71,11 @@ class Driver(DriverState):
                 self.abort(arg)
             elif kind == "switch":
                 self.begin_switch(arg)
+            elif kind == "stats":
+                self.ticket += 1
+                self.stats_wait = arg
+                for conn in self.conns:
+                    conn.send(StatsCmd(self.ticket))
             elif kind == "stop":
                 self.stopping = True
 
@@ -93,18 +99,26 @@ class Driver(DriverState):
             self.inflight[idx] = (self.ticket, batch, now)
 
     def collect(self, timeout: float) -> None:
-        leaders = {self.conns[self.scheds[i].inst.first]: i for i in self.inflight}
-        ready = wait([*leaders, self._wake_r, *self.sentinels], timeout=timeout)
+        ready = wait([*self.conns, self._wake_r, *self.sentinels], timeout=timeout)
         for obj in ready:
             if obj in self.sentinels:
                 self.fail(f"worker {self.sentinels.index(obj)} died")
                 return
-            if obj in leaders:
-                reply = obj.recv()
-                if reply.kind == "error":
-                    self.fail(f"worker {reply.worker}: {reply.info.get('error')}")
-                    return
-                self.finish_step(leaders[obj], reply)
+            if obj in self.conns:
+                self.on_reply(obj.recv())
+
+    def on_reply(self, reply) -> None:
+        if reply.kind == "error":
+            self.fail(f"worker {reply.worker}: {reply.info.get('error')}")
+        elif reply.kind == "step":
+            idx = next(i for i, s in enumerate(self.scheds) if s.inst.first == reply.worker
+                       and i in self.inflight)
+            self.finish_step(idx, reply)
+        elif reply.kind == "stats" and self.stats_wait is not None:
+            self.stats_wait.append(reply.info)
+            if len(self.stats_wait) == len(self.conns):
+                self.stats_wait.done.set()
+                self.stats_wait = None
 
     def finish_step(self, idx: int, reply) -> None:
         ticket, batch, t0 = self.inflight.pop(idx)
@@ -221,6 +235,7 @@ class Driver(DriverState):
         for req in list(self.unplaced):
             self.unplaced.remove(req)
             self.place(req)
+        self.publish()
         p.resolve(report)
 
     def recv_blocking(self, worker: int):
@@ -228,6 +243,10 @@ class Driver(DriverState):
         while True:
             ready = wait([conn, sentinel], timeout=60)
             if conn in ready:
-                return conn.recv()
+                reply = conn.recv()
+                if reply.kind in ("move", "error"):
+                    return reply
+                self.on_reply(reply)
+                continue
             if sentinel in ready:
                 raise Unavailable(f"worker {worker} died during a switch")

@@ -44,6 +44,12 @@ from flying_core.request import Detokenizer, Request
 from flying_core.worker import worker_main
 
 
+class _Box(list):
+    def __init__(self):
+        super().__init__()
+        self.done = threading.Event()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,6 +266,14 @@ class WorkerGroup:
 
     def status(self) -> GroupStatus:
         return self.driver.status()
+
+    def worker_stats(self, timeout_s: float = 30.0) -> list[dict]:
+        """Every worker's RSS, KV pool pointer and process groups created since start-up."""
+        box = _Box()
+        self.driver.post(("stats", box))
+        if not box.done.wait(timeout_s):
+            raise DeadlineExceeded("workers did not answer a stats request")
+        return sorted(box, key=lambda x: x["kv_ptr"])
 
     def kv_blocks_used(self) -> int:
         d = self.driver

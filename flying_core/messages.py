@@ -185,6 +185,12 @@ class StopCmd:
 
 
 @dataclass(frozen=True)
+class StatsCmd:
+    """Memory and communicator counts of every worker (tests and benchmarks)."""
+    ticket: int
+
+
+@dataclass(frozen=True)
 class WorkerReply:
     ticket: int
     worker: int

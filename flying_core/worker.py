@@ -18,6 +18,7 @@ from flying_core.messages import (
     ProbeCmd,
     SampleParams,
     SeqChunk,
+    StatsCmd,
     StepCmd,
     StopCmd,
     WorkerReply,
@@ -96,6 +97,7 @@ class Worker:
                                        self.kv.layer_views(s), g.block_size, vocab, g.device)
                         for s in self.sizes}
         self._tp_mode = tp_mode
+        self.new_groups = _count_new_groups()
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._warm()
@@ -159,6 +161,20 @@ class Worker:
                 "decode_ms": decode}
 
 
+def _count_new_groups() -> list[int]:
+    """From here on, count every process group created (a switch must create none)."""
+    import torch.distributed as dist
+    counter = [0]
+    original = dist.new_group
+
+    def counted(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    dist.new_group = counted
+    return counter
+
+
 def _rss() -> int:
     try:
         import psutil
@@ -201,6 +217,10 @@ def worker_main(cfg: WorkerConfig, conn) -> None:
             elif isinstance(cmd, MoveCmd):
                 nbytes, ms = worker.move(cmd)
                 conn.send(WorkerReply(cmd.ticket, cfg.rank, "move", ms=ms, nbytes=nbytes))
+            elif isinstance(cmd, StatsCmd):
+                conn.send(WorkerReply(cmd.ticket, cfg.rank, "stats", info={
+                    "rss_bytes": _rss(), "new_groups": worker.new_groups[0],
+                    "groups_created": worker.pool.created, "kv_ptr": worker.kv.buf.data_ptr()}))
             elif isinstance(cmd, ProbeCmd):
                 info = worker.probe(cmd)
                 conn.send(WorkerReply(cmd.ticket, cfg.rank, "probe", info=info))
