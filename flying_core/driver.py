@@ -105,7 +105,12 @@ class Driver(DriverState):
                 self.fail(f"worker {self.sentinels.index(obj)} died")
                 return
             if obj in self.conns:
-                self.on_reply(obj.recv())
+                try:
+                    reply = obj.recv()
+                except (EOFError, OSError):
+                    self.fail(f"worker {self.conns.index(obj)} died (its pipe closed)")
+                    return
+                self.on_reply(reply)
 
     def on_reply(self, reply) -> None:
         if reply.kind == "error":

@@ -203,7 +203,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "model", "num_workers", "instance_sizes", "instances", "possible_tp_sizes", "topology", "costs", "state", "block_size", "switches", "restarts", "max_model_len")
+    __slots__ = ("node", "model", "num_workers", "instance_sizes", "instances", "possible_tp_sizes", "topology", "costs", "state", "block_size", "switches", "restarts", "max_model_len", "unplaced", "unplaced_max_tokens", "last_error")
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +217,9 @@ class NodeStatus(_message.Message):
     SWITCHES_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_FIELD_NUMBER: _ClassVar[int]
+    UNPLACED_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     node: str
     model: str
     num_workers: int
@@ -230,7 +233,10 @@ class NodeStatus(_message.Message):
     switches: int
     restarts: int
     max_model_len: int
-    def __init__(self, node: _Optional[str] = ..., model: _Optional[str] = ..., num_workers: _Optional[int] = ..., instance_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., possible_tp_sizes: _Optional[_Iterable[int]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[LayoutCost, _Mapping]]] = ..., state: _Optional[str] = ..., block_size: _Optional[int] = ..., switches: _Optional[int] = ..., restarts: _Optional[int] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    unplaced: int
+    unplaced_max_tokens: int
+    last_error: str
+    def __init__(self, node: _Optional[str] = ..., model: _Optional[str] = ..., num_workers: _Optional[int] = ..., instance_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., possible_tp_sizes: _Optional[_Iterable[int]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[LayoutCost, _Mapping]]] = ..., state: _Optional[str] = ..., block_size: _Optional[int] = ..., switches: _Optional[int] = ..., restarts: _Optional[int] = ..., max_model_len: _Optional[int] = ..., unplaced: _Optional[int] = ..., unplaced_max_tokens: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,100 @@
+"""The one place where proto types meet the worker group's plain types (agent side)."""
+from __future__ import annotations
+
+import uuid
+
+from flying.v1 import flying_pb2 as pb
+from flying_core.errors import InvalidArgument
+from flying_core.messages import (
+    Finished,
+    GroupStatus,
+    PreemptMode,
+    RequestSpec,
+    SamplingSpec,
+    SwitchReport,
+    TokenEvent,
+)
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
+    return SamplingSpec(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature if s.HasField("temperature") else 1.0,
+        top_p=s.top_p if s.HasField("top_p") else 1.0,
+        top_k=s.top_k if s.HasField("top_k") else 0,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop), ignore_eos=s.ignore_eos)
+
+
+def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
+    out = pb.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                            top_k=s.top_k, stop=list(s.stop), ignore_eos=s.ignore_eos)
+    if s.seed is not None:
+        out.seed = s.seed
+    return out
+
+
+def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
+    """Validate the wire request and tokenize its prompt. Raises InvalidArgument."""
+    which = req.WhichOneof("input")
+    if which == "prompt":
+        if not req.prompt:
+            raise InvalidArgument("prompt is empty")
+        ids = tuple(tokenizer.encode(req.prompt))
+    elif which == "prompt_token_ids":
+        ids = tuple(req.prompt_token_ids.ids)
+    else:
+        raise InvalidArgument("request has neither prompt nor prompt_token_ids")
+    if not ids:
+        raise InvalidArgument("prompt is empty")
+    if not req.HasField("sampling") or req.sampling.max_tokens <= 0:
+        raise InvalidArgument("sampling.max_tokens must be > 0")
+    return RequestSpec(
+        request_id=req.request_id or f"req-{uuid.uuid4().hex[:16]}",
+        prompt_token_ids=ids, sampling=sampling_from_pb(req.sampling), priority=req.priority,
+        instance=req.instance if req.HasField("instance") else None)
+
+
+def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:
+    return pb.GenerateResponse(chunk=pb.Chunk(token_ids=list(ev.token_ids), text=ev.text))
+
+
+def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:
+    return pb.GenerateResponse(complete=pb.Complete(
+        finish_reason=ev.reason.value, request_id=ev.request_id,
+        usage=pb.Usage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
+        ttft_ms=ev.ttft_ms, queue_ms=ev.queue_ms, served_by=f"{node}/{ev.instance}"))
+
+
+def mode_from_pb(mode: int) -> PreemptMode:
+    return PreemptMode.HARD if mode == pb.HARD else PreemptMode.SOFT
+
+
+def report_to_pb(r: SwitchReport) -> pb.ReconfigureResponse:
+    return pb.ReconfigureResponse(instance_sizes=list(r.layout), switch_ms=r.switch_ms,
+                                  migrated=r.migrated, recomputed=r.recomputed,
+                                  drained=r.drained, kv_bytes_moved=r.kv_bytes_moved)
+
+
+def status_to_pb(st: GroupStatus | None, *, node: str, model: str, workers: int, state: str,
+                 topology: pb.Topology, restarts: int) -> pb.NodeStatus:
+    out = pb.NodeStatus(node=node, model=model, num_workers=workers, state=state,
+                        topology=topology, restarts=restarts)
+    if st is None:
+        return out
+    out.instance_sizes.extend(st.layout)
+    out.possible_tp_sizes.extend(st.possible_tp_sizes)
+    out.block_size, out.switches, out.max_model_len = st.block_size, st.switches, st.max_model_len
+    for i in st.instances:
+        out.instances.append(pb.InstanceStatus(
+            index=i.index, workers=list(i.workers), tp_size=i.tp_size, waiting=i.waiting,
+            running=i.running, kv_blocks_total=i.kv_blocks_total,
+            kv_blocks_used=i.kv_blocks_used, max_context_tokens=i.max_context_tokens,
+            available=i.available))
+    for c in st.costs:
+        out.costs.append(pb.LayoutCost(
+            tp_size=c.tp_size, prefill_ms_per_token=c.prefill_ms_per_token,
+            decode=[pb.StepCost(batch_size=b, decode_ms=ms) for b, ms in c.decode_ms.items()]))
+    out.unplaced = st.unplaced
+    out.unplaced_max_tokens = st.unplaced_max_tokens
+    return out

@@ -1,0 +1,125 @@
+"""flying.v1.Agent over grpc.aio: errors through one table, cancellation re-raised."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import grpc
+import structlog
+
+from flying import logs
+from flying.errors import grpc_status
+from flying.v1 import flying_pb2 as pb
+from flying.v1 import flying_pb2_grpc as pb_grpc
+from flying_core.errors import FlyingError, InvalidArgument, Unavailable
+from flying_core.messages import Finished, FinishReason, TokenEvent
+
+from agent import convert
+from agent.node import Node
+
+log = logs.get("flying.agent")
+
+
+def unary_errors(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+    return wrapper
+
+
+class AgentService(pb_grpc.AgentServicer):
+    def __init__(self, node: Node):
+        self.node = node
+
+    async def Generate(self, request, context):
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        try:
+            if self.node.tokenizer is None:
+                raise Unavailable(f"node is {self.node.state}")
+            spec = convert.spec_from_pb(request, self.node.tokenizer)
+            self.node.submit(spec, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+        structlog.contextvars.bind_contextvars(request_id=spec.request_id)
+        track = _Track(self.node.metrics)
+        finished = False
+        try:
+            while True:
+                ev = await events.get()
+                if isinstance(ev, TokenEvent):
+                    track.token(len(ev.token_ids))
+                    yield convert.chunk_to_pb(ev)
+                    continue
+                finished = True
+                track.done(ev)
+                log.info("request finished", reason=ev.reason.value,
+                         prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
+                         ttft_ms=round(ev.ttft_ms, 2), queue_ms=round(ev.queue_ms, 2),
+                         instance=ev.instance, priority=spec.priority)
+                if ev.reason == FinishReason.ERROR:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"worker failure while serving: {ev.error}")
+                yield convert.complete_to_pb(ev, self.node.name)
+                return
+        except asyncio.CancelledError:
+            log.info("request cancelled by the client")
+            raise
+        finally:
+            if not finished:
+                self.node.abort(spec.request_id)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    @unary_errors
+    async def Reconfigure(self, request, context):
+        if not request.instance_sizes:
+            raise InvalidArgument("instance_sizes is empty")
+        timeout = request.deadline_ms / 1e3 if request.deadline_ms > 0 else None
+        left = context.time_remaining()
+        if left is not None:
+            timeout = min(timeout or left, left)
+        report = await self.node.reconfigure(tuple(request.instance_sizes),
+                                             convert.mode_from_pb(request.mode), timeout)
+        return convert.report_to_pb(report)
+
+    @unary_errors
+    async def GetStatus(self, request, context):
+        n = self.node
+        topo = pb.Topology(kind=n.topology.kind, note=n.topology.note, devices=[
+            pb.Device(index=d.index, name=d.name, memory_total_bytes=d.memory_total,
+                      memory_used_bytes=d.memory_used, nvlink_peers=list(d.nvlink_peers))
+            for d in n.topology.devices])
+        out = convert.status_to_pb(n.status(), node=n.name, model=n.model,
+                                   workers=n.settings.workers, state=n.state, topology=topo,
+                                   restarts=n.restarts)
+        out.last_error = n.last_error
+        return out
+
+    @unary_errors
+    async def Abort(self, request, context):
+        return pb.AbortResponse(found=self.node.abort(request.request_id))
+
+
+class _Track:
+    """Per-request latency metrics as the agent sees them."""
+
+    def __init__(self, metrics):
+        self.m, self.t0, self.last = metrics, time.perf_counter(), None
+
+    def token(self, n: int) -> None:
+        now = time.perf_counter()
+        if self.last is None:
+            self.m.ttft.observe(now - self.t0)
+        else:
+            self.m.itl.observe((now - self.last) / max(1, n))
+        self.last = now
+        self.m.tokens.inc(n)
+
+    def done(self, ev: Finished) -> None:
+        self.m.e2e.observe(time.perf_counter() - self.t0)
+        self.m.queue.observe(ev.queue_ms / 1e3)
+        self.m.finished.labels(ev.reason.value).inc()
