@@ -14,9 +14,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--run-slow") or os.environ.get("FLYING_RUN_SLOW") == "1":
+    """Slow tests run by default (CI included); FLYING_SKIP_SLOW=1 skips them for quick loops."""
+    if config.getoption("--run-slow") or os.environ.get("FLYING_SKIP_SLOW") != "1":
         return
-    skip = pytest.mark.skip(reason="slow: run with --run-slow or FLYING_RUN_SLOW=1")
+    skip = pytest.mark.skip(reason="slow: FLYING_SKIP_SLOW=1 is set")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

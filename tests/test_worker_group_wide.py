@@ -1,0 +1,73 @@
+"""Slower worker-group checks: 4 workers with mixed layouts, and SmolLM2 on 3 workers."""
+from __future__ import annotations
+
+import pytest
+
+from flying.reference import reference_tokens
+from flying_core.config import GroupConfig
+from flying_core.group import WorkerGroup
+from flying_core.messages import PreemptMode
+from tests.groupkit import submit, wait_all, wait_tokens
+
+HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
+TEXTS = ["the quick brown fox", "hello world, this is a test", "once upon a time there was",
+         "numbers 1 2 3 4 5 6 7 8", "def add(a, b):\n    return a + b\n" * 3, "b c d",
+         "a long time ago in a galaxy", "lorem ipsum dolor sit amet"]
+GEN = 20
+
+
+@pytest.mark.slow
+def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
+    g = WorkerGroup(GroupConfig(model=tiny_model, num_workers=4, dtype="float32",
+                                kv_bytes=8 << 20, worker_delays=(0.0, 0.003, 0.0, 0.006)))
+    g.start()
+    try:
+        prompts = [g.tokenizer.encode(t) for t in TEXTS]
+        ref = reference_tokens(tiny_model, prompts, GEN)
+        assert g.status().possible_tp_sizes == (1, 2, 4)
+        streams = [submit(g, p, GEN) for p in prompts]
+        wait_tokens(streams, 3)
+        for layout, mode in [((2, 1, 1), HARD), ((4,), HARD), ((2, 2), SOFT),
+                             ((1, 1, 2), HARD), ((1, 1, 1, 1), HARD)]:
+            g.reconfigure(layout, mode)
+        wait_all(streams)
+        assert [s.tokens for s in streams] == ref
+        # an instance that a switch does not touch keeps serving through it
+        g.reconfigure((2, 1, 1), HARD)
+        pinned = submit(g, prompts[0], 200, instance=0)
+        wait_tokens([pinned], 2)
+        before = len(pinned.tokens)
+        g.reconfigure((2, 2), HARD)
+        assert pinned.instances == {0} and not pinned.done.is_set() or len(pinned.tokens) > before
+        wait_all([pinned])
+        assert pinned.tokens[:GEN] == ref[0]
+        assert [s["new_groups"] for s in g.worker_stats()] == [0, 0, 0, 0]
+    finally:
+        g.shutdown()
+
+
+@pytest.mark.slow
+def test_smollm2_three_workers_same_text_in_both_layouts(smollm2_model):
+    g = WorkerGroup(GroupConfig(model=smollm2_model, num_workers=3, dtype="float32",
+                                kv_bytes=32 << 20))
+    g.start()
+    try:
+        assert g.status().possible_tp_sizes == (1, 3)
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+        text = g.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        prompt = g.tokenizer.encode(text, add_special_tokens=False)
+        texts = []
+        for layout in [(1, 1, 1), (3,)]:
+            g.reconfigure(layout, HARD)
+            s = submit(g, prompt, 24, ignore_eos=False)
+            wait_all([s])
+            texts.append(s.text)
+        s = submit(g, prompt, 24, ignore_eos=False)
+        wait_tokens([s], 4)
+        g.reconfigure((1, 1, 1), HARD)
+        wait_all([s])
+        texts.append(s.text)
+        assert "Paris" in texts[0]
+        assert texts[0] == texts[1] == texts[2]
+    finally:
+        g.shutdown()
