@@ -13,8 +13,8 @@ PROTO_DIR = ROOT / "proto"
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_DIR.glob("flying/v1/*.proto"))

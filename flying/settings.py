@@ -55,36 +55,43 @@ SECTIONS: dict[str, type] = {"agent": AgentSettings, "router": RouterSettings}
 
 
 def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
+    """`value` (TOML value, environment string or flag) as the type of `cls.key`."""
     hint = typing.get_type_hints(cls)[key]
     try:
         if hint is bool:
             if isinstance(value, bool):
                 return value
-            text = str(value).strip().lower()
+            text = str(value).strip().lower() if isinstance(value, (str, int)) else None
             if text in ("1", "true", "yes", "on"):
                 return True
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
         if hint is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)  # int(1.5) would silently drop the fraction
+            if not isinstance(value, (str, int, float)):
                 raise ValueError(value)
             return int(value)
         if hint is float:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(value)
             return float(value)
         if hint is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError(value)
-            return str(value)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str):
+                raise ValueError(value)  # `host = 127` or `model = true` in TOML: a typo
+            return value
         if typing.get_origin(hint) is tuple:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, (list, tuple)):
-                return tuple(str(v) for v in value)
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
             raise ValueError(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{source}: '{key}' must be {getattr(hint, '__name__', hint)}, "
-                            f"got {value!r}") from None
+        name = "list of str" if typing.get_origin(hint) is tuple else hint.__name__
+        raise SettingsError(f"{source}: '{key}' must be {name}, got {value!r}") from None
     return value
 
 
@@ -104,7 +111,10 @@ def load(section: str, config_file: str | Path | None = None,
         if unknown_tables:
             raise SettingsError(f"{path}: unknown table(s) {sorted(unknown_tables)}; "
                                 f"expected {sorted(SECTIONS)}")
-        for key, value in data.get(section, {}).items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise SettingsError(f"{path}: '{section}' must be a table ([{section}])")
+        for key, value in table.items():
             if key not in known:
                 raise SettingsError(f"{path}: unknown key '{section}.{key}'")
             values[key] = _coerce(cls, key, value, str(path))
@@ -114,7 +124,8 @@ def load(section: str, config_file: str | Path | None = None,
         if name.startswith(prefix):
             key = name[len(prefix):].lower()
             if key not in known:
-                raise SettingsError(f"environment: unknown variable {name}")
+                raise SettingsError(f"environment: unknown variable {name} (no key '{key}' "
+                                    f"in [{section}])")
             values[key] = _coerce(cls, key, value, f"environment {name}")
     for key, value in (flags or {}).items():
         if value is None:
@@ -126,10 +137,16 @@ def load(section: str, config_file: str | Path | None = None,
 
 
 def parse_layout(text: str, workers: int) -> tuple[int, ...]:
-    """'2,1,1' -> (2, 1, 1); '' -> all replicas."""
+    """'2,1,1' -> (2, 1, 1); '' -> all replicas. The sizes must partition the node's workers."""
+    if workers < 1:
+        raise SettingsError(f"workers: must be at least 1, got {workers}")
     if not text.strip():
         return (1,) * workers
     try:
-        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+        sizes = tuple(int(x) for x in text.replace(" ", "").split(","))
     except ValueError:
         raise SettingsError(f"layout: expected sizes like '2,1,1', got {text!r}") from None
+    if any(s < 1 for s in sizes) or sum(sizes) != workers:
+        raise SettingsError(f"layout: {text!r} must be positive sizes adding up to the "
+                            f"{workers} workers")
+    return sizes

@@ -145,14 +145,15 @@ class Driver(DriverState):
     # ------------------------------------------------------------------ requests
 
     def place(self, req: Request) -> None:
-        if self.switch and req.spec.instance is None:
-            self.unplaced.append(req)
+        """The caller's instance pin is honoured while that instance is open and can hold the
+        request; otherwise (the layout changed under it) the group picks."""
+        pin = req.spec.instance
+        if pin is not None and pin < len(self.scheds) and not self.scheds[pin].closing \
+                and self.scheds[pin].fits(req):
+            self.scheds[pin].add(req)
             return
-        if req.spec.instance is not None:
-            if req.spec.instance >= len(self.scheds):
-                self.retire(req, FinishReason.ERROR, "instance no longer exists")
-                return
-            self.scheds[req.spec.instance].add(req)
+        if self.switch:
+            self.unplaced.append(req)
             return
         open_ = [s for s in self.scheds if not s.closing and s.fits(req)]
         if not open_:
@@ -230,6 +231,9 @@ class Driver(DriverState):
                     return
                 nbytes += reply.nbytes
         self.pool.release(mig.freed)
+        for i in p.old_changed:   # anything still queued on a retiring instance is re-placed
+            self.unplaced.extend(r for r in self.scheds[i].waiting if r not in self.unplaced)
+            self.scheds[i].waiting.clear()
         self.install_layout(p.layout, old_insts, mig)
         report = SwitchReport(p.layout, (time.perf_counter() - p.t0) * 1e3,
                               migrated=len(mig.assignments), recomputed=len(mig.recompute),

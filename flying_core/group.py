@@ -208,9 +208,8 @@ class WorkerGroup:
                                   f"({largest} tokens)")
         if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < -1:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
-        if spec.instance is not None and not 0 <= spec.instance < len(d.layout):
-            raise InvalidArgument(f"instance {spec.instance} does not exist in layout "
-                                  f"{list(d.layout)}")
+        if spec.instance is not None and spec.instance < 0:
+            raise InvalidArgument("instance must be >= 0")
 
     def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
         if not self.alive():

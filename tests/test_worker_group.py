@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
+from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.errors import Aborted, FailedPrecondition, InvalidArgument
 from flying_core.group import WorkerGroup
 from flying_core.messages import FinishReason, PreemptMode
-from flying.reference import reference_tokens
 from tests.groupkit import submit, wait_all, wait_tokens
 
 TEXTS = [
@@ -97,7 +97,7 @@ def test_soft_switch_lets_work_finish_then_switches(group, prompts, reference):
 def test_random_switches_under_skew_lose_nothing(group, prompts, reference):
     rng = random.Random(7)
     streams = []
-    for i in range(8):
+    for _ in range(8):
         streams += [submit(group, prompts[j], GEN) for j in rng.sample(range(len(prompts)), 3)]
         wait_tokens(streams[-3:], rng.randint(0, 8))
         layout = (2,) if group.status().layout == (1, 1) else (1, 1)

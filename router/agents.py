@@ -1,0 +1,85 @@
+"""Connections to the node agents: status polling with deadlines, health, calls."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from flying import logs
+from flying.v1 import flying_pb2 as pb
+from flying.v1 import flying_pb2_grpc as pb_grpc
+from router.convert import status_from_pb
+from router.views import NodeView
+
+log = logs.get("flying.router.agents")
+
+
+class AgentClient:
+    def __init__(self, address: str, poll_s: float = 0.25, rpc_timeout_s: float = 2.0):
+        self.address, self.poll_s, self.rpc_timeout_s = address, poll_s, rpc_timeout_s
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.AgentStub(self.channel)
+        self.status_pb: pb.NodeStatus | None = None
+        self.healthy = False
+        self.last_ok = 0.0
+        self.failures = 0
+
+    @property
+    def name(self) -> str:
+        return self.status_pb.node if self.status_pb is not None and self.status_pb.node \
+            else self.address
+
+    def view(self) -> NodeView:
+        st = status_from_pb(self.status_pb) if self.status_pb is not None else None
+        return NodeView(self.name, st, self.healthy)
+
+    async def refresh(self) -> None:
+        try:
+            self.status_pb = await self.stub.GetStatus(pb.GetStatusRequest(),
+                                                       timeout=self.rpc_timeout_s)
+            if not self.healthy:
+                log.info("agent up", agent=self.address, state=self.status_pb.state)
+            self.healthy, self.failures, self.last_ok = True, 0, time.monotonic()
+        except grpc.aio.AioRpcError as e:
+            self.failures += 1
+            if self.healthy and self.failures >= 2:
+                log.warning("agent down", agent=self.address, error=e.code().name)
+                self.healthy = False
+
+    async def poll(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.poll_s)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class Cluster:
+    def __init__(self, addresses, poll_s: float = 0.25):
+        self.poll_s = poll_s
+        self.agents = [AgentClient(a, poll_s) for a in addresses]
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        await asyncio.gather(*(a.refresh() for a in self.agents))
+        self._tasks = [asyncio.create_task(a.poll()) for a in self.agents]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for a in self.agents:
+            await a.close()
+
+    def views(self) -> list[NodeView]:
+        return [a.view() for a in self.agents]
+
+    def by_name(self, name: str) -> AgentClient | None:
+        return next((a for a in self.agents if name in (a.name, a.address)), None)
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(a.refresh() for a in self.agents))
+
+    def ready(self) -> bool:
+        return any(v.serving for v in self.views())

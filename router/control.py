@@ -1,0 +1,84 @@
+"""The router's control loop: run the layout policy, send Reconfigure, keep a switch log."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from flying import logs
+from flying.errors import error_from_grpc
+from flying.v1 import flying_pb2 as pb
+from flying_core.errors import NotFound
+from flying_core.messages import PreemptMode
+from router.agents import Cluster
+from router.dispatch import Dispatcher
+from router.policy import Policy, PolicyConfig, Reconfigure
+
+log = logs.get("flying.router.policy")
+
+
+@dataclass(frozen=True)
+class SwitchEvent:
+    t: float                 # wall clock
+    node: str
+    layout: tuple[int, ...]
+    mode: str
+    reason: str
+    switch_ms: float
+    ok: bool
+
+
+class Controller:
+    def __init__(self, cluster: Cluster, dispatcher: Dispatcher, enabled: bool,
+                 interval_s: float, policy_cfg: PolicyConfig = PolicyConfig()):
+        self.cluster, self.dispatcher = cluster, dispatcher
+        self.enabled, self.interval_s = enabled, interval_s
+        self.policy = Policy(policy_cfg)
+        self.events: list[SwitchEvent] = []
+        self._busy: set[str] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.dispatcher.kick.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+            self.dispatcher.kick.clear()
+            if not self.enabled:
+                continue
+            views = [v for v in self.cluster.views() if v.name not in self._busy]
+            decisions = self.policy.evaluate(views, self.dispatcher.signals(), time.monotonic(),
+                                             tuple(self.dispatcher.pending.values()))
+            for d in decisions:
+                self._busy.add(d.node)
+                asyncio.create_task(self._apply(d))
+
+    async def _apply(self, d: Reconfigure) -> None:
+        try:
+            await self.reconfigure(d.node, d.layout, d.mode, d.reason)
+        except Exception as e:  # noqa: BLE001 - a failed switch is logged, the loop goes on
+            log.warning("policy switch failed", node=d.node, layout=list(d.layout),
+                        error=str(e))
+        finally:
+            self._busy.discard(d.node)
+
+    async def reconfigure(self, node: str, layout, mode: PreemptMode, reason: str,
+                          deadline_ms: float = 0.0) -> pb.ReconfigureResponse:
+        agent = self.cluster.by_name(node)
+        if agent is None:
+            raise NotFound(f"no agent named {node!r}")
+        req = pb.ReconfigureRequest(instance_sizes=list(layout), deadline_ms=deadline_ms,
+                                    mode=pb.HARD if mode == PreemptMode.HARD else pb.SOFT)
+        log.info("reconfigure", node=node, layout=list(layout), mode=mode.value, reason=reason)
+        try:
+            resp = await agent.stub.Reconfigure(req, timeout=max(120.0, deadline_ms / 1e3 + 60))
+        except grpc.aio.AioRpcError as e:
+            self.events.append(SwitchEvent(time.time(), node, tuple(layout), mode.value, reason,
+                                           0.0, False))
+            raise error_from_grpc(e) from None
+        self.events.append(SwitchEvent(time.time(), node, tuple(resp.instance_sizes),
+                                       mode.value, reason, resp.switch_ms, True))
+        await agent.refresh()
+        return resp

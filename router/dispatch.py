@@ -1,0 +1,138 @@
+"""Routing one request: classify, place, wait for a merge if needed, stream, retry elsewhere.
+
+A request that produced no token yet is retried on another node when its node answers
+UNAVAILABLE (a worker died, the node is draining); one that already streamed tokens ends with
+the error. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from flying import logs
+from flying.errors import error_from_grpc
+from flying.v1 import flying_pb2 as pb
+from flying_core.errors import InvalidArgument, ResourceExhausted, Unavailable
+from router.agents import Cluster
+from router.classify import classify
+from router.placement import PlacementConfig, Unplaced, place
+from router.policy import LoadSignals, PendingRequest
+from router.views import single_worker_tokens
+
+log = logs.get("flying.router")
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
+
+
+@dataclass
+class NodeLoad:
+    arrivals: deque = field(default_factory=deque)
+    urgent_waiting: dict[str, float] = field(default_factory=dict)
+    held: int = 0
+    longest: dict[str, int] = field(default_factory=dict)
+
+    def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
+        while self.arrivals and now - self.arrivals[0] > 2.0:
+            self.arrivals.popleft()
+        oldest = min(self.urgent_waiting.values(), default=now)
+        return LoadSignals(arrival_rate=len(self.arrivals) / 2.0, queue_depth=self.held,
+                           pending=pending, urgent_waiting=len(self.urgent_waiting),
+                           urgent_wait_s=now - oldest,
+                           longest_inflight_tokens=max(self.longest.values(), default=0))
+
+
+class Dispatcher:
+    def __init__(self, cluster: Cluster, tokenizer=None, placement_wait_s: float = 60.0,
+                 max_attempts: int = 3):
+        self.cluster, self.tokenizer = cluster, tokenizer
+        self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
+        self.loads: dict[str, NodeLoad] = {}
+        self.pending: dict[str, PendingRequest] = {}
+        self.kick = asyncio.Event()   # wakes the policy loop (a request needs a merge)
+
+    def load(self, node: str) -> NodeLoad:
+        return self.loads.setdefault(node, NodeLoad())
+
+    def signals(self) -> dict[str, LoadSignals]:
+        now = time.monotonic()
+        return {a.name: self.load(a.name).signals(now) for a in self.cluster.agents}
+
+    def prompt_tokens(self, req: pb.GenerateRequest) -> int:
+        if req.WhichOneof("input") == "prompt_token_ids":
+            return len(req.prompt_token_ids.ids)
+        if not req.prompt:
+            raise InvalidArgument("prompt is empty")
+        if self.tokenizer is not None:
+            ids = self.tokenizer.encode(req.prompt)
+            req.prompt_token_ids.ids.extend(ids)   # the agent need not tokenize again
+            return len(ids)
+        return len(req.prompt) // 3 + 1
+
+    async def _place(self, req: pb.GenerateRequest, exclude: set[str]):
+        n_prompt = self.prompt_tokens(req)
+        if req.sampling.max_tokens <= 0:
+            raise InvalidArgument("max_tokens must be > 0")
+        end = time.monotonic() + self.placement_wait_s
+        while True:
+            every = self.cluster.views()
+            views = [v for v in every if v.name not in exclude and v.serving] or every
+            cls = classify(n_prompt, req.sampling.max_tokens, req.priority,
+                           single_worker_tokens(views))
+            found, why = place(views, cls.context_tokens, cls.urgent,
+                               PlacementConfig(queue_when_full=True))
+            if found is not None:
+                self.pending.pop(req.request_id, None)
+                return found, cls
+            if why == Unplaced.TOO_LONG:
+                limit = max((v.status.max_model_len for v in views if v.status), default=0)
+                raise InvalidArgument(f"{cls.context_tokens} tokens (prompt + max_tokens) fit "
+                                      f"no node, even merged (model context {limit})")
+            if why == Unplaced.NEEDS_MERGE:
+                self.pending[req.request_id] = PendingRequest(cls.context_tokens, cls.urgent)
+                self.kick.set()
+            if time.monotonic() > end:
+                self.pending.pop(req.request_id, None)
+                if why == Unplaced.NO_NODE:
+                    raise Unavailable("no serving node")
+                raise ResourceExhausted(f"no instance could take the request ({why})")
+            await asyncio.sleep(0.05)
+
+    async def generate(self, req: pb.GenerateRequest):
+        """Stream GenerateResponses from a node; raises FlyingError."""
+        if not req.request_id:
+            req.request_id = f"rt-{time.monotonic_ns():x}"
+        exclude: set[str] = set()
+        for attempt in range(1, self.max_attempts + 1):
+            placement, cls = await self._place(req, exclude)
+            agent = self.cluster.by_name(placement.node)
+            load = self.load(placement.node)
+            load.arrivals.append(time.monotonic())
+            load.longest[req.request_id] = cls.context_tokens
+            if cls.urgent:
+                load.urgent_waiting[req.request_id] = time.monotonic()
+            req.instance = placement.instance
+            call = agent.stub.Generate(req)
+            produced, done = False, False
+            try:
+                async for resp in call:
+                    if not produced:
+                        load.urgent_waiting.pop(req.request_id, None)
+                    produced = True
+                    done = resp.HasField("complete")
+                    yield resp
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() in RETRY_CODES and not produced and attempt < self.max_attempts:
+                    log.warning("retrying on another node", node=placement.node,
+                                error=e.details(), attempt=attempt, request_id=req.request_id)
+                    exclude.add(placement.node)
+                    continue
+                raise error_from_grpc(e) from None
+            finally:
+                load.urgent_waiting.pop(req.request_id, None)
+                load.longest.pop(req.request_id, None)
+                if not done:
+                    call.cancel()

@@ -1,0 +1,113 @@
+"""`flying router`: gRPC Router service + OpenAI REST gateway + layout policy, one process."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+from pathlib import Path
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flying import logs, sdnotify
+from flying.settings import RouterSettings
+from flying.v1 import flying_pb2, flying_pb2_grpc
+from router.agents import Cluster
+from router.control import Controller
+from router.dispatch import Dispatcher
+from router.policy import PolicyConfig
+from router.rest import create_app
+from router.service import DispatchBackend, RouterService
+
+SERVICE = flying_pb2.DESCRIPTOR.services_by_name["Router"].full_name
+log = logs.get("flying.router")
+
+
+def load_tokenizer(cluster: Cluster):
+    """The agents' model tokenizer, when the folder they report exists on this machine."""
+    for a in cluster.agents:
+        path = a.status_pb.model if a.status_pb is not None else ""
+        if path and Path(path).is_dir():
+            try:
+                from transformers import AutoTokenizer
+                return AutoTokenizer.from_pretrained(path)
+            except Exception as e:  # noqa: BLE001
+                log.warning("cannot load the agents' tokenizer", path=path, error=str(e))
+    log.info("no local tokenizer: agents tokenize; context lengths are estimated")
+    return None
+
+
+async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
+                policy_cfg: PolicyConfig = PolicyConfig()) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    cluster = Cluster(settings.agents)
+    await cluster.start()
+    tokenizer = load_tokenizer(cluster)
+    dispatcher = Dispatcher(cluster, tokenizer)
+    controller = Controller(cluster, dispatcher, settings.policy, settings.policy_interval_s,
+                            policy_cfg)
+    health_svc = health.aio.HealthServicer()
+    server = grpc.aio.server()
+    flying_pb2_grpc.add_RouterServicer_to_server(RouterService(dispatcher, controller), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
+    reflection.enable_server_reflection(
+        (SERVICE, reflection.SERVICE_NAME,
+         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    if server.add_insecure_port(f"{settings.host}:{settings.grpc_port}") == 0:
+        log.error("cannot bind gRPC", port=settings.grpc_port)
+        return 1
+    await server.start()
+    app = create_app(DispatchBackend(dispatcher, settings.model_name), settings, tokenizer)
+    app.state.controller = controller
+
+    @app.get("/flying/events")
+    async def switch_events() -> list[dict]:
+        """Every layout switch the router made or was asked to make (benchmark timelines)."""
+        return [dataclasses.asdict(e) for e in controller.events]
+
+    web = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.http_port,
+                                        log_level="warning", lifespan="off"))
+    web.install_signal_handlers = lambda: None
+    tasks = [loop.create_task(web.serve()), loop.create_task(controller.run())]
+
+    async def track_health() -> None:
+        serving = None
+        while True:
+            now = cluster.ready() and not stop.is_set()
+            if now != serving:
+                state = health_pb2.HealthCheckResponse.SERVING if now else \
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ("", SERVICE):
+                    await health_svc.set(name, state)
+                serving = now
+            await asyncio.sleep(0.25)
+
+    tasks.append(loop.create_task(track_health()))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    sdnotify.ready()
+    log.info("router serving", grpc=settings.grpc_port, http=settings.http_port,
+             agents=list(settings.agents), policy=settings.policy)
+    await stop.wait()
+    sdnotify.stopping()
+    log.info("router draining", grace_s=settings.grace_s)
+    for name in ("", SERVICE):
+        await health_svc.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    web.should_exit = True
+    await server.stop(settings.grace_s)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await cluster.stop()
+    return 0
+
+
+def run_router(settings: RouterSettings) -> int:
+    logs.configure("router")
+    return asyncio.run(serve(settings))

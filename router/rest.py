@@ -1,0 +1,299 @@
+"""OpenAI-compatible REST gateway: /v1/completions, /v1/chat/completions, /v1/models, /health,
+/metrics, over any `router.backend.Backend`."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from flying import logs
+from flying.errors import STATUS_TABLE, http_status, openai_type
+from flying.settings import RouterSettings
+from flying_core.errors import FlyingError, Internal, NotFound, Unavailable
+from router import chat
+from router.backend import Backend, Done, GatewayRequest, TextDelta
+from router.metrics import RequestTrack, RouterMetrics
+
+log = logs.get("flying.router.rest")
+GENERATE_PATHS = {"/v1/completions": "cmpl-", "/v1/chat/completions": "chatcmpl-"}
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"message": message, "type": openai_type(code), "param": None,
+                      "code": code}}
+
+
+def error_response(code: str, message: str) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=http_status(code))
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _EventStream(StreamingResponse):
+    """SSE that always closes its body iterator (so the backend iterator is closed too), also
+    when the client disconnects while the body is suspended between two chunks."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (OSError, ClientDisconnect):  # the client went away mid-send (ASGI >= 2.4)
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+class _Edge:
+    """Outermost app layer: request ids, API keys, one log line per request, the request
+    counter, and a 500 with the request id for anything unexpected."""
+
+    def __init__(self, app, keys: tuple[str, ...], metrics: RouterMetrics):
+        self.app, self.keys, self.metrics = app, keys, metrics
+
+    def _authorized(self, scope) -> bool:
+        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        scheme, _, key = auth.partition(" ")
+        return scheme.lower() == "bearer" and any(
+            hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.keys)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        client_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        # a client's X-Request-Id is kept as a prefix; the suffix keeps ids unique upstream
+        base = (f"{client_id}-{uuid.uuid4().hex[:8]}" if _CLIENT_ID.match(client_id)
+                else uuid.uuid4().hex)
+        rid = GENERATE_PATHS.get(path, "req-") + base
+        state = scope.setdefault("state", {})
+        state["request_id"], state["log"] = rid, {}
+        sent: dict[str, int] = {}
+
+        async def send_with_id(msg) -> None:
+            if msg["type"] == "http.response.start":
+                sent["status"] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []),
+                                          (b"x-request-id", rid.encode())]}
+            await send(msg)
+
+        t0 = time.perf_counter()
+        try:
+            if path.startswith("/v1/") and self.keys and not self._authorized(scope):
+                resp = error_response("UNAUTHENTICATED", "missing or invalid API key "
+                                      "(send 'Authorization: Bearer <key>')")
+                await resp(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled", request_id=rid, path=path)
+            state["log"]["outcome"] = "500"
+            if "status" not in sent:
+                resp = error_response("INTERNAL", f"internal error (request id {rid})")
+                await resp(scope, receive, send_with_id)
+        finally:
+            outcome = state["log"].pop("outcome", None) or str(sent.get("status", 499))
+            if path in GENERATE_PATHS:
+                self.metrics.requests.labels(status=outcome).inc()
+            emit = log.info if path.startswith("/v1/") else log.debug   # not probes at info
+            emit("request", request_id=rid, method=scope["method"], path=path, status=outcome,
+                 ms=round((time.perf_counter() - t0) * 1e3, 2), **state["log"])
+
+
+async def _until_disconnect(request: Request, aw: Awaitable) -> Any:
+    """Await `aw`, cancelling it if the client disconnects first (then raise _ClientGone)."""
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(aw), asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        gone = watch.done()
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    if work.cancelled():   # by us on a disconnect, or by the backend itself
+        raise _ClientGone() if gone else Unavailable("the request was cancelled upstream")
+    return work.result()
+
+
+async def _aclose(it: AsyncIterator) -> None:
+    close = getattr(it, "aclose", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+
+def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None,
+               metrics_registry: Any = None, *, chat_max_tokens: int = 1024) -> FastAPI:
+    """The gateway app. `tokenizer`: the model's HF tokenizer (for chat templates), or None.
+    `chat_max_tokens`: max_tokens of a chat request that names none (the agent also stops at
+    the context length)."""
+    metrics = RouterMetrics(metrics_registry)
+    app = FastAPI(title="Flying", docs_url=None, redoc_url=None)
+    app.add_middleware(_Edge, keys=tuple(settings.api_keys), metrics=metrics)
+    app.state.metrics = metrics
+
+    @app.exception_handler(FlyingError)
+    async def _flying_error(request: Request, exc: FlyingError) -> JSONResponse:
+        request.state.log["error"] = exc.message
+        return error_response(exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}"
+                 for e in exc.errors()]
+        request.state.log["error"] = "; ".join(parts) or "invalid request"
+        return error_response("INVALID_ARGUMENT", request.state.log["error"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = next((c for c, (_, s, _) in STATUS_TABLE.items() if s == exc.status_code),
+                    "INVALID_ARGUMENT")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    def model_for(name: str | None) -> str:
+        known = [settings.model_name, *backend.model_names()]
+        if name is not None and name not in known:
+            raise NotFound(f"The model '{name}' does not exist (served: {', '.join(known)})")
+        return name or settings.model_name
+
+    async def serve(request: Request, req: GatewayRequest, shape: chat.Shape, body: Any):
+        state, track = request.state.log, metrics.track()
+        it, streaming = None, False
+        try:
+            it = backend.generate(req)
+            if not body.stream:
+                text, done = await _until_disconnect(request, collect(it, track, state))
+                return JSONResponse(shape.full(text, done))
+            first = await _until_disconnect(request, anext(it, None))
+            streaming = True
+        except _ClientGone:
+            state["outcome"] = "499"
+            return Response(status_code=499)
+        finally:
+            if not streaming:   # else events() owns the iterator and the track
+                if it is not None:
+                    await _aclose(it)
+                track.close()
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _EventStream(events(it, first, shape, include_usage, track, state),
+                            media_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def finish(done: Done, track: RequestTrack, state: dict) -> Done:
+        state.update(finish_reason=done.finish_reason, prompt_tokens=done.prompt_tokens,
+                     completion_tokens=done.completion_tokens,
+                     ttft_ms=None if track.ttft_s is None else round(track.ttft_s * 1e3, 2))
+        if done.finish_reason == "error":
+            raise Unavailable("the worker serving this request failed; retry")
+        track.done(done.prompt_tokens)
+        return done
+
+    async def collect(it: AsyncIterator, track: RequestTrack, state: dict) -> tuple[str, Done]:
+        texts: list[str] = []
+        try:
+            async for ev in it:
+                if isinstance(ev, TextDelta):
+                    track.tokens(len(ev.token_ids))
+                    texts.append(ev.text)
+                elif isinstance(ev, Done):
+                    return "".join(texts), finish(ev, track, state)
+            raise Internal("the backend ended the stream without a result")
+        finally:
+            await _aclose(it)
+            track.close()
+
+    async def events(it: AsyncIterator, ev: Any, shape: chat.Shape, include_usage: bool,
+                     track: RequestTrack, state: dict) -> AsyncIterator[bytes]:
+        u: Any = None if include_usage else ...
+        ended = False
+        try:
+            if shape.chat:
+                yield _sse(shape.chunk([shape.role_choice()], u))
+            while not isinstance(ev, Done):
+                if ev is None:
+                    raise Internal("the backend ended the stream without a result")
+                track.tokens(len(ev.token_ids))
+                if ev.text:
+                    yield _sse(shape.chunk([shape.choice(ev.text, None, True)], u))
+                ev = await anext(it, None)
+            done = finish(ev, track, state)
+            yield _sse(shape.chunk([shape.choice(None, done.finish_reason, True)], u))
+            if include_usage:
+                yield _sse(shape.chunk([], chat.usage(done)))
+            ended = True
+            yield SSE_DONE
+        except Exception as e:
+            code = e.code if isinstance(e, FlyingError) else "INTERNAL"
+            msg = e.message if isinstance(e, FlyingError) else \
+                f"internal error (request id {shape.rid})"
+            if not isinstance(e, FlyingError):
+                log.exception("stream failed", request_id=shape.rid)
+            state.update(outcome=str(http_status(code)), error=msg)
+            ended = True
+            yield _sse(error_body(code, msg))
+            yield SSE_DONE
+        finally:
+            if not ended:
+                state["outcome"] = "499"   # the client went away mid-stream
+            await _aclose(it)
+            track.close()
+
+    @app.post("/v1/completions")
+    async def completions(body: chat.CompletionRequest, request: Request):
+        rid = request.state.request_id
+        req = chat.completion_request(body, rid)
+        return await serve(request, req, chat.Shape(False, rid, model_for(body.model)), body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: chat.ChatRequest, request: Request):
+        rid = request.state.request_id
+        model = model_for(body.model)
+        req = chat.chat_request(body, rid, tokenizer, chat_max_tokens)
+        return await serve(request, req, chat.Shape(True, rid, model), body)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        names = list(dict.fromkeys([settings.model_name, *backend.model_names()]))
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                            "owned_by": "flying"} for n in names]}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            ok = await backend.ready()
+        except Exception as e:
+            log.warning("health check failed", error=repr(e))
+            ok = False
+        return JSONResponse({"status": "ok" if ok else "unavailable"},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    return app

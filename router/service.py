@@ -1,0 +1,79 @@
+"""flying.v1.Router over grpc.aio, and the REST gateway's Backend, both over the Dispatcher."""
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from agent.convert import mode_from_pb
+from flying.errors import grpc_status
+from flying.v1 import flying_pb2 as pb
+from flying.v1 import flying_pb2_grpc as pb_grpc
+from flying_core.errors import FlyingError, InvalidArgument
+from router.backend import Done, GatewayRequest, TextDelta
+from router.control import Controller
+from router.convert import gateway_to_pb
+from router.dispatch import Dispatcher
+
+
+def unary_errors(fn):
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+    return wrapper
+
+
+class RouterService(pb_grpc.RouterServicer):
+    def __init__(self, dispatcher: Dispatcher, controller: Controller):
+        self.dispatcher, self.controller = dispatcher, controller
+
+    async def Generate(self, request, context):
+        try:
+            async for resp in self.dispatcher.generate(request):
+                yield resp
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+
+    @unary_errors
+    async def GetClusterStatus(self, request, context):
+        await self.dispatcher.cluster.refresh()
+        return pb.ClusterStatus(nodes=[a.status_pb for a in self.dispatcher.cluster.agents
+                                       if a.status_pb is not None])
+
+    @unary_errors
+    async def Reconfigure(self, request, context):
+        if not request.node:
+            raise InvalidArgument("name the node to reconfigure (node = agent name or address)")
+        if not request.instance_sizes:
+            raise InvalidArgument("instance_sizes is empty")
+        return await self.controller.reconfigure(request.node, tuple(request.instance_sizes),
+                                                 mode_from_pb(request.mode), "operator",
+                                                 request.deadline_ms)
+
+
+class DispatchBackend:
+    """router.backend.Backend over the Dispatcher (the REST gateway's way in)."""
+
+    def __init__(self, dispatcher: Dispatcher, model_name: str):
+        self.dispatcher, self.model_name = dispatcher, model_name
+
+    async def generate(self, req: GatewayRequest):
+        stream = self.dispatcher.generate(gateway_to_pb(req))
+        try:
+            async for resp in stream:
+                if resp.HasField("chunk"):
+                    yield TextDelta(resp.chunk.text, tuple(resp.chunk.token_ids))
+                else:
+                    c = resp.complete
+                    yield Done(c.finish_reason, c.usage.prompt_tokens,
+                               c.usage.completion_tokens)
+        finally:
+            await asyncio.shield(stream.aclose())
+
+    async def ready(self) -> bool:
+        return self.dispatcher.cluster.ready()
+
+    def model_names(self) -> list[str]:
+        return [self.model_name]
