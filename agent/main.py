@@ -9,13 +9,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from flying import logs, sdnotify
-from flying.settings import AgentSettings
-from flying.v1 import flying_pb2, flying_pb2_grpc
-
 from agent.metrics import AgentMetrics
 from agent.node import Node
 from agent.service import AgentService
+from flying import logs, sdnotify
+from flying.settings import AgentSettings
+from flying.v1 import flying_pb2, flying_pb2_grpc
 
 SERVICE = flying_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 log = logs.get("flying.agent")

@@ -5,15 +5,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from agent.metrics import AgentMetrics
+from agent.topology import Topology, discover, tp_sizes_allowed
 from flying import logs
 from flying.settings import AgentSettings, parse_layout
 from flying_core.config import GroupConfig
 from flying_core.errors import FailedPrecondition, Unavailable
 from flying_core.group import WorkerGroup
 from flying_core.messages import Event, GroupStatus, PreemptMode, RequestSpec, SwitchReport
-
-from agent.metrics import AgentMetrics
-from agent.topology import Topology, discover, tp_sizes_allowed
 
 log = logs.get("flying.node")
 

@@ -8,15 +8,14 @@ import time
 import grpc
 import structlog
 
+from agent import convert
+from agent.node import Node
 from flying import logs
 from flying.errors import grpc_status
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument, Unavailable
 from flying_core.messages import Finished, FinishReason, TokenEvent
-
-from agent import convert
-from agent.node import Node
 
 log = logs.get("flying.agent")
 
