@@ -25,6 +25,17 @@ from flying_core.messages import (
 )
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the process that started it dies (no orphans)."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _pin_threads(cfg: WorkerConfig) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -185,6 +196,7 @@ def _rss() -> int:
 
 def worker_main(cfg: WorkerConfig, conn) -> None:
     """Process entry point (spawned)."""
+    _die_with_parent()
     _pin_threads(cfg)
     from flying import logs
     logs.configure(component=f"worker{cfg.rank}")

@@ -48,10 +48,12 @@ class Controller:
             self.dispatcher.kick.clear()
             if not self.enabled:
                 continue
-            views = [v for v in self.cluster.views() if v.name not in self._busy]
+            views = self.cluster.views()
             decisions = self.policy.evaluate(views, self.dispatcher.signals(), time.monotonic(),
                                              tuple(self.dispatcher.pending.values()))
             for d in decisions:
+                if d.node in self._busy:
+                    continue
                 self._busy.add(d.node)
                 asyncio.create_task(self._apply(d))
 
@@ -63,6 +65,7 @@ class Controller:
                         error=str(e))
         finally:
             self._busy.discard(d.node)
+            self.policy.settled(d.node)
 
     async def reconfigure(self, node: str, layout, mode: PreemptMode, reason: str,
                           deadline_ms: float = 0.0) -> pb.ReconfigureResponse:

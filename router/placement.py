@@ -1,0 +1,126 @@
+"""Placement: which node and instance serve a request.
+
+Rules, in order:
+
+1. Only serving nodes (healthy, state "serving") and their `available` instances count (an
+   instance a switch is retiring is not available).
+2. The request's context (prompt + max_tokens) must fit the instance: at most its
+   `max_context_tokens`, and its KV blocks (`ceil(context / block_size)`) at most the
+   instance's free blocks (`kv_blocks_total - kv_blocks_used`).
+3. Among fitting instances, a normal request goes where it waits least: expected wait =
+   `waiting * step_ms`, with `step_ms` the measured decode step at the instance's current
+   batch (`views.step_at(cost, running)`, its TP size's profile interpolated; `default_step_ms`
+   when the size has no profile). Ties: the faster step with this request added, fewer running, more
+   free KV, then node name and instance index (so placement is deterministic).
+4. An urgent request (see `classify`) goes to the instance with the fastest per-token latency:
+   the lowest step time with it added (`step_at(cost, running + 1)`); ties by expected wait.
+   Urgent requests are scheduled first on their instance, so the queue matters less to them.
+
+When nothing fits, `place` returns `(None, reason)`:
+
+- `NO_NODE`: no serving node with an available instance (UNAVAILABLE, 503);
+- `TOO_LONG`: longer than any node could hold even with all its workers merged, or than
+  `max_model_len` (INVALID_ARGUMENT, 400);
+- `NEEDS_MERGE`: longer than every current instance, but a merged instance would hold it:
+  hand it to the policy as a pending request (`policy.PendingRequest`);
+- `NO_KV_ROOM`: an instance is long enough but has no free KV now: queue and retry, or pass
+  `queue_when_full` to place it on the best instance whose context fits (its node queues it).
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from router.views import (
+    NodeView,
+    capacity_tokens,
+    costs_by_size,
+    fits,
+    free_blocks,
+    step_ms,
+)
+
+
+class Unplaced(enum.StrEnum):
+    NO_NODE = "no_node"
+    TOO_LONG = "too_long"
+    NEEDS_MERGE = "needs_merge"
+    NO_KV_ROOM = "no_kv_room"
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    default_step_ms: float = 1.0   # step time assumed for a TP size with no profile yet
+    queue_when_full: bool = False  # NO_KV_ROOM: place anyway where the context fits
+
+
+@dataclass(frozen=True)
+class Placement:
+    node: str
+    instance: int                  # index in the node's current layout (RequestSpec.instance)
+    tp_size: int
+    expected_wait_ms: float
+    step_ms: float                 # decode step with this request added
+    queued: bool = False           # placed without free KV (queue_when_full)
+
+
+@dataclass(frozen=True)
+class _Option:
+    placement: Placement
+    running: int
+    free: int
+
+
+def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
+             need_room: bool) -> list[_Option]:
+    out = []
+    for v in views:
+        if not v.serving:
+            continue
+        st = v.status
+        costs = costs_by_size(st)
+        for inst in st.instances:
+            if need_room:
+                if not fits(inst, context, st.block_size):
+                    continue
+            elif not (inst.available and context <= inst.max_context_tokens):
+                continue
+            cost = costs.get(inst.tp_size)
+            now_ms = step_ms(cost, inst.running, cfg.default_step_ms)
+            with_ms = step_ms(cost, inst.running + 1, cfg.default_step_ms)
+            p = Placement(v.name, inst.index, inst.tp_size, inst.waiting * now_ms, with_ms,
+                          queued=not need_room)
+            out.append(_Option(p, inst.running, free_blocks(inst)))
+    return out
+
+
+def _key(o: _Option, urgent: bool):
+    p = o.placement
+    tail = (o.running, -o.free, p.node, p.instance)
+    return (p.step_ms, p.expected_wait_ms) + tail if urgent else \
+        (p.expected_wait_ms, p.step_ms) + tail
+
+
+def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
+          cfg: PlacementConfig = PlacementConfig()) -> tuple[Placement | None, Unplaced | None]:
+    """Pick a node and instance for a request of `context_tokens` (prompt + max_tokens).
+    Returns `(placement, None)` or `(None, reason)`; see the module doc for the rules."""
+    views = [v for v in views if v.serving]
+    options = _options(views, context_tokens, cfg, need_room=True)
+    if options:
+        return min(options, key=lambda o: _key(o, urgent)).placement, None
+    if not any(i.available for v in views for i in v.status.instances):
+        return None, Unplaced.NO_NODE
+    long_enough = any(i.available and context_tokens <= i.max_context_tokens
+                      for v in views for i in v.status.instances)
+    if long_enough:
+        if cfg.queue_when_full:
+            options = _options(views, context_tokens, cfg, need_room=False)
+            return min(options, key=lambda o: _key(o, urgent)).placement, None
+        return None, Unplaced.NO_KV_ROOM
+    if any(context_tokens <= capacity_tokens(v.status, s) for v in views
+           for s in v.status.possible_tp_sizes if s <= v.num_workers):
+        return None, Unplaced.NEEDS_MERGE
+    return None, Unplaced.TOO_LONG
+

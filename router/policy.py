@@ -1,0 +1,293 @@
+"""The layout policy: when to merge a node's workers into TP instances and when to split them.
+
+Driven by each node's *measured* cost profile (`GroupStatus.costs`), never by a belief that TP
+is faster: on a CPU box TP steps are slower than DP steps, on GPUs usually faster. `evaluate`
+is called periodically with the nodes' views, per-node `LoadSignals` and the time; it returns
+`Reconfigure` decisions, at most one per node. Pure and deterministic: time is an argument, the
+only state is per node (its layout, since when, its load regime and its memory hold).
+
+Rules, for each node that is healthy and serving with every instance available (nothing is
+decided while a node is switching, warming, draining or restarting):
+
+1. **Memory merge** (after `memory_dwell_s` in the current layout): a pending request (the
+   node's `LoadSignals.pending`, the node's own `unplaced_max_tokens`, or a router-wide request
+   passed to `evaluate(pending=...)`) that no instance holds now, within its context and its
+   free KV, but that a merged instance would hold: merge the *smallest* aligned block of
+   workers that holds it (an instance of size s starts at a worker divisible by s, s in
+   `possible_tp_sizes`; capacity `min(max_model_len, blocks_per_worker * s * block_size)`,
+   free KV the free blocks of the workers merged). Among blocks of that size: the least loaded,
+   then the most free KV. The merged size is then *held* (`memory_hold_s`): no later decision
+   shrinks the node below it while the hold lasts. Router-wide requests: one merge per
+   evaluation, on the node needing the smallest merge, then the least loaded; none while any
+   node is mid-switch (its new layout may hold the request).
+2. **Load regime** with separate enter/exit levels: `backlog` = (requests waiting on the node +
+   `queue_depth`) per worker; `load` = (running + waiting + `queue_depth` + `arrival_rate *
+   rate_horizon_s`) per worker. BURST is entered at `backlog >= burst_enter` and left at
+   `backlog <= burst_exit`; LOW is entered at `load <= low_enter` and left at
+   `load >= low_exit`; NORMAL in between. The regime is tracked on every evaluation and acts
+   only once it has lasted `regime_confirm_s` (a load swinging faster than that moves nothing).
+3. After `min_dwell_s` in the current layout, every aligned layout is scored by the profile at
+   the node's demand (`views.score_layout`; layouts with an unprofiled size are skipped, and
+   so are layouts whose largest instance cannot hold the longest in-flight request or the
+   memory hold):
+   - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
+     beats the current one by `throughput_gain` (replicas win when the profile says so);
+   - LOW, **latency merge**: switch to the layout with the lowest per-token step time at the
+     expected batch if it beats the current one by `latency_gain` (a TP-slower profile never
+     merges; a node merged for memory goes back to replicas once its hold is over);
+   - NORMAL: no change. Ties go to the layout that disturbs fewer workers.
+4. **Preempt mode**: HARD when urgent requests wait on the node and the oldest has waited
+   `hard_wait_s` or more, or when a memory merge is for an urgent request; SOFT otherwise.
+
+Flapping is prevented by the dwell times, the enter/exit bands, the gain margins and the
+one-decision-per-node rule. After a decision the node gets none until its status shows the
+decided layout (or `settled(node)` is called, or `switch_timeout_s` passes). A node seen for
+the first time may be switched at once.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from flying_core.messages import GroupStatus, PreemptMode
+from router.views import (
+    NodeView,
+    aligned_layouts,
+    capacity_tokens,
+    changed_workers,
+    costs_by_size,
+    fits,
+    merge_for,
+    score_layout,
+)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request no instance can hold now (placement said NEEDS_MERGE)."""
+    context_tokens: int
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSignals:
+    """What the router measured for one node recently."""
+    arrival_rate: float = 0.0              # requests/s routed to the node
+    queue_depth: int = 0                   # requests held at the router for it (not in status)
+    pending: tuple[PendingRequest, ...] = ()   # requests for it that fit no instance
+    urgent_waiting: int = 0                # urgent requests waiting for it (router + node)
+    urgent_wait_s: float = 0.0             # how long the oldest of them has waited
+    longest_inflight_tokens: int = 0       # longest context running on it (0: unknown)
+
+
+class Regime(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    BURST = "burst"
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    node: str
+    layout: tuple[int, ...]
+    mode: PreemptMode
+    reason: str
+    kind: str = ""                         # memory | throughput | latency
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_dwell_s: float = 5.0        # least time in a layout before a load-driven switch
+    memory_dwell_s: float = 0.5     # least time in a layout before a memory merge
+    memory_hold_s: float = 10.0     # a memory merge's size is kept this long
+    burst_enter: float = 2.0        # backlog per worker entering BURST
+    burst_exit: float = 0.5         # backlog per worker leaving BURST
+    low_enter: float = 1.0          # load per worker entering LOW
+    low_exit: float = 2.0           # load per worker leaving LOW
+    regime_confirm_s: float = 1.0   # a regime must last this long before it switches a node
+    rate_horizon_s: float = 0.5     # arrivals expected within this horizon count as load
+    throughput_gain: float = 0.10   # a split must add this fraction of tokens/s
+    latency_gain: float = 0.10      # a merge must cut this fraction of the step time
+    hard_wait_s: float = 0.5        # urgent requests waiting this long: HARD preempt
+    max_batch: int = 0              # batch cap when scoring (0: largest profiled batch)
+    switch_timeout_s: float = 30.0  # a decided layout not seen by then: decide afresh
+
+    def __post_init__(self):
+        if not 0 <= self.burst_exit < self.burst_enter:
+            raise ValueError("need 0 <= burst_exit < burst_enter")
+        if not 0 <= self.low_enter < self.low_exit:
+            raise ValueError("need 0 <= low_enter < low_exit")
+        if self.low_enter >= self.burst_enter:
+            raise ValueError("need low_enter < burst_enter")
+        if not (0 <= self.throughput_gain < 1 and 0 <= self.latency_gain < 1):
+            raise ValueError("gains must be in [0, 1)")
+        if min(self.min_dwell_s, self.memory_dwell_s, self.memory_hold_s) < 0:
+            raise ValueError("times must be >= 0")
+
+
+@dataclass
+class _Node:
+    layout: tuple[int, ...] = ()
+    since: float = -math.inf        # when the current layout was seen first, or last decision
+    regime: Regime = Regime.NORMAL
+    regime_since: float = -math.inf
+    hold_tokens: int = 0
+    hold_until: float = -math.inf
+    target: tuple[int, ...] | None = None   # decided, not yet seen in the node's status
+    target_at: float = -math.inf
+
+
+class Policy:
+    """Stateful (per node) but deterministic; see the module doc for the rules."""
+
+    def __init__(self, cfg: PolicyConfig = PolicyConfig()):
+        self.cfg = cfg
+        self._nodes: dict[str, _Node] = {}
+
+    def regime(self, node: str) -> Regime:
+        return self._nodes.get(node, _Node()).regime
+
+    def evaluate(self, views: Iterable[NodeView], loads: Mapping[str, LoadSignals], now: float,
+                 pending: Sequence[PendingRequest] = ()) -> list[Reconfigure]:
+        """Decisions for this round: at most one per node, none for a node mid-switch."""
+        c, out, ready = self.cfg, [], []
+        switching = False
+        for v in views:
+            st = self._nodes.setdefault(v.name, _Node())
+            if v.serving and st.target is not None and (
+                    v.status.layout == st.target or now - st.target_at >= c.switch_timeout_s):
+                st.target = None
+            if not (v.serving and all(i.available for i in v.status.instances)) or st.target:
+                switching |= v.healthy and v.status is not None and v.status.state in (
+                    "switching", "serving")
+                continue
+            if v.status.layout != st.layout:
+                if st.layout:
+                    st.since = max(st.since, now)
+                st.layout = v.status.layout
+            sig = loads.get(v.name, LoadSignals())
+            self._track_regime(st, v.status, sig, now)
+            d = self._decide(v, sig, st, now)
+            if d is not None:
+                out.append(self._record(st, d, now))
+            else:
+                ready.append(v)
+        d = None if switching else self._global_merge(ready, loads, pending, now)
+        if d is not None:
+            out.append(self._record(self._nodes[d.node], d, now))
+        return out
+
+    # ------------------------------------------------------------------ rules
+
+    def settled(self, node: str) -> None:
+        """The caller's switch of `node` finished or failed: stop waiting for its layout to show
+        in the node's status (the dwell time still runs from the decision)."""
+        if node in self._nodes:
+            self._nodes[node].target = None
+
+    def _record(self, st: _Node, d: Reconfigure, now: float) -> Reconfigure:
+        st.since, st.target, st.target_at = now, d.layout, now
+        return d
+
+    def _hard(self, sig: LoadSignals) -> bool:
+        return sig.urgent_waiting > 0 and sig.urgent_wait_s >= self.cfg.hard_wait_s
+
+    def _memory(self, v: NodeView, req: PendingRequest, sig: LoadSignals, st: _Node,
+                now: float, found) -> Reconfigure:
+        new, first, size = found
+        if now >= st.hold_until:
+            st.hold_tokens = 0
+        st.hold_tokens = max(st.hold_tokens, req.context_tokens)
+        st.hold_until = now + self.cfg.memory_hold_s
+        mode = PreemptMode.HARD if req.urgent or self._hard(sig) else PreemptMode.SOFT
+        why = (f"memory: a {req.context_tokens}-token request fits no instance of "
+               f"{list(v.status.layout)}; merge workers {first}-{first + size - 1} "
+               f"(holds {capacity_tokens(v.status, size)} tokens)")
+        return Reconfigure(v.name, new, mode, why, "memory")
+
+    def _track_regime(self, st: _Node, s: GroupStatus, sig: LoadSignals, now: float) -> None:
+        c, n = self.cfg, max(1, sum(s.layout))
+        waiting = sum(i.waiting for i in s.instances) + sig.queue_depth
+        backlog = waiting / n
+        load = (waiting + sum(i.running for i in s.instances)
+                + sig.arrival_rate * c.rate_horizon_s) / n
+        r = st.regime
+        if r == Regime.BURST:
+            r = Regime.NORMAL if backlog <= c.burst_exit else r
+        elif backlog >= c.burst_enter:
+            r = Regime.BURST
+        if r == Regime.LOW and load >= c.low_exit:
+            r = Regime.NORMAL
+        elif r == Regime.NORMAL and load <= c.low_enter:
+            r = Regime.LOW
+        if r != st.regime:
+            st.regime, st.regime_since = r, now
+
+    def _decide(self, v: NodeView, sig: LoadSignals, st: _Node, now: float
+                ) -> Reconfigure | None:
+        c, s = self.cfg, v.status
+        if now - st.since >= c.memory_dwell_s:
+            needs = list(sig.pending)
+            if s.unplaced and s.unplaced_max_tokens:
+                needs.append(PendingRequest(s.unplaced_max_tokens))
+            for req in sorted(needs, key=lambda r: (not r.urgent, -r.context_tokens)):
+                found = merge_for(s, req.context_tokens)
+                if found:
+                    return self._memory(v, req, sig, st, now, found)
+        if (now - st.since < c.min_dwell_s or st.regime == Regime.NORMAL
+                or now - st.regime_since < c.regime_confirm_s):
+            return None
+        costs = costs_by_size(s)
+        need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
+        demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
+                           + sig.arrival_rate * c.rate_horizon_s)
+        current = score_layout(s.layout, costs, demand, c.max_batch)
+        if current is None:
+            return None
+        cands = []
+        for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
+            if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need):
+                continue
+            sc = score_layout(lo, costs, demand, c.max_batch)
+            if sc is not None:
+                cands.append((lo, sc, changed_workers(s.layout, lo)))
+        if not cands:
+            return None
+        mode = PreemptMode.HARD if self._hard(sig) else PreemptMode.SOFT
+        if st.regime == Regime.BURST:
+            lo, sc, _ = min(cands, key=lambda t: (-t[1].throughput_tps, t[2], t[0]))
+            if sc.throughput_tps >= current.throughput_tps * (1 + c.throughput_gain):
+                why = (f"throughput: backlog at {demand} requests; {list(lo)} gives "
+                       f"{sc.throughput_tps:.0f} tok/s vs {current.throughput_tps:.0f} for "
+                       f"{list(s.layout)}")
+                return Reconfigure(v.name, lo, mode, why, "throughput")
+            return None
+        lo, sc, _ = min(cands, key=lambda t: (t[1].latency_ms, t[2], t[0]))
+        if sc.latency_ms <= current.latency_ms * (1 - c.latency_gain):
+            why = (f"latency: low load ({demand} requests); {list(lo)} steps in "
+                   f"{sc.latency_ms:.1f} ms vs {current.latency_ms:.1f} ms for {list(s.layout)}")
+            return Reconfigure(v.name, lo, mode, why, "latency")
+        return None
+
+    def _global_merge(self, ready: list[NodeView], loads: Mapping[str, LoadSignals],
+                      pending: Sequence[PendingRequest], now: float) -> Reconfigure | None:
+        """Rule 1 for router-wide pending requests: one merge per evaluation."""
+        ready = [v for v in ready
+                 if now - self._nodes[v.name].since >= self.cfg.memory_dwell_s]
+        for req in sorted(pending, key=lambda r: (not r.urgent, -r.context_tokens)):
+            if any(fits(i, req.context_tokens, v.status.block_size)
+                   for v in ready for i in v.status.instances):
+                continue
+            options = []
+            for v in ready:
+                found = merge_for(v.status, req.context_tokens)
+                if found:
+                    load = sum(i.running + i.waiting for i in v.status.instances)
+                    options.append((found[2], load, v.name, v, found))
+            if options:
+                *_, v, found = min(options, key=lambda o: o[:3])
+                sig = loads.get(v.name, LoadSignals())
+                return self._memory(v, req, sig, self._nodes[v.name], now, found)
+        return None

@@ -1,0 +1,317 @@
+"""The layout policy over scripted load timelines: pure, no agent, no clock."""
+from __future__ import annotations
+
+import pytest
+
+from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
+from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig, Regime
+from router.views import NodeView, aligned_layouts, merge_for, score_layout, with_block
+
+# GPU-like: a TP-2 step is faster than a replica's step, but replicas win on throughput.
+GPU = (LayoutCost(1, 0.20, {1: 20.0, 2: 21.0, 4: 23.0, 8: 28.0, 16: 40.0}),
+       LayoutCost(2, 0.12, {1: 12.0, 2: 13.0, 4: 15.0, 8: 20.0, 16: 30.0}),
+       LayoutCost(4, 0.08, {1: 8.0, 2: 9.0, 4: 11.0, 8: 16.0, 16: 26.0}))
+# This CPU box: TP steps are slower than DP steps (gloo all-reduce per layer).
+CPU = (LayoutCost(1, 0.5, {1: 5.0, 2: 6.0, 4: 8.0, 8: 12.0, 16: 20.0}),
+       LayoutCost(2, 0.8, {1: 20.0, 2: 22.0, 4: 25.0, 8: 30.0, 16: 40.0}),
+       LayoutCost(4, 1.0, {1: 30.0, 2: 32.0, 4: 35.0, 8: 40.0, 16: 50.0}))
+
+BS, BLOCKS = 16, 64          # 64 blocks of 16 tokens per worker: 1024 tokens per worker
+
+
+def status(layout, waiting=0, running=0, *, costs=GPU, state="serving", used=None,
+           sizes=None, max_model_len=4096, unplaced_max=0, available=True) -> GroupStatus:
+    """A node whose `waiting`/`running` requests are spread evenly over its instances."""
+    n, insts, first = len(layout), [], 0
+    sizes = sizes or tuple(s for s in (1, 2, 4, 8) if s <= sum(layout) and sum(layout) % s == 0)
+    for i, s in enumerate(layout):
+        insts.append(InstanceStatus(
+            index=i, workers=tuple(range(first, first + s)),
+            waiting=waiting // n + (i < waiting % n), running=running // n + (i < running % n),
+            kv_blocks_total=BLOCKS * s, kv_blocks_used=(used or [0] * n)[i],
+            max_context_tokens=min(max_model_len, BLOCKS * s * BS), available=available))
+        first += s
+    return GroupStatus(state=state, layout=tuple(layout), instances=tuple(insts),
+                       possible_tp_sizes=sizes, block_size=BS, max_model_len=max_model_len,
+                       costs=costs, unplaced=int(bool(unplaced_max)),
+                       unplaced_max_tokens=unplaced_max)
+
+
+def drive(policy, layout, timeline, costs=GPU, node="n0"):
+    """Feed (time, waiting, running, signals) snapshots; apply each decision to the layout."""
+    decisions = []
+    for t, waiting, running, sig in timeline:
+        view = NodeView(node, status(layout, waiting, running, costs=costs))
+        for d in policy.evaluate([view], {node: sig or LoadSignals()}, t):
+            assert d.node == node
+            decisions.append((t, d))
+            layout = d.layout
+    return decisions, layout
+
+
+def steady(t0, t1, waiting, running, sig=None, dt=0.5):
+    return [(t0 + k * dt, waiting, running, sig) for k in range(int((t1 - t0) / dt))]
+
+
+# ---------------------------------------------------------------- load-driven switches
+
+
+def test_burst_splits_a_merged_node():
+    timeline = steady(0, 10, 0, 2) + steady(10, 20, 12, 16)
+    decisions, layout = drive(Policy(), (2,), timeline)
+    assert len(decisions) == 1 and layout == (1, 1)
+    t, d = decisions[0]
+    assert t == 11 and d.kind == "throughput" and d.mode == PreemptMode.SOFT   # confirm: 1 s
+
+
+def test_burst_keeps_merged_when_profile_says_tp_has_more_throughput():
+    # a (hypothetical) memory-bound profile where one TP-2 step serves a batch nearly free
+    costs = (LayoutCost(1, 0.2, {1: 20.0, 16: 200.0}), LayoutCost(2, 0.1, {1: 8.0, 16: 20.0}))
+    decisions, layout = drive(Policy(), (2,), steady(0, 20, 12, 16), costs=costs)
+    assert decisions == [] and layout == (2,)
+
+
+def test_low_load_merges_when_tp_is_faster():
+    decisions, layout = drive(Policy(), (1, 1), steady(0, 30, 0, 1))
+    assert [d.kind for _, d in decisions] == ["latency"] and layout == (2,)
+
+
+def test_low_load_does_not_merge_when_tp_is_slower():
+    decisions, layout = drive(Policy(), (1, 1), steady(0, 30, 0, 1), costs=CPU)
+    assert decisions == [] and layout == (1, 1)
+
+
+def test_low_load_on_cpu_splits_a_merged_node_back():
+    decisions, layout = drive(Policy(), (2,), steady(0, 30, 0, 1), costs=CPU)
+    assert [d.kind for _, d in decisions] == ["latency"] and layout == (1, 1)
+
+
+def test_four_workers_low_load_merges_all_on_gpu():
+    decisions, layout = drive(Policy(), (1, 1, 1, 1), steady(0, 30, 0, 1))
+    assert layout == (4,) and len(decisions) == 1
+
+
+def test_no_profile_no_load_decision():
+    decisions, layout = drive(Policy(), (1, 1), steady(0, 30, 0, 1), costs=())
+    assert decisions == [] and layout == (1, 1)
+
+
+def test_normal_load_changes_nothing():
+    decisions, _ = drive(Policy(), (1, 1), steady(0, 60, 2, 4))   # backlog 1, load 3
+    assert decisions == []
+
+
+# ---------------------------------------------------------------- hysteresis
+
+
+def test_oscillating_around_the_burst_threshold_switches_once():
+    # backlog per worker alternates 1.5 / 2.5 around burst_enter = 2.0 for a minute
+    timeline = [(t * 0.5, 5 if t % 2 else 3, 16, None) for t in range(120)]
+    decisions, layout = drive(Policy(), (2,), timeline)
+    assert len(decisions) == 1 and layout == (1, 1)
+
+
+def test_oscillating_around_the_low_threshold_switches_once():
+    # load per worker alternates 0.5 / 1.5 around low_enter = 1.0
+    timeline = [(t * 0.5, 0, 3 if t % 2 else 1, None) for t in range(120)]
+    decisions, layout = drive(Policy(), (1, 1), timeline)
+    assert len(decisions) == 1 and layout == (2,)
+
+
+def test_swinging_load_is_limited_by_the_dwell_time():
+    cfg = PolicyConfig(min_dwell_s=5.0)
+    timeline = []
+    for k in range(60):    # burst and idle every second, for a minute
+        timeline.append((float(k), 12, 16, None) if k % 2 else (float(k), 0, 0, None))
+    decisions, _ = drive(Policy(cfg), (2,), timeline)
+    times = [t for t, _ in decisions]
+    assert all(b - a >= cfg.min_dwell_s for a, b in zip(times, times[1:]))
+    assert len(decisions) <= 60 / cfg.min_dwell_s + 1
+
+
+def test_regime_bands():
+    p = Policy()
+    view = lambda w, r: NodeView("n", status((1, 1), w, r, costs=CPU))  # noqa: E731
+    for (w, r), want in [((0, 1), Regime.LOW), ((0, 3), Regime.LOW), ((0, 4), Regime.NORMAL),
+                         ((4, 4), Regime.BURST), ((2, 4), Regime.BURST),
+                         ((1, 4), Regime.NORMAL), ((0, 2), Regime.LOW)]:
+        p.evaluate([view(w, r)], {}, 0.0)
+        assert p.regime("n") == want, (w, r)
+
+
+def test_config_rejects_overlapping_bands():
+    with pytest.raises(ValueError):
+        PolicyConfig(burst_enter=1.0, burst_exit=1.0)
+    with pytest.raises(ValueError):
+        PolicyConfig(low_enter=2.0, low_exit=1.0)
+
+
+# ---------------------------------------------------------------- memory-driven merges
+
+
+def test_long_request_merges_the_smallest_fitting_block():
+    p = Policy()
+    s = status((1, 1, 1, 1), 0, 4)
+    sig = LoadSignals(pending=(PendingRequest(1500),))      # > 1024 per worker, <= 2048
+    [d] = p.evaluate([NodeView("n", s)], {"n": sig}, 0.0)
+    assert d.kind == "memory" and d.layout == (2, 1, 1) and d.mode == PreemptMode.SOFT
+
+    p = Policy()
+    sig = LoadSignals(pending=(PendingRequest(3000, urgent=True),))   # needs all 4 workers
+    [d] = p.evaluate([NodeView("n", s)], {"n": sig}, 0.0)
+    assert d.layout == (4,) and d.mode == PreemptMode.HARD
+
+
+def test_memory_merge_picks_the_least_loaded_block():
+    s = status((1, 1, 1, 1), 0, 0)
+    s = GroupStatus(**{**s.__dict__, "instances": tuple(
+        InstanceStatus(**{**i.__dict__, "running": 3 if i.index < 2 else 0})
+        for i in s.instances)})
+    assert merge_for(s, 1500) == ((1, 1, 2), 2, 2)
+
+
+def test_memory_merge_counts_free_kv():
+    # workers 0-1 have their KV nearly full: the merged block must be 2-3
+    s = status((1, 1, 1, 1), used=[60, 60, 0, 0])
+    assert merge_for(s, 1500)[0] == (1, 1, 2)
+    # worker 2 busy too: no block of 2 has room for 1800 tokens (113 blocks), all 4 have 116
+    s = status((1, 1, 1, 1), used=[60, 60, 20, 0])
+    assert merge_for(s, 1800)[0] == (4,)
+    assert merge_for(s, 1900) is None                   # 119 blocks: no room anywhere
+
+
+def test_memory_merge_from_the_nodes_unplaced_requests():
+    p = Policy()
+    [d] = p.evaluate([NodeView("n", status((1, 1), unplaced_max=1500))], {}, 0.0)
+    assert d.layout == (2,) and d.kind == "memory"
+
+
+def test_no_merge_when_nothing_would_hold_it():
+    p = Policy()
+    view = NodeView("n", status((1, 1), costs=CPU))
+    too_long = LoadSignals(pending=(PendingRequest(5000),))    # > max_model_len
+    assert p.evaluate([view], {"n": too_long}, 0.0) == []
+    fits_now = LoadSignals(pending=(PendingRequest(900),))
+    assert p.evaluate([view], {"n": fits_now}, 0.0) == []
+
+
+def test_memory_hold_keeps_the_merge_then_releases_it():
+    cfg = PolicyConfig(memory_hold_s=10.0)
+    p = Policy(cfg)
+    sig = LoadSignals(pending=(PendingRequest(1500),))
+    timeline = [(0.0, 0, 0, sig)] + steady(0.5, 30, 0, 1)
+    decisions, layout = drive(p, (1, 1), timeline, costs=CPU)
+    assert [d.kind for _, d in decisions] == ["memory", "latency"] and layout == (1, 1)
+    assert decisions[1][0] >= cfg.memory_hold_s
+
+
+def test_longest_inflight_request_blocks_a_split():
+    sig = LoadSignals(longest_inflight_tokens=1500)
+    decisions, layout = drive(Policy(), (2,), steady(0, 20, 12, 16, sig))
+    assert decisions == [] and layout == (2,)
+
+
+def test_global_pending_merges_one_node_the_least_loaded():
+    p = Policy()
+    views = [NodeView("a", status((1, 1), 2, 2, costs=CPU)),
+             NodeView("b", status((1, 1), 0, 1, costs=CPU))]
+    pend = [PendingRequest(1500), PendingRequest(1800)]
+    out = p.evaluate(views, {}, 0.0, pending=pend)
+    assert [(d.node, d.layout, d.kind) for d in out] == [("b", (2,), "memory")]
+
+
+def test_no_global_merge_while_a_node_switches():
+    p = Policy()
+    views = [NodeView("a", status((1, 1), state="switching")),
+             NodeView("b", status((1, 1), costs=CPU))]
+    assert p.evaluate(views, {}, 0.0, pending=[PendingRequest(1500)]) == []
+
+
+# ---------------------------------------------------------------- preempt mode, switching
+
+
+def test_urgent_waiting_requests_get_hard():
+    urgent = LoadSignals(urgent_waiting=2, urgent_wait_s=1.0)
+    decisions, _ = drive(Policy(), (2,), steady(0, 5, 12, 16, urgent))
+    assert decisions[0][1].mode == PreemptMode.HARD
+    fresh = LoadSignals(urgent_waiting=2, urgent_wait_s=0.1)
+    decisions, _ = drive(Policy(), (2,), steady(0, 5, 12, 16, fresh))
+    assert decisions[0][1].mode == PreemptMode.SOFT
+
+
+def test_nothing_while_switching_or_unhealthy():
+    p = Policy()
+    sig = {"n": LoadSignals(pending=(PendingRequest(1500),))}
+    for view in [NodeView("n", status((2,), 12, 16, state="switching")),
+                 NodeView("n", status((2,), 12, 16, available=False)),
+                 NodeView("n", status((2,), 12, 16), healthy=False),
+                 NodeView("n", status((2,), 12, 16, state="warming")),
+                 NodeView("n", None)]:
+        for t in range(30):
+            assert p.evaluate([view], sig, float(t)) == []
+    # once serving again, the burst is acted on (after the regime's confirmation time)
+    serving = NodeView("n", status((2,), 12, 16))
+    assert p.evaluate([serving], {}, 30.0) == []
+    assert p.evaluate([serving], {}, 31.0)[0].kind == "throughput"
+
+
+def test_dwell_after_a_layout_change():
+    p = Policy(PolicyConfig(min_dwell_s=5.0))
+    p.evaluate([NodeView("n", status((1, 1), 0, 4))], {}, 0.0)        # first sight: normal
+    p.evaluate([NodeView("n", status((2,), 0, 4))], {}, 1.0)          # switched by someone
+    burst = NodeView("n", status((2,), 12, 16))
+    assert p.evaluate([burst], {}, 3.0) == []
+    assert p.evaluate([burst], {}, 6.0)[0].layout == (1, 1)
+
+
+def test_one_decision_per_node_per_evaluation():
+    p = Policy()
+    # n0 is under a burst (a split would pay) and has a 3000-token request only (4,) holds
+    views = [NodeView("n0", status((2, 1, 1), 12, 16)), NodeView("n1", status((2,), 12, 16))]
+    sig = {"n0": LoadSignals(pending=(PendingRequest(3000),))}
+    out = p.evaluate(views, sig, 0.0) + p.evaluate(views, sig, 1.0)
+    assert [(d.node, d.kind, d.layout) for d in out] == [
+        ("n0", "memory", (4,)), ("n1", "throughput", (1, 1))]
+
+
+# ---------------------------------------------------------------- layout arithmetic
+
+
+def test_aligned_layouts_and_blocks():
+    assert aligned_layouts(4, (1, 2, 4)) == [(1, 1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 2), (4,)]
+    assert aligned_layouts(3, (1, 3)) == [(1, 1, 1), (3,)]
+    assert with_block((1, 1, 1, 1), 2, 2) == (1, 1, 2)
+    assert with_block((2, 2), 0, 4) == (4,)
+    assert with_block((4,), 0, 2) == (2, 1, 1)
+    assert with_block((2, 2, 2), 3, 3) == (2, 1, 3)       # 6 workers, sizes 1/2/3/6
+
+
+def test_score_layout_follows_the_profile():
+    costs = {c.tp_size: c for c in GPU}
+    assert score_layout((2,), costs, 1).latency_ms < score_layout((1, 1), costs, 1).latency_ms
+    assert score_layout((1, 1), costs, 32).throughput_tps > \
+        score_layout((2,), costs, 32).throughput_tps
+    assert score_layout((1, 8), costs, 1) is None
+
+
+def test_a_decided_node_waits_for_its_new_layout_or_settled():
+    p = Policy(PolicyConfig(switch_timeout_s=30.0))
+    stale = NodeView("n", status((1, 1), costs=CPU))
+    sig = {"n": LoadSignals(pending=(PendingRequest(1500),))}
+    assert p.evaluate([stale], sig, 0.0)[0].layout == (2,)
+    assert p.evaluate([stale], sig, 5.0) == []           # status not updated yet: wait
+    p.settled("n")                                       # e.g. the switch failed
+    assert p.evaluate([stale], sig, 6.0)[0].layout == (2,)
+    assert p.evaluate([stale], sig, 37.0)[0].layout == (2,)   # timed out: decide afresh
+
+
+def test_scripted_day_on_gpu():
+    low, burst, normal = (0, 1, None), (12, 16, None), (0, 4, None)
+    timeline = []
+    for (t0, t1), (w, r, s) in [((0, 10), low), ((10, 30), burst), ((30, 60), normal),
+                                ((60, 90), low)]:
+        timeline += steady(t0, t1, w, r, s)
+    decisions, layout = drive(Policy(), (1, 1), timeline)
+    assert [(d.kind, d.layout) for _, d in decisions] == [
+        ("latency", (2,)), ("throughput", (1, 1)), ("latency", (2,))]
+    assert [t for t, _ in decisions] == [1.0, 11.0, 61.0]

@@ -1,0 +1,156 @@
+"""A router over two real agents on loopback: OpenAI client, memory merge, burst split, failover.
+
+Node A: 2 workers with a small KV pool (one worker holds ~990 tokens, both merged ~1980).
+Node B: 1 worker, a separate `flying agent` process, killed in the last test.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import pytest
+from openai import OpenAI
+
+from flying.settings import AgentSettings, RouterSettings
+from flying.v1 import flying_pb2 as pb
+from flying.v1 import flying_pb2_grpc as pb_grpc
+from router.policy import PolicyConfig
+from tests.agentkit import InProcessAgent, free_port, wait_serving
+
+POLICY = PolicyConfig(min_dwell_s=1.0, memory_dwell_s=0.2, memory_hold_s=1.0, burst_enter=2.0,
+                      burst_exit=0.5, max_batch=8)
+
+
+class InProcessRouter:
+    def __init__(self, settings: RouterSettings):
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        from router.main import serve
+        asyncio.set_event_loop(self.loop)
+        self.stop_event = asyncio.Event()
+        self.loop.run_until_complete(serve(self.settings, self.stop_event, POLICY))
+
+    def start(self):
+        self.thread.start()
+        wait_serving(f"127.0.0.1:{self.settings.grpc_port}", 120)
+        return self
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    a = InProcessAgent(AgentSettings(model=tiny_model, workers=2, port=free_port(),
+                                     dtype="float32", kv_bytes=4 << 20, node_name="A"))
+    b_port = free_port()
+    log = open(tmp_path_factory.mktemp("b") / "agent-b.log", "w")
+    b = subprocess.Popen([sys.executable, "-m", "flying.cli", "agent", "--model", tiny_model,
+                          "--workers", "1", "--port", str(b_port), "--dtype", "float32",
+                          "--kv-bytes", str(4 << 20), "--node-name", "B"],
+                         stdout=log, stderr=subprocess.STDOUT)
+    a.start()
+    wait_serving(f"127.0.0.1:{b_port}", 600)
+    r = InProcessRouter(RouterSettings(
+        agents=(f"127.0.0.1:{a.settings.port}", f"127.0.0.1:{b_port}"), grpc_port=free_port(),
+        http_port=free_port(), policy_interval_s=0.2)).start()
+    yield {"a": a, "b": b, "router": r, "http": f"http://127.0.0.1:{r.settings.http_port}"}
+    r.stop()
+    a.stop()
+    if b.poll() is None:
+        b.send_signal(signal.SIGTERM)
+        b.wait(60)
+
+
+def status(cluster) -> dict[str, pb.NodeStatus]:
+    with grpc.insecure_channel(f"127.0.0.1:{cluster['router'].settings.grpc_port}") as ch:
+        nodes = pb_grpc.RouterStub(ch).GetClusterStatus(pb.GetClusterStatusRequest()).nodes
+    return {n.node: n for n in nodes}
+
+
+def test_openai_chat_streaming_and_not(cluster):
+    client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x")
+    msgs = [{"role": "user", "content": "hello there"}]
+    full = client.chat.completions.create(model="flying", messages=msgs, max_tokens=12,
+                                          temperature=0)
+    assert full.choices[0].finish_reason in ("stop", "length")
+    assert full.usage.completion_tokens > 0
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="flying", messages=msgs, max_tokens=12, temperature=0, stream=True) if c.choices]
+    assert "".join(parts) == full.choices[0].message.content
+    comp = client.completions.create(model="flying", prompt="once upon", max_tokens=5,
+                                     extra_body={"ignore_eos": True})
+    assert comp.usage.completion_tokens == 5
+
+
+def test_long_request_gets_a_merged_instance(cluster):
+    assert list(status(cluster)["A"].instance_sizes) == [1, 1]
+    long_prompt = [7 + (i % 900) for i in range(1200)]
+    r = httpx.post(f"{cluster['http']}/v1/completions", timeout=300, json={
+        "model": "flying", "prompt": long_prompt, "max_tokens": 30, "temperature": 0,
+        "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 30
+    events = httpx.get(f"{cluster['http']}/flying/events").json()
+    merges = [e for e in events if e["node"] == "A" and e["layout"] == [2] and e["ok"]]
+    assert merges and merges[0]["reason"].startswith("memory")
+    too_long = httpx.post(f"{cluster['http']}/v1/completions", timeout=60, json={
+        "model": "flying", "prompt": [7] * 2100, "max_tokens": 10})
+    assert too_long.status_code == 400
+
+
+def test_burst_splits_the_merged_node(cluster):
+    end = time.monotonic() + 30
+    while list(status(cluster)["A"].instance_sizes) != [2] and time.monotonic() < end:
+        time.sleep(0.2)
+    client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
+
+    def one(i):
+        return client.completions.create(model="flying", prompt=f"burst {i} " * 8,
+                                         max_tokens=48, extra_body={"ignore_eos": True})
+
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(one, range(96)))
+    assert all(r.usage.completion_tokens == 48 for r in results)
+    events = httpx.get(f"{cluster['http']}/flying/events").json()
+    splits = [e for e in events if e["node"] == "A" and e["layout"] == [1, 1] and e["ok"]]
+    assert splits, events
+
+
+def test_killed_agent_fails_over_and_loses_nothing(cluster):
+    client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
+    outcome: list = []
+
+    def one(i):
+        try:
+            r = client.completions.create(model="flying", prompt=f"fail {i} " * 4,
+                                          max_tokens=200, extra_body={"ignore_eos": True})
+            outcome.append(("ok", r.usage.completion_tokens))
+        except Exception as e:  # noqa: BLE001 - a clear error is an accepted outcome
+            outcome.append(("error", getattr(e, "status_code", None)))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    os.kill(cluster["b"].pid, signal.SIGKILL)
+    cluster["b"].wait(30)
+    for t in threads:
+        t.join(300)
+    assert len(outcome) == 8
+    assert all(o == ("ok", 200) or o == ("error", 503) for o in outcome), outcome
+    after = [client.completions.create(model="flying", prompt="after", max_tokens=4,
+                                       extra_body={"ignore_eos": True}) for _ in range(3)]
+    assert all(r.usage.completion_tokens == 4 for r in after)

@@ -1,0 +1,70 @@
+"""DynaServe split points: colocation when a split does not pay, a balanced d otherwise."""
+from __future__ import annotations
+
+import pytest
+
+from flying_core.messages import LayoutCost
+from router.split_policy import Side, SplitConfig, choose_split, queued_work_ms, token_ms
+
+COST = LayoutCost(1, 0.1, {1: 5.0, 2: 6.0, 4: 8.0})   # 0.1 ms per prompt token, 5 ms a step
+
+
+def work(dec, p, t, a, b, overhead_ms=SplitConfig.split_overhead_ms):
+    """A's and B's queued work after the decision."""
+    wa = a.load_ms + p * a.cost.prefill_ms_per_token + dec.d * token_ms(a)
+    wb = b.load_ms + ((t - dec.d) * token_ms(b) + overhead_ms if dec.split else 0)
+    return wa, wb
+
+
+def test_idle_pair_gets_a_balanced_split():
+    a, b = Side(COST), Side(COST)
+    dec = choose_split(1000, 200, a, b)        # prefill 100 ms, decode 200 x 5 ms
+    assert dec.split and 0 < dec.d < 200
+    wa, wb = work(dec, 1000, 200, a, b)
+    assert abs(wa - wb) <= token_ms(a) + token_ms(b)
+    assert dec.makespan_ms == pytest.approx(max(wa, wb))
+    assert dec.makespan_ms < dec.colocated_ms
+    assert dec.balanced_output_tokens == pytest.approx(20.0)   # 100 ms prefill / 5 ms a token
+
+
+def test_d_follows_the_prefill_decode_ratio():
+    a, b = Side(COST), Side(COST)
+    short_prompt = choose_split(100, 200, a, b)
+    long_prompt = choose_split(3000, 200, a, b)
+    assert short_prompt.d > long_prompt.d       # heavy prefill on A: fewer decode tokens there
+
+
+def test_no_split_when_b_is_loaded():
+    dec = choose_split(1000, 200, Side(COST), Side(COST, batch=0, load_ms=5000.0))
+    assert not dec.split and dec.d == 200
+
+
+def test_disaggregation_when_a_is_loaded():
+    dec = choose_split(1000, 200, Side(COST, load_ms=5000.0), Side(COST))
+    assert dec.split and dec.d == 0
+
+
+def test_no_split_for_short_outputs_or_small_gains():
+    assert choose_split(1000, 4, Side(COST), Side(COST)).d == 4
+    cfg = SplitConfig(min_gain=0.6)
+    assert not choose_split(1000, 200, Side(COST), Side(COST), cfg).split
+    assert not choose_split(1000, 200, Side(COST), Side(LayoutCost(1, 0.1))).split  # no profile
+
+
+def test_the_overhead_can_eat_the_gain():
+    a, b = Side(COST), Side(COST)                  # 10 ms prefill, 10 tokens x 5 ms decode
+    assert choose_split(100, 10, a, b).split           # 2 ms move: 32 ms vs 60 ms colocated
+    assert not choose_split(100, 10, a, b, SplitConfig(split_overhead_ms=50.0)).split
+
+
+def test_batching_makes_a_busy_instance_cheap_per_token():
+    busy = Side(COST, batch=3)
+    assert token_ms(busy) == pytest.approx(8.0 / 4)
+    assert queued_work_ms(COST, 100, 40, 4) == pytest.approx(10.0 + 40 * 2.0)
+
+
+def test_tbt_slo():
+    slow = LayoutCost(2, 0.1, {1: 150.0})
+    assert not choose_split(1000, 200, Side(COST), Side(slow)).split
+    dec = choose_split(1000, 200, Side(slow), Side(COST))
+    assert dec.split and dec.d == 0
