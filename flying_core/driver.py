@@ -15,12 +15,13 @@ from multiprocessing.connection import wait
 from flying_core import layout as lay
 from flying_core.driver_state import DriverState, PendingSwitch
 from flying_core.errors import Unavailable
+from flying_core.handoff import HandoffMixin
 from flying_core.messages import FinishReason, MoveCmd, StatsCmd, StepCmd, SwitchReport
 from flying_core.request import Request
 from flying_core.switch import plan_migration
 
 
-class Driver(DriverState):
+class Driver(HandoffMixin, DriverState):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.inbox: queue.Queue = queue.Queue()
@@ -28,6 +29,8 @@ class Driver(DriverState):
         self._wake_r.setblocking(False)
         self.stopping = False
         self.stats_wait = None
+        self.handoffs: dict = {}
+        self.handoff_stats = {"moved": 0, "recomputed": 0, "kv_bytes": 0, "ms": 0.0}
 
     # ------------------------------------------------------------------ called by other threads
 
@@ -80,6 +83,10 @@ class Driver(DriverState):
                 self.stopping = True
 
     def dispatch(self) -> None:
+        if not self.switch:
+            for sched in self.scheds:
+                for req in [r for r in sched.running if r.handoff_due()]:
+                    self.start_handoff(req)
         paused = self.switch.paused if self.switch else set()
         for idx, sched in enumerate(self.scheds):
             if idx in self.inflight or idx in paused:
@@ -119,6 +126,8 @@ class Driver(DriverState):
             idx = next(i for i, s in enumerate(self.scheds) if s.inst.first == reply.worker
                        and i in self.inflight)
             self.finish_step(idx, reply)
+        elif reply.kind == "move" and reply.ticket in self.handoffs:
+            self.finish_handoff(reply)
         elif reply.kind == "stats" and self.stats_wait is not None:
             self.stats_wait.append(reply.info)
             if len(self.stats_wait) == len(self.conns):
@@ -206,6 +215,8 @@ class Driver(DriverState):
         p = self.switch
         if p is None:
             return
+        if self.handoffs:
+            return  # micro-request KV in transit: let it land first
         busy = [r for i in p.old_changed for r in self.scheds[i].running]
         if p.soft and busy and time.perf_counter() < p.soft_until:
             return  # SOFT: let in-flight work finish on the old layout
@@ -217,6 +228,8 @@ class Driver(DriverState):
     def execute_switch(self, p: PendingSwitch) -> None:
         old_insts = lay.instances(self.layout)
         running = [(r, old_insts[i]) for i in p.old_changed for r in self.scheds[i].running]
+        for r, _ in running:
+            r.handed_off = True   # a split names instances of the old layout: colocate instead
         mig = plan_migration(running, p.layout, self.pool, self.num_kv_heads)
         nbytes, workers = 0, sorted({w for i in p.old_changed for w in old_insts[i].workers})
         if mig.moves:
@@ -225,7 +238,7 @@ class Driver(DriverState):
             for w in workers:
                 self.conns[w].send(cmd)
             for w in workers:
-                reply = self.recv_blocking(w)
+                reply = self.recv_blocking(w, cmd.ticket)
                 if reply.kind != "move":
                     self.fail(f"worker {w}: KV move failed: {reply.info.get('error')}")
                     return
@@ -247,13 +260,13 @@ class Driver(DriverState):
         self.publish()
         p.resolve(report)
 
-    def recv_blocking(self, worker: int):
+    def recv_blocking(self, worker: int, ticket: int):
         conn, sentinel = self.conns[worker], self.sentinels[worker]
         while True:
             ready = wait([conn, sentinel], timeout=60)
             if conn in ready:
                 reply = conn.recv()
-                if reply.kind in ("move", "error"):
+                if reply.kind == "error" or (reply.kind == "move" and reply.ticket == ticket):
                     return reply
                 self.on_reply(reply)
                 continue

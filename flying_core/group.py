@@ -210,6 +210,10 @@ class WorkerGroup:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
         if spec.instance is not None and spec.instance < 0:
             raise InvalidArgument("instance must be >= 0")
+        if spec.split is not None and not (0 < spec.split.handoff_at < total
+                                           and spec.split.to_instance >= 0):
+            raise InvalidArgument(f"split.handoff_at must be in [1, {total - 1}] and "
+                                  "split.to_instance >= 0")
 
     def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
         if not self.alive():

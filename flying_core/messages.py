@@ -37,12 +37,23 @@ class SamplingSpec:
 
 
 @dataclass(frozen=True)
+class Split:
+    """A micro-request (DynaServe): the first segment computes the KV of `handoff_at` tokens
+    (prompt + the first decode tokens) on its instance, then the KV moves in head-group chunks
+    to instance `to_instance`, which produces the rest. handoff_at < prompt length splits
+    inside the prefill; = prompt length hands over right after the first token's prefill."""
+    handoff_at: int
+    to_instance: int
+
+
+@dataclass(frozen=True)
 class RequestSpec:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     sampling: SamplingSpec = SamplingSpec()
     priority: int = 0           # lower runs first (vLLM's convention)
     instance: int | None = None  # pin to an instance of the current layout; None: the group picks
+    split: Split | None = None
 
 
 # ---------------------------------------------------------------- events to the caller

@@ -69,6 +69,15 @@ class Request:
     aborted: bool = False
     done: bool = False
     preemptions: int = 0
+    handed_off: bool = False         # micro-request: its second segment has started
+
+    @property
+    def handoff_pending(self) -> bool:
+        return self.spec.split is not None and not self.handed_off
+
+    def handoff_due(self) -> bool:
+        return (self.handoff_pending and not self.in_flight
+                and self.num_computed >= self.spec.split.handoff_at)
 
     def __post_init__(self):
         if not self.tokens:

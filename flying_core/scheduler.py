@@ -38,6 +38,13 @@ class InstanceScheduler:
     def fits(self, req: Request) -> bool:
         return req.max_len() <= self.capacity_tokens()
 
+    @staticmethod
+    def _limit(req: Request, n: int) -> int:
+        """A micro-request's first segment computes no KV past its hand-off point."""
+        if req.handoff_pending:
+            n = min(n, req.spec.split.handoff_at - req.num_computed)
+        return n
+
     def load(self) -> int:
         return len(self.waiting) + len(self.running)
 
@@ -104,7 +111,7 @@ class InstanceScheduler:
         for req in sorted(self.running, key=lambda r: r.key):
             if budget <= 0 or req not in self.running:
                 break
-            n = min(len(req.tokens) - req.num_computed, budget)
+            n = self._limit(req, min(len(req.tokens) - req.num_computed, budget))
             if n > 0 and self._room(req, req.num_computed + n):
                 batch.append((req, n))
                 budget -= n
@@ -116,7 +123,7 @@ class InstanceScheduler:
                     break
                 self.preempt(victim)
                 continue
-            n = min(len(req.tokens) - req.num_computed, budget)
+            n = max(1, self._limit(req, min(len(req.tokens) - req.num_computed, budget)))
             if not self._room(req, req.num_computed + n):
                 break
             self.waiting.pop(0)
