@@ -11,6 +11,7 @@ from flying_core.messages import (
     PreemptMode,
     RequestSpec,
     SamplingSpec,
+    Split,
     SwitchReport,
     TokenEvent,
 )
@@ -52,7 +53,9 @@ def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
     return RequestSpec(
         request_id=req.request_id or f"req-{uuid.uuid4().hex[:16]}",
         prompt_token_ids=ids, sampling=sampling_from_pb(req.sampling), priority=req.priority,
-        instance=req.instance if req.HasField("instance") else None)
+        instance=req.instance if req.HasField("instance") else None,
+        split=Split(req.split.handoff_at, req.split.to_instance) if req.HasField("split")
+        else None)
 
 
 def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:

@@ -39,6 +39,8 @@ def _add_router_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-policy", dest="policy", action="store_false", default=None,
                    help="never reconfigure nodes on its own")
     p.add_argument("--grace-s", type=float)
+    p.add_argument("--micro-requests", action="store_true", default=None,
+                   help="split requests across two instances of a node (DynaServe)")
 
 
 def _flags(ns: argparse.Namespace, section: str) -> dict:

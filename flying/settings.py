@@ -49,6 +49,7 @@ class RouterSettings:
     policy_interval_s: float = 0.5
     grace_s: float = 10.0
     model_name: str = "flying"
+    micro_requests: bool = False    # split requests across two instances of a node (DynaServe)
 
 
 SECTIONS: dict[str, type] = {"agent": AgentSettings, "router": RouterSettings}

@@ -42,15 +42,23 @@ class KVPool:
 
     # ------------------------------------------------------------------ moving heads
 
+    def _rows(self, moves: list[Move], src: bool) -> torch.Tensor:
+        """Flat (block * H + head) row ids of every head a plan touches, in plan order."""
+        ids = []
+        for m in moves:
+            start = (m.src_block * self.H + m.src_pos) if src else (m.dst_block * self.H
+                                                                    + m.dst_pos)
+            ids.extend(range(start, start + m.n))
+        return torch.tensor(ids, dtype=torch.long, device=self.buf.device)
+
+    def _flat(self) -> torch.Tensor:
+        return self.buf.view(self.L, self.NB * self.H, -1)
+
     def _pack(self, moves: list[Move]) -> torch.Tensor:
-        parts = [self.buf[:, m.src_block, m.src_pos:m.src_pos + m.n] for m in moves]
-        return torch.cat(parts, dim=1).contiguous()
+        return self._flat().index_select(1, self._rows(moves, src=True))
 
     def _unpack(self, packed: torch.Tensor, moves: list[Move]) -> None:
-        off = 0
-        for m in moves:
-            self.buf[:, m.dst_block, m.dst_pos:m.dst_pos + m.n] = packed[:, off:off + m.n]
-            off += m.n
+        self._flat().index_copy_(1, self._rows(moves, src=False), packed)
 
     def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
                  group) -> int:

@@ -21,7 +21,8 @@ from router.agents import Cluster
 from router.classify import classify
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
-from router.views import single_worker_tokens
+from router.split_policy import Side, choose_split
+from router.views import single_worker_tokens, step_at
 
 log = logs.get("flying.router")
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
@@ -46,8 +47,9 @@ class NodeLoad:
 
 class Dispatcher:
     def __init__(self, cluster: Cluster, tokenizer=None, placement_wait_s: float = 60.0,
-                 max_attempts: int = 3):
+                 max_attempts: int = 3, micro_requests: bool = False):
         self.cluster, self.tokenizer = cluster, tokenizer
+        self.micro_requests = micro_requests
         self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
         self.loads: dict[str, NodeLoad] = {}
         self.pending: dict[str, PendingRequest] = {}
@@ -100,6 +102,32 @@ class Dispatcher:
                 raise ResourceExhausted(f"no instance could take the request ({why})")
             await asyncio.sleep(0.05)
 
+    def _plan_split(self, req: pb.GenerateRequest, placement) -> None:
+        """DynaServe: maybe run the request's tail on another instance of the same node."""
+        view = next((v for v in self.cluster.views() if v.name == placement.node), None)
+        req.ClearField("split")
+        if view is None or view.status is None or len(view.status.instances) < 2:
+            return
+        st, costs = view.status, {c.tp_size: c for c in view.status.costs}
+        a = st.instances[placement.instance]
+        others = [i for i in st.instances if i.index != a.index and i.available]
+        if not others or a.tp_size not in costs:
+            return
+        b = min(others, key=lambda i: (i.running + i.waiting, -i.tp_size))
+        if b.tp_size not in costs:
+            return
+
+        def side(inst):   # queued work: every request there holds a slot of a step
+            cost = costs[inst.tp_size]
+            return Side(cost, inst.running,
+                        (inst.running + inst.waiting) * step_at(cost, inst.running + 1))
+
+        n_prompt = len(req.prompt_token_ids.ids)
+        d = choose_split(n_prompt, req.sampling.max_tokens, side(a), side(b))
+        if d.split and n_prompt:
+            req.split.handoff_at = n_prompt + d.d
+            req.split.to_instance = b.index
+
     async def generate(self, req: pb.GenerateRequest):
         """Stream GenerateResponses from a node; raises FlyingError."""
         if not req.request_id:
@@ -114,6 +142,8 @@ class Dispatcher:
             if cls.urgent:
                 load.urgent_waiting[req.request_id] = time.monotonic()
             req.instance = placement.instance
+            if self.micro_requests:
+                self._plan_split(req, placement)
             call = agent.stub.Generate(req)
             produced, done = False, False
             try:

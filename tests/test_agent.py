@@ -82,6 +82,17 @@ def test_concurrent_streams_across_reconfigures_match_plain_vllm(stub, prompts, 
     assert kv_used(stub) == 0
 
 
+def test_micro_request_split_over_grpc(stub, prompts, reference):
+    reconfigure(stub, [1, 1])
+    req = gen_request(ids=prompts[1], max_tokens=GEN)
+    req.instance = 0
+    req.split.handoff_at = len(prompts[1]) + 4
+    req.split.to_instance = 1
+    tokens, done = collect(stub, req)
+    assert tokens == reference[1]
+    assert done.served_by == "node-a/1"
+
+
 def test_text_prompt_streams_text(stub):
     text, done = "", None
     for resp in stub.Generate(gen_request(prompt="hello there", max_tokens=8), timeout=60):
