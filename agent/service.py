@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import grpc
@@ -11,7 +10,7 @@ import structlog
 from agent import convert
 from agent.node import Node
 from flying import logs
-from flying.errors import grpc_status
+from flying.errors import grpc_status, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument, Unavailable
@@ -19,15 +18,6 @@ from flying_core.messages import Finished, FinishReason, TokenEvent
 
 log = logs.get("flying.agent")
 
-
-def unary_errors(fn):
-    @functools.wraps(fn)
-    async def wrapper(self, request, context):
-        try:
-            return await fn(self, request, context)
-        except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
-    return wrapper
 
 
 class AgentService(pb_grpc.AgentServicer):

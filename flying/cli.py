@@ -24,6 +24,8 @@ def _add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int)
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-queue", type=int)
+    p.add_argument("--tbt-slo-ms", type=float,
+                   help="keep time between tokens under this (sizes prefill chunks; 0: off)")
     p.add_argument("--node-name")
     p.add_argument("--grace-s", type=float)
 

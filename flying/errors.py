@@ -54,3 +54,16 @@ def error_from_grpc(exc: grpc.RpcError) -> FlyingError:
     err = cls(details or code)
     err.code = code
     return err
+
+
+def unary_errors(handler):
+    """Decorate a grpc.aio unary handler: a FlyingError ends the call with its status."""
+    import functools
+
+    @functools.wraps(handler)
+    async def wrapper(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+    return wrapper

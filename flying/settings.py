@@ -33,6 +33,7 @@ class AgentSettings:
     block_size: int = 32
     max_model_len: int = 2048
     max_queue: int = 256            # waiting requests per node before RESOURCE_EXHAUSTED
+    tbt_slo_ms: float = 0.0         # > 0: SLO-aware batching (time between tokens, ms)
     node_name: str = ""
     grace_s: float = 10.0           # SIGTERM: streams get this long to finish
     seed: int = 0

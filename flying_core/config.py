@@ -17,6 +17,7 @@ class GroupConfig:
     max_queue: int = 256                # waiting requests per group before ResourceExhausted
     max_batch_tokens: int = 512         # token budget of one instance step (chunked prefill)
     max_running: int = 32               # running requests per instance
+    tbt_slo_ms: float = 0.0             # > 0: size each step to keep time-between-tokens under it
     seed: int = 0
     threads_per_worker: int = 1         # CPU: torch threads per worker process
     soft_bound_s: float = 30.0          # SOFT switch: in-flight work gets this long, then HARD

@@ -63,6 +63,14 @@ class CostProfile:
         b = len(batch)
         table[b] = ms if b not in table else 0.8 * table[b] + 0.2 * ms
 
+    def step_ms(self, size: int, batch: int) -> float:
+        table = self.decode.get(size) or {1: 0.0}
+        below = [b for b in table if b <= batch]
+        return table[max(below) if below else min(table)]
+
+    def prefill_ms(self, size: int) -> float:
+        return self.prefill.get(size, 0.0)
+
     def snapshot(self) -> tuple[LayoutCost, ...]:
         return tuple(LayoutCost(s, self.prefill.get(s, 0.0), dict(sorted(self.decode[s].items())))
                      for s in sorted(self.decode))
@@ -78,7 +86,9 @@ class DriverState:
         self.num_kv_heads = info["num_kv_heads"]
         self.max_model_len = min(cfg.max_model_len, info["max_model_len"])
         self.pool = BlockPool(cfg.num_workers, info["num_blocks"] - 1)  # last block: warm-up
-        self.budget = Budget(cfg.max_batch_tokens, cfg.max_running)
+        self.costs = CostProfile()
+        self.budget = Budget(cfg.max_batch_tokens, cfg.max_running, cfg.tbt_slo_ms,
+                             self.costs.step_ms, self.costs.prefill_ms)
         self.requests: dict[str, Request] = {}
         self.unplaced: list[Request] = []
         self.inflight: dict[int, tuple] = {}
@@ -87,7 +97,6 @@ class DriverState:
         self.switches = 0
         self.state = "serving"
         self.failed = ""
-        self.costs = CostProfile()
         self.layout: tuple[int, ...] = ()
         self.scheds: list[InstanceScheduler] = []
         self.install_layout(initial_layout, (), None)

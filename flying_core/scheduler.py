@@ -8,6 +8,7 @@ with every token it produced, so nothing is lost (vLLM lacks this: vllm#40004).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flying_core.kv_plan import BlockPool, tp_block_id
@@ -18,8 +19,23 @@ from flying_core.request import Request
 
 @dataclass
 class Budget:
+    """Token budget of one step. With a time-between-tokens SLO (DynaServe's local batching),
+    the budget is what the measured profile says fits in the SLO: the running decodes first,
+    then as many prefill tokens as the time left allows (at least one chunk token, so prefill
+    always progresses)."""
     max_batch_tokens: int
     max_running: int
+    tbt_slo_ms: float = 0.0
+    step_ms: Callable[[int, int], float] | None = None   # (tp_size, decode batch) -> ms
+    prefill_ms: Callable[[int], float] | None = None     # tp_size -> ms per prefill token
+
+    def tokens(self, tp_size: int, decodes: int) -> int:
+        if self.tbt_slo_ms <= 0 or self.step_ms is None or self.prefill_ms is None:
+            return self.max_batch_tokens
+        per_token = self.prefill_ms(tp_size)
+        left = self.tbt_slo_ms - self.step_ms(tp_size, max(1, decodes))
+        extra = int(left / per_token) if per_token > 0 else self.max_batch_tokens
+        return max(decodes + 1, min(self.max_batch_tokens, decodes + max(0, extra)))
 
 
 class InstanceScheduler:
@@ -106,7 +122,8 @@ class InstanceScheduler:
     # ------------------------------------------------------------------ one step
 
     def schedule(self) -> list[tuple[Request, int]]:
-        budget = self.budget.max_batch_tokens
+        decodes = sum(1 for r in self.running if r.num_computed >= r.num_prompt)
+        budget = self.budget.tokens(self.inst.size, decodes)
         batch: list[tuple[Request, int]] = []
         for req in sorted(self.running, key=lambda r: r.key):
             if budget <= 0 or req not in self.running:

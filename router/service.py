@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 
 from agent.convert import mode_from_pb
-from flying.errors import grpc_status
+from flying.errors import grpc_status, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument
@@ -13,16 +12,6 @@ from router.backend import Done, GatewayRequest, TextDelta
 from router.control import Controller
 from router.convert import gateway_to_pb
 from router.dispatch import Dispatcher
-
-
-def unary_errors(fn):
-    @functools.wraps(fn)
-    async def wrapper(self, request, context):
-        try:
-            return await fn(self, request, context)
-        except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
-    return wrapper
 
 
 class RouterService(pb_grpc.RouterServicer):

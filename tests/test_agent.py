@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import httpx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2
@@ -186,14 +188,17 @@ def test_killed_worker_is_detected_and_group_restarts(agent, stub, prompts, refe
     assert "died" in stub.GetStatus(pb.GetStatusRequest()).last_error
 
 
-def test_sigterm_drains_and_leaves_no_orphans(tiny_model, tmp_path):
-    port = free_port()
-    env = {**os.environ, "FLYING_LOG_LEVEL": "INFO"}
+def test_sigterm_drains_notifies_and_leaves_no_orphans(tiny_model, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.1)
+    env = {**os.environ, "FLYING_LOG_LEVEL": "INFO", "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "flying.cli", "agent", "--model", tiny_model, "--workers", "2",
          "--port", str(port), "--dtype", "float32", "--kv-bytes", str(8 << 20),
-         "--grace-s", "5"], env=env, stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "agent.log", "w"))
+         "--grace-s", "5", "--metrics-port", str(metrics_port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "w"))
     try:
         seen = set()
         end = time.monotonic() + 600
@@ -204,13 +209,29 @@ def test_sigterm_drains_and_leaves_no_orphans(tiny_model, tmp_path):
                 break
             time.sleep(0.2)
         assert health_pb2.HealthCheckResponse.NOT_SERVING in seen
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            collect(pb_grpc.AgentStub(ch), gen_request(ids=[5, 6, 7], max_tokens=4))
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        for name in ("flying_ttft_seconds_bucket", "flying_inter_token_latency_seconds_bucket",
+                     "flying_e2e_latency_seconds_bucket", "flying_queue_time_seconds_bucket",
+                     "flying_kv_usage_ratio", "flying_queue_depth",
+                     'flying_requests_total{finish_reason="length"} 1.0'):
+            assert name in text, name
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         gone, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, alive
+        messages = []
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except OSError:
+                break
+        assert "READY=1" in messages and "STOPPING=1" in messages, messages
     finally:
+        notify.close()
         if proc.poll() is None:
             proc.kill()
 

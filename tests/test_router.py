@@ -96,6 +96,30 @@ def test_openai_chat_streaming_and_not(cluster):
     assert comp.usage.completion_tokens == 5
 
 
+def test_router_grpc_generate_status_and_operator_reconfigure(cluster):
+    with grpc.insecure_channel(f"127.0.0.1:{cluster['router'].settings.grpc_port}") as ch:
+        stub = pb_grpc.RouterStub(ch)
+        req = pb.GenerateRequest(prompt="hello", sampling=pb.SamplingParams(
+            max_tokens=6, temperature=0.0, ignore_eos=True))
+        out = list(stub.Generate(req, timeout=60))
+        assert sum(len(r.chunk.token_ids) for r in out if r.HasField("chunk")) == 6
+        assert out[-1].complete.finish_reason == "length"
+        nodes = {n.node for n in stub.GetClusterStatus(pb.GetClusterStatusRequest()).nodes}
+        assert nodes == {"A", "B"}
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.Generate(pb.GenerateRequest(prompt="", sampling=pb.SamplingParams(
+                max_tokens=4)), timeout=30))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Reconfigure(pb.ReconfigureRequest(node="nope", instance_sizes=[2]), timeout=30)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Reconfigure(pb.ReconfigureRequest(node="B", instance_sizes=[2]), timeout=30)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        r = stub.Reconfigure(pb.ReconfigureRequest(node="B", instance_sizes=[1]), timeout=30)
+        assert list(r.instance_sizes) == [1]
+
+
 def test_long_request_gets_a_merged_instance(cluster):
     assert list(status(cluster)["A"].instance_sizes) == [1, 1]
     long_prompt = [7 + (i % 900) for i in range(1200)]

@@ -78,3 +78,18 @@ def test_tp_instance_spreads_blocks_over_its_workers_when_home_is_full():
     s.schedule()
     assert len(r.homes) == 4 and {w for w, _ in r.homes} == {0, 1}
     assert s.capacity_tokens() == 64
+
+
+def test_slo_budget_limits_prefill_chunks_to_the_time_left():
+    # decode step 20 ms at any batch, 0.5 ms per prefill token, SLO 50 ms -> 60 prefill tokens
+    budget = Budget(512, 8, tbt_slo_ms=50.0, step_ms=lambda s, b: 20.0,
+                    prefill_ms=lambda s: 0.5)
+    s = InstanceScheduler(Instance(0, 0, 1), BlockPool(1, 64), 16, budget)
+    s.add(req(0, 10))
+    finish_step(s.schedule())                 # req 0 now decoding
+    s.add(req(1, 300))
+    sizes = {r.id: n for r, n in s.schedule()}
+    assert sizes == {"r0": 1, "r1": 60}
+    tight = Budget(512, 8, tbt_slo_ms=10.0, step_ms=lambda s, b: 20.0, prefill_ms=lambda s: 0.5)
+    assert tight.tokens(1, 3) == 4            # over the SLO already: decodes + one chunk token
+    assert Budget(512, 8).tokens(1, 3) == 512  # no SLO: the plain token budget
