@@ -40,12 +40,23 @@ class InProcessRouter:
         from router.main import serve
         asyncio.set_event_loop(self.loop)
         self.stop_event = asyncio.Event()
-        self.loop.run_until_complete(serve(self.settings, self.stop_event, POLICY))
+        try:
+            self.loop.run_until_complete(serve(self.settings, self.stop_event, POLICY))
+        except BaseException as e:  # noqa: BLE001 - reported by start()
+            self.error = e
+            raise
 
     def start(self):
+        self.error = None
         self.thread.start()
-        wait_serving(f"127.0.0.1:{self.settings.grpc_port}", 120)
-        return self
+        end = time.monotonic() + 120
+        while time.monotonic() < end and self.thread.is_alive():
+            try:
+                wait_serving(f"127.0.0.1:{self.settings.grpc_port}", 2)
+                return self
+            except TimeoutError:
+                continue
+        raise RuntimeError(f"router did not start: {self.error!r}")
 
     def stop(self):
         self.loop.call_soon_threadsafe(self.stop_event.set)
