@@ -1,0 +1,192 @@
+"""Open-loop load generator: replays a workload against an OpenAI-compatible endpoint.
+
+Each request is sent at its arrival time (``POST {base}/v1/completions``, ``stream: true``,
+``temperature: 0``, ``ignore_eos``, ``priority``, ``stream_options.include_usage``) whatever
+the state of earlier ones, and yields one :class:`~bench.records.Record`: send time, TTFT,
+the time of every streamed token chunk, end time, output tokens (the final usage when the
+server reports it, else the number of token chunks), HTTP status and error text. Failed
+requests are recorded, never dropped; the whole run is bounded by ``total_timeout_s``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from bench.records import Record
+from bench.workloads import Request
+
+ERROR_TEXT_MAX = 500
+
+
+@dataclass
+class ClientConfig:
+    base_url: str
+    model: str | None = None              # None: the first id of GET /v1/models, if any
+    api_key: str | None = None
+    endpoint: str = "/v1/completions"
+    include_usage: bool = True
+    ignore_eos: bool = True
+    temperature: float = 0.0
+    send_priority: bool = True            # stock vLLM needs --scheduling-policy priority
+    extra_body: dict = field(default_factory=dict)
+    request_timeout_s: float = 300.0      # one request, first byte to last
+    total_timeout_s: float = 900.0        # the whole run
+    connect_timeout_s: float = 10.0
+    max_connections: int | None = None    # None: unbounded (open loop)
+
+
+def request_body(req: Request, cfg: ClientConfig, model: str | None) -> dict:
+    body: dict = {"prompt": req.prompt, "max_tokens": req.max_tokens,
+                  "temperature": cfg.temperature, "stream": True}
+    if model:
+        body["model"] = model
+    if cfg.ignore_eos:
+        body["ignore_eos"] = True
+    if cfg.send_priority:
+        body["priority"] = req.priority
+    if cfg.include_usage:
+        body["stream_options"] = {"include_usage": True}
+    body.update(cfg.extra_body)
+    return body
+
+
+def _chunk_text(obj: dict) -> str:
+    """The generated text of one streamed event (completions ``text`` or chat ``delta``)."""
+    choices = obj.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    c = choices[0]
+    if "text" in c:
+        return c.get("text") or ""
+    return (c.get("delta") or {}).get("content") or ""
+
+
+def _finish_reason(obj: dict) -> str | None:
+    choices = obj.get("choices") or []
+    if choices and isinstance(choices[0], dict):
+        return choices[0].get("finish_reason")
+    return None
+
+
+class _Run:
+    def __init__(self, client: httpx.AsyncClient, cfg: ClientConfig, model: str | None):
+        self.client, self.cfg, self.model = client, cfg, model
+        self.url = cfg.base_url.rstrip("/") + cfg.endpoint
+        self.t0 = time.perf_counter()
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    async def one(self, req: Request, rec: Record) -> None:
+        delay = req.arrival_s - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)       # cancelled here: recorded as not sent
+        body = request_body(req, self.cfg, self.model)
+        rec.send_s = self.now()
+        try:
+            async with asyncio.timeout(self.cfg.request_timeout_s):
+                await self._stream(body, rec)
+        except asyncio.CancelledError:
+            rec.error = rec.error or "total timeout"
+            raise
+        except TimeoutError:
+            rec.error = rec.error or f"request timeout ({self.cfg.request_timeout_s:g} s)"
+        except httpx.HTTPError as e:
+            rec.error = rec.error or f"{type(e).__name__}: {e}"[:ERROR_TEXT_MAX]
+        except (ValueError, KeyError, TypeError) as e:       # malformed events
+            rec.error = rec.error or f"bad stream: {type(e).__name__}: {e}"[:ERROR_TEXT_MAX]
+        finally:
+            if rec.end_s is None:
+                rec.end_s = self.now()
+
+    async def _stream(self, body: dict, rec: Record) -> None:
+        async with self.client.stream("POST", self.url, json=body) as resp:
+            rec.status = resp.status_code
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode("utf-8", errors="replace")
+                rec.error = f"HTTP {resp.status_code}: {text}"[:ERROR_TEXT_MAX]
+                rec.end_s = self.now()
+                return
+            chunks, done = 0, False
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                t = self.now()
+                obj = json.loads(data)
+                if "error" in obj:
+                    err = obj["error"]
+                    msg = err.get("message", err) if isinstance(err, dict) else err
+                    code = err.get("code") if isinstance(err, dict) else None
+                    rec.error = f"stream error {code or ''}: {msg}".strip()[:ERROR_TEXT_MAX]
+                    continue
+                if _chunk_text(obj):
+                    chunks += 1
+                    rec.token_times.append(t)
+                    if rec.first_token_s is None:
+                        rec.first_token_s = t
+                rec.finish_reason = _finish_reason(obj) or rec.finish_reason
+                usage = obj.get("usage")
+                if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                    rec.output_tokens = int(usage["completion_tokens"])
+                    rec.prompt_tokens = int(usage.get("prompt_tokens") or rec.prompt_tokens)
+                    rec.usage_reported = True
+            rec.end_s = self.now()
+            if not rec.usage_reported:
+                rec.output_tokens = chunks
+            if not done and rec.error is None:
+                rec.error = "stream ended without [DONE]"
+
+
+async def discover_model(client: httpx.AsyncClient, base_url: str) -> str | None:
+    """The first model id served at ``base_url`` (None when it cannot be listed)."""
+    try:
+        r = await client.get(base_url.rstrip("/") + "/v1/models")
+        data = r.json().get("data") or []
+        return data[0]["id"] if r.status_code == 200 and data else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _new_record(req: Request) -> Record:
+    return Record(id=req.id, arrival_s=req.arrival_s, priority=req.priority, cls=req.cls,
+                  prompt_tokens=req.prompt_tokens, max_tokens=req.max_tokens)
+
+
+async def run_workload(requests: Sequence[Request], cfg: ClientConfig,
+                       transport: httpx.AsyncBaseTransport | None = None) -> list[Record]:
+    """Replay ``requests`` (open loop, at their arrival times); one record per request, in
+    the input order. Requests still running (or not yet sent) when ``total_timeout_s``
+    expires are cancelled and recorded as failed."""
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    limits = httpx.Limits(max_connections=cfg.max_connections,
+                          max_keepalive_connections=cfg.max_connections)
+    timeout = httpx.Timeout(cfg.request_timeout_s, connect=cfg.connect_timeout_s)
+    records = [_new_record(r) for r in requests]
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout,
+                                 transport=transport) as client:
+        model = cfg.model or await discover_model(client, cfg.base_url)
+        run = _Run(client, cfg, model)
+        tasks = [asyncio.create_task(run.one(q, rec)) for q, rec in zip(requests, records)]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=cfg.total_timeout_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+    for rec in records:
+        if rec.send_s is None:
+            rec.error = rec.error or "not sent before the total timeout"
+    return records
+
+
+def run(requests: Sequence[Request], cfg: ClientConfig) -> list[Record]:
+    """Blocking wrapper around :func:`run_workload`."""
+    return asyncio.run(run_workload(requests, cfg))
