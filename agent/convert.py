@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+import zlib
 
 from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument
@@ -15,6 +16,7 @@ from flying_core.messages import (
     SwitchReport,
     TokenEvent,
 )
+from flying_core.transfer import KVExport
 
 
 def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
@@ -54,8 +56,30 @@ def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
         request_id=req.request_id or f"req-{uuid.uuid4().hex[:16]}",
         prompt_token_ids=ids, sampling=sampling_from_pb(req.sampling), priority=req.priority,
         instance=req.instance if req.HasField("instance") else None,
-        split=Split(req.split.handoff_at, req.split.to_instance) if req.HasField("split")
-        else None)
+        split=Split(req.split.handoff_at, req.split.to_instance, req.split.remote)
+        if req.HasField("split") else None)
+
+
+def kv_to_chunks(kv: KVExport):
+    for i, block in enumerate(kv.blocks):
+        yield pb.KVChunk(index=i, total=len(kv.blocks), dtype=kv.dtype,
+                         block_shape=list(kv.block_shape), num_computed=kv.num_computed,
+                         data=block, crc32=zlib.crc32(block))
+
+
+def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
+    """Reassemble an exported KV; raises ValueError unless every chunk arrived intact."""
+    if not chunks:
+        raise ValueError("no KV chunks")
+    first = chunks[0]
+    if [c.index for c in chunks] != list(range(first.total)) or len(chunks) != first.total:
+        raise ValueError(f"KV chunks out of order or missing ({len(chunks)}/{first.total})")
+    for c in chunks:
+        if zlib.crc32(c.data) != c.crc32 or c.dtype != first.dtype \
+                or list(c.block_shape) != list(first.block_shape):
+            raise ValueError(f"KV chunk {c.index} is corrupt")
+    return KVExport(first.dtype, tuple(first.block_shape), first.num_computed,
+                    tuple(c.data for c in chunks))
 
 
 def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:

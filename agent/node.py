@@ -85,6 +85,16 @@ class Node:
             raise Unavailable(f"node is {self.state}")
         self.group.submit(spec, on_event)
 
+    def adopt(self, spec: RequestSpec, kv, on_event: Callable[[Event], None]) -> None:
+        if self.state != "serving" or self.group is None:
+            raise Unavailable(f"node is {self.state}")
+        self.group.adopt(spec, kv, on_event)
+
+    def export_kv(self, request_id: str):
+        if self.group is None:
+            raise Unavailable(f"node is {self.state}")
+        return self.group.export_kv(request_id)
+
     def abort(self, request_id: str) -> bool:
         return bool(self.group and self.group.abort(request_id))
 

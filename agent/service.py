@@ -31,7 +31,12 @@ class AgentService(pb_grpc.AgentServicer):
             if self.node.tokenizer is None:
                 raise Unavailable(f"node is {self.node.state}")
             spec = convert.spec_from_pb(request, self.node.tokenizer)
-            self.node.submit(spec, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+            sink = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
+            if request.HasField("resume"):
+                kv = await self.pull_kv(request.resume)
+                self.node.adopt(spec, kv, sink)
+            else:
+                self.node.submit(spec, sink)
         except FlyingError as e:
             await context.abort(grpc_status(e.code), e.message)
         structlog.contextvars.bind_contextvars(request_id=spec.request_id)
@@ -87,6 +92,28 @@ class AgentService(pb_grpc.AgentServicer):
                                    restarts=n.restarts)
         out.last_error = n.last_error
         return out
+
+    async def ExportKV(self, request, context):
+        """Stream the KV a cross-node first segment left held here, block by block."""
+        try:
+            kv = await asyncio.to_thread(self.node.export_kv, request.request_id)
+        except FlyingError as e:
+            await context.abort(grpc_status(e.code), e.message)
+        for chunk in convert.kv_to_chunks(kv):
+            yield chunk
+
+    async def pull_kv(self, resume: pb.Resume):
+        """The first segment's KV from its agent, checked; None (recompute) if it fails."""
+        try:
+            async with grpc.aio.insecure_channel(resume.from_agent) as ch:
+                stub = pb_grpc.AgentStub(ch)
+                chunks = [c async for c in stub.ExportKV(
+                    pb.ExportKVRequest(request_id=resume.request_id), timeout=60)]
+            return convert.kv_from_chunks(chunks)
+        except (grpc.aio.AioRpcError, ValueError) as e:
+            log.warning("KV transfer failed; recomputing", source=resume.from_agent,
+                        error=str(e.details() if hasattr(e, "details") else e))
+            return None
 
     @unary_errors
     async def Abort(self, request, context):

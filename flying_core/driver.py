@@ -19,9 +19,10 @@ from flying_core.handoff import HandoffMixin
 from flying_core.messages import FinishReason, MoveCmd, StatsCmd, StepCmd, SwitchReport
 from flying_core.request import Request
 from flying_core.switch import plan_migration
+from flying_core.transfer import TransferMixin
 
 
-class Driver(HandoffMixin, DriverState):
+class Driver(HandoffMixin, TransferMixin, DriverState):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.inbox: queue.Queue = queue.Queue()
@@ -30,7 +31,10 @@ class Driver(HandoffMixin, DriverState):
         self.stopping = False
         self.stats_wait = None
         self.handoffs: dict = {}
-        self.handoff_stats = {"moved": 0, "recomputed": 0, "kv_bytes": 0, "ms": 0.0}
+        self.held: dict = {}
+        self.exports: dict = {}
+        self.handoff_stats = {"moved": 0, "recomputed": 0, "imported": 0, "kv_bytes": 0,
+                              "ms": 0.0}
 
     # ------------------------------------------------------------------ called by other threads
 
@@ -50,6 +54,7 @@ class Driver(HandoffMixin, DriverState):
                 self.advance_switch()
                 self.dispatch()
                 self.collect(timeout=0.05)
+                self.expire_held()
                 self.publish()
         except Exception as e:  # noqa: BLE001 - a driver bug must not hang callers
             self.log.exception("driver crashed")
@@ -74,6 +79,10 @@ class Driver(HandoffMixin, DriverState):
                 self.abort(arg)
             elif kind == "switch":
                 self.begin_switch(arg)
+            elif kind == "export":
+                self.start_export(arg)
+            elif kind == "adopt":
+                self.adopt(*arg)
             elif kind == "stats":
                 self.ticket += 1
                 self.stats_wait = arg
@@ -86,7 +95,10 @@ class Driver(HandoffMixin, DriverState):
         if not self.switch:
             for sched in self.scheds:
                 for req in [r for r in sched.running if r.handoff_due()]:
-                    self.start_handoff(req)
+                    if req.spec.split.remote:
+                        self.hold(req)
+                    else:
+                        self.start_handoff(req)
         paused = self.switch.paused if self.switch else set()
         for idx, sched in enumerate(self.scheds):
             if idx in self.inflight or idx in paused:
@@ -126,6 +138,8 @@ class Driver(HandoffMixin, DriverState):
             idx = next(i for i, s in enumerate(self.scheds) if s.inst.first == reply.worker
                        and i in self.inflight)
             self.finish_step(idx, reply)
+        elif reply.kind == "export" and reply.ticket in self.exports:
+            self.finish_export(reply)
         elif reply.kind == "move" and reply.ticket in self.handoffs:
             self.finish_handoff(reply)
         elif reply.kind == "stats" and self.stats_wait is not None:

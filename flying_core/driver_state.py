@@ -150,6 +150,8 @@ class DriverState:
             req.homes = []
             req.finish(FinishReason.ERROR, req.instance if req.instance is not None else -1, why)
         self.requests.clear()
+        for pe in getattr(self, "exports", {}).values():
+            pe.box.resolve(None, why)
         if self.switch:
             from flying_core.errors import Unavailable
             self.switch.resolve(None, Unavailable(why))

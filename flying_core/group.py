@@ -28,6 +28,7 @@ from flying_core.errors import (
     Aborted,
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
@@ -41,6 +42,7 @@ from flying_core.messages import (
     SwitchReport,
 )
 from flying_core.request import Detokenizer, Request
+from flying_core.transfer import KVExport
 from flying_core.worker import worker_main
 
 
@@ -48,6 +50,19 @@ class _Box(list):
     def __init__(self):
         super().__init__()
         self.done = threading.Event()
+
+
+class _Reply:
+    """One answer from the driver thread."""
+
+    def __init__(self, request_id: str = ""):
+        self.request_id = request_id
+        self.done = threading.Event()
+        self.value, self.error = None, ""
+
+    def resolve(self, value, error: str = "") -> None:
+        self.value, self.error = value, error
+        self.done.set()
 
 
 def _free_port() -> int:
@@ -210,12 +225,12 @@ class WorkerGroup:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
         if spec.instance is not None and spec.instance < 0:
             raise InvalidArgument("instance must be >= 0")
-        if spec.split is not None and not (0 < spec.split.handoff_at < total
-                                           and spec.split.to_instance >= 0):
+        if spec.split is not None and not (0 < spec.split.handoff_at < total and (
+                spec.split.remote or spec.split.to_instance >= 0)):
             raise InvalidArgument(f"split.handoff_at must be in [1, {total - 1}] and "
                                   "split.to_instance >= 0")
 
-    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
+    def _check_submit(self, spec: RequestSpec) -> None:
         if not self.alive():
             raise Unavailable("worker group is not serving" + (
                 f": {self.driver.failed}" if self.driver and self.driver.failed else ""))
@@ -224,11 +239,37 @@ class WorkerGroup:
             raise ResourceExhausted(f"queue full ({self.cfg.max_queue} requests)")
         if spec.request_id in self.driver.requests:
             raise InvalidArgument(f"request id {spec.request_id!r} is already in use")
-        seed = spec.sampling.seed if spec.sampling.seed is not None else random.getrandbits(63)
+
+    @staticmethod
+    def _seed(spec: RequestSpec) -> int:
+        return spec.sampling.seed if spec.sampling.seed is not None else random.getrandbits(63)
+
+    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
+        self._check_submit(spec)
         if spec.sampling.top_k == -1:
             spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
-        req = Request(spec, on_event, seed, Detokenizer(self._tokenizer, spec.sampling.stop))
+        req = Request(spec, on_event, self._seed(spec),
+                      Detokenizer(self._tokenizer, spec.sampling.stop))
         self.driver.post(("submit", req))
+
+    def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
+        """The KV a cross-node first segment left held here (once; the blocks are freed)."""
+        box = _Reply(request_id)
+        self.driver.post(("export", box))
+        if not box.done.wait(timeout_s):
+            raise DeadlineExceeded(f"KV export of {request_id!r} took over {timeout_s}s")
+        if box.value is None:
+            raise NotFound(box.error)
+        return box.value
+
+    def adopt(self, spec: RequestSpec, kv: KVExport | None,
+              on_event: Callable[[Event], None]) -> None:
+        """Run the second segment of a request whose first ran on another node. spec's prompt
+        is every token so far; kv (or None: recompute) holds the KV of all but the last."""
+        self._check_submit(spec)
+        req = Request(spec, on_event, self._seed(spec),
+                      Detokenizer(self._tokenizer, spec.sampling.stop))
+        self.driver.post(("adopt", (req, kv)))
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:

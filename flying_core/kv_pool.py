@@ -60,6 +60,19 @@ class KVPool:
     def _unpack(self, packed: torch.Tensor, moves: list[Move]) -> None:
         self._flat().index_copy_(1, self._rows(moves, src=False), packed)
 
+    def read_rows(self, rows) -> bytes:
+        idx = torch.tensor(rows, dtype=torch.long, device=self.buf.device)
+        out = self._flat().index_select(1, idx).cpu().contiguous()
+        if out.dtype == torch.bfloat16:
+            out = out.view(torch.int16)   # numpy has no bfloat16: ship the raw bits
+        return out.numpy().tobytes()
+
+    def write_rows(self, rows, data: bytes) -> None:
+        idx = torch.tensor(rows, dtype=torch.long, device=self.buf.device)
+        src = torch.frombuffer(bytearray(data), dtype=self.buf.dtype).view(
+            self.L, len(rows), -1)
+        self._flat().index_copy_(1, idx, src.to(self.buf.device))
+
     def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
                  group) -> int:
         """Carry out this worker's part of a move plan; returns bytes received.

@@ -19,6 +19,7 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"  # max_tokens or the instance's context
     ABORT = "abort"    # client cancel / deadline / operator
     ERROR = "error"    # the worker serving it died (see Finished.error)
+    HANDOFF = "handoff"  # first segment of a cross-node micro-request: KV held for export
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Split:
     to instance `to_instance`, which produces the rest. handoff_at < prompt length splits
     inside the prefill; = prompt length hands over right after the first token's prefill."""
     handoff_at: int
-    to_instance: int
+    to_instance: int = -1
+    remote: bool = False    # the second segment runs on another node: hold the KV for export
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,21 @@ class ProbeCmd:
 @dataclass(frozen=True)
 class StopCmd:
     ticket: int
+
+
+@dataclass(frozen=True)
+class ExportCmd:
+    """Read KV heads out of this worker's pool: flat (block * H + head) rows, in order."""
+    ticket: int
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ImportCmd:
+    """Write KV heads into this worker's pool (rows as ExportCmd; data [L, len(rows), X])."""
+    ticket: int
+    rows: tuple[int, ...]
+    data: bytes
 
 
 @dataclass(frozen=True)

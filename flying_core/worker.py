@@ -14,6 +14,8 @@ from dataclasses import asdict
 
 from flying_core.config import WorkerConfig
 from flying_core.messages import (
+    ExportCmd,
+    ImportCmd,
     MoveCmd,
     ProbeCmd,
     SampleParams,
@@ -229,6 +231,12 @@ def worker_main(cfg: WorkerConfig, conn) -> None:
             elif isinstance(cmd, MoveCmd):
                 nbytes, ms = worker.move(cmd)
                 conn.send(WorkerReply(cmd.ticket, cfg.rank, "move", ms=ms, nbytes=nbytes))
+            elif isinstance(cmd, ExportCmd):
+                data = worker.kv.read_rows(cmd.rows)
+                conn.send(WorkerReply(cmd.ticket, cfg.rank, "export", nbytes=len(data),
+                                      info={"data": data}))
+            elif isinstance(cmd, ImportCmd):
+                worker.kv.write_rows(cmd.rows, cmd.data)   # no reply: FIFO orders it
             elif isinstance(cmd, StatsCmd):
                 conn.send(WorkerReply(cmd.ticket, cfg.rank, "stats", info={
                     "rss_bytes": _rss(), "new_groups": worker.new_groups[0],

@@ -19,10 +19,10 @@ from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from router.agents import Cluster
 from router.classify import classify
+from router.micro import merge_complete, plan_split, resume_request
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
-from router.split_policy import Side, choose_split
-from router.views import single_worker_tokens, step_at
+from router.views import single_worker_tokens
 
 log = logs.get("flying.router")
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
@@ -102,31 +102,25 @@ class Dispatcher:
                 raise ResourceExhausted(f"no instance could take the request ({why})")
             await asyncio.sleep(0.05)
 
-    def _plan_split(self, req: pb.GenerateRequest, placement) -> None:
-        """DynaServe: maybe run the request's tail on another instance of the same node."""
-        view = next((v for v in self.cluster.views() if v.name == placement.node), None)
-        req.ClearField("split")
-        if view is None or view.status is None or len(view.status.instances) < 2:
-            return
-        st, costs = view.status, {c.tp_size: c for c in view.status.costs}
-        a = st.instances[placement.instance]
-        others = [i for i in st.instances if i.index != a.index and i.available]
-        if not others or a.tp_size not in costs:
-            return
-        b = min(others, key=lambda i: (i.running + i.waiting, -i.tp_size))
-        if b.tp_size not in costs:
-            return
-
-        def side(inst):   # queued work: every request there holds a slot of a step
-            cost = costs[inst.tp_size]
-            return Side(cost, inst.running,
-                        (inst.running + inst.waiting) * step_at(cost, inst.running + 1))
-
-        n_prompt = len(req.prompt_token_ids.ids)
-        d = choose_split(n_prompt, req.sampling.max_tokens, side(a), side(b))
-        if d.split and n_prompt:
-            req.split.handoff_at = n_prompt + d.d
-            req.split.to_instance = b.index
+    async def _second_segment(self, req, tokens: list[int], first_agent, node: str | None,
+                              first: pb.Complete):
+        """Resume a cross-node micro-request on `node` (B pulls the KV from A)."""
+        target = self.cluster.by_name(node) if node else None
+        if target is None or not target.view().serving:
+            target = first_agent   # B went away: A resumes it (recompute of its own KV)
+        cont = resume_request(req, tokens, first_agent.address)
+        call = target.stub.Generate(cont)
+        try:
+            async for resp in call:
+                if resp.HasField("complete"):
+                    yield merge_complete(first, resp.complete, len(req.prompt_token_ids.ids),
+                                         len(tokens))
+                else:
+                    yield resp
+        except grpc.aio.AioRpcError as e:
+            raise error_from_grpc(e) from None
+        finally:
+            call.cancel()
 
     async def generate(self, req: pb.GenerateRequest):
         """Stream GenerateResponses from a node; raises FlyingError."""
@@ -142,16 +136,22 @@ class Dispatcher:
             if cls.urgent:
                 load.urgent_waiting[req.request_id] = time.monotonic()
             req.instance = placement.instance
-            if self.micro_requests:
-                self._plan_split(req, placement)
+            remote = plan_split(req, self.cluster.views(), placement.node,
+                                placement.instance) if self.micro_requests else None
             call = agent.stub.Generate(req)
-            produced, done = False, False
+            produced, done, tokens = False, False, []
             try:
                 async for resp in call:
                     if not produced:
                         load.urgent_waiting.pop(req.request_id, None)
                     produced = True
                     done = resp.HasField("complete")
+                    if done and resp.complete.finish_reason == "handoff":
+                        async for tail in self._second_segment(req, tokens, agent, remote,
+                                                               resp.complete):
+                            yield tail
+                        return
+                    tokens.extend(resp.chunk.token_ids)
                     yield resp
                 return
             except grpc.aio.AioRpcError as e:

@@ -165,6 +165,31 @@ def test_burst_splits_the_merged_node(cluster):
     assert splits, events
 
 
+def test_cross_node_micro_request_over_grpc(cluster, tiny_model):
+    """First segment on A holds its KV; B pulls it (ExportKV) and finishes: exact tokens."""
+    from flying.reference import reference_tokens
+    from tests.agentkit import collect, gen_request
+    prompt = list(range(40, 110))
+    ref = reference_tokens(tiny_model, [prompt], 12)[0]
+    a_addr = f"127.0.0.1:{cluster['a'].settings.port}"
+    b_addr = cluster["router"].settings.agents[1]
+    with grpc.insecure_channel(a_addr) as ca, grpc.insecure_channel(b_addr) as cb:
+        a, b = pb_grpc.AgentStub(ca), pb_grpc.AgentStub(cb)
+        for at in (len(prompt) - 20, len(prompt) + 5):
+            req = gen_request(ids=prompt, max_tokens=12)
+            req.request_id = f"xnode-{at}"
+            req.split.handoff_at, req.split.remote = at, True
+            first, done = collect(a, req)
+            assert done.finish_reason == "handoff"
+            from router.micro import resume_request
+            second, done2 = collect(b, resume_request(req, first, a_addr))
+            assert first + second == ref, at
+            assert done2.finish_reason == "length"
+        # the KV was exported once and freed: a second pull finds nothing, B recomputes
+        second, _ = collect(b, resume_request(req, first, a_addr))
+        assert first + second == ref
+
+
 def test_killed_agent_fails_over_and_loses_nothing(cluster):
     client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
     outcome: list = []

@@ -39,15 +39,49 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Split(_message.Message):
-    __slots__ = ("handoff_at", "to_instance")
+    __slots__ = ("handoff_at", "to_instance", "remote")
     HANDOFF_AT_FIELD_NUMBER: _ClassVar[int]
     TO_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     handoff_at: int
     to_instance: int
-    def __init__(self, handoff_at: _Optional[int] = ..., to_instance: _Optional[int] = ...) -> None: ...
+    remote: bool
+    def __init__(self, handoff_at: _Optional[int] = ..., to_instance: _Optional[int] = ..., remote: _Optional[bool] = ...) -> None: ...
+
+class Resume(_message.Message):
+    __slots__ = ("from_agent", "request_id")
+    FROM_AGENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    from_agent: str
+    request_id: str
+    def __init__(self, from_agent: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ExportKVRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class KVChunk(_message.Message):
+    __slots__ = ("index", "total", "dtype", "block_shape", "num_computed", "data", "crc32")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_COMPUTED_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    total: int
+    dtype: str
+    block_shape: _containers.RepeatedScalarFieldContainer[int]
+    num_computed: int
+    data: bytes
+    crc32: int
+    def __init__(self, index: _Optional[int] = ..., total: _Optional[int] = ..., dtype: _Optional[str] = ..., block_shape: _Optional[_Iterable[int]] = ..., num_computed: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "priority", "instance", "split")
+    __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "priority", "instance", "split", "resume")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +89,7 @@ class GenerateRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     prompt_token_ids: TokenIds
@@ -62,7 +97,8 @@ class GenerateRequest(_message.Message):
     priority: int
     instance: int
     split: Split
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., instance: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ...) -> None: ...
+    resume: Resume
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., instance: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")

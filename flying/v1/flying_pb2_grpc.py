@@ -56,6 +56,11 @@ class AgentStub:
                 request_serializer=flying_dot_v1_dot_flying__pb2.AbortRequest.SerializeToString,
                 response_deserializer=flying_dot_v1_dot_flying__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.ExportKV = channel.unary_stream(
+                '/flying.v1.Agent/ExportKV',
+                request_serializer=flying_dot_v1_dot_flying__pb2.ExportKVRequest.SerializeToString,
+                response_deserializer=flying_dot_v1_dot_flying__pb2.KVChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -87,6 +92,12 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportKV(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +120,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=flying_dot_v1_dot_flying__pb2.AbortRequest.FromString,
                     response_serializer=flying_dot_v1_dot_flying__pb2.AbortResponse.SerializeToString,
+            ),
+            'ExportKV': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportKV,
+                    request_deserializer=flying_dot_v1_dot_flying__pb2.ExportKVRequest.FromString,
+                    response_serializer=flying_dot_v1_dot_flying__pb2.KVChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +237,33 @@ class Agent:
             '/flying.v1.Agent/Abort',
             flying_dot_v1_dot_flying__pb2.AbortRequest.SerializeToString,
             flying_dot_v1_dot_flying__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flying.v1.Agent/ExportKV',
+            flying_dot_v1_dot_flying__pb2.ExportKVRequest.SerializeToString,
+            flying_dot_v1_dot_flying__pb2.KVChunk.FromString,
             options,
             channel_credentials,
             insecure,

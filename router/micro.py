@@ -1,0 +1,75 @@
+"""Micro-requests at the router: where to split a request (same node or another node), and
+the second segment of a cross-node split (the request resumed on node B with A's KV)."""
+from __future__ import annotations
+
+from flying.v1 import flying_pb2 as pb
+from router.split_policy import Side, choose_split
+from router.views import NodeView, step_at
+
+
+def _side(view: NodeView, inst) -> Side | None:
+    costs = {c.tp_size: c for c in view.status.costs}
+    cost = costs.get(inst.tp_size)
+    if cost is None or not cost.decode_ms:
+        return None
+    return Side(cost, inst.running, (inst.running + inst.waiting) * step_at(cost, inst.running + 1))
+
+
+def plan_split(req: pb.GenerateRequest, views: list[NodeView], node: str, instance: int
+               ) -> str | None:
+    """Set req.split when a split pays off (split_policy); returns the node of the second
+    segment when it is another node (cross-node: the router resumes it there)."""
+    req.ClearField("split")
+    n_prompt = len(req.prompt_token_ids.ids)
+    home = next((v for v in views if v.name == node and v.serving), None)
+    if home is None or n_prompt == 0 or instance >= len(home.status.instances):
+        return None
+    a = _side(home, home.status.instances[instance])
+    if a is None:
+        return None
+    best = None
+    for v in views:
+        if not v.serving:
+            continue
+        for inst in v.status.instances:
+            if not inst.available or (v.name == node and inst.index == instance):
+                continue
+            b = _side(v, inst)
+            if b is None:
+                continue
+            d = choose_split(n_prompt, req.sampling.max_tokens, a, b)
+            key = (d.makespan_ms, v.name != node)     # prefer the same node on ties
+            if d.split and (best is None or key < best[0]):
+                best = (key, d, v.name, inst.index)
+    if best is None:
+        return None
+    _, d, target, index = best
+    req.split.handoff_at = n_prompt + d.d
+    if target == node:
+        req.split.to_instance = index
+        return None
+    req.split.remote = True
+    return target
+
+
+def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
+                   ) -> pb.GenerateRequest:
+    """The second segment: every token so far as the prompt, A's KV pulled by B."""
+    cont = pb.GenerateRequest(request_id=f"{req.request_id}-b", priority=req.priority)
+    cont.sampling.CopyFrom(req.sampling)
+    cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
+    cont.prompt_token_ids.ids.extend([*req.prompt_token_ids.ids, *produced])
+    cont.resume.from_agent = from_agent
+    cont.resume.request_id = req.request_id
+    return cont
+
+
+def merge_complete(first: pb.Complete, last: pb.Complete, n_prompt: int, produced: int
+                   ) -> pb.GenerateResponse:
+    out = pb.Complete()
+    out.CopyFrom(last)
+    out.request_id = first.request_id
+    out.usage.prompt_tokens = n_prompt
+    out.usage.completion_tokens = produced + last.usage.completion_tokens
+    out.ttft_ms, out.queue_ms = first.ttft_ms, first.queue_ms
+    return pb.GenerateResponse(complete=out)
