@@ -27,6 +27,7 @@ from flying_core.driver_state import PendingSwitch
 from flying_core.errors import (
     Aborted,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -95,6 +96,11 @@ class WorkerGroup:
     def start(self, timeout_s: float = 900.0) -> None:
         t0 = time.perf_counter()
         cfg = self.cfg
+        if cfg.device != "cpu":
+            raise FailedPrecondition(
+                f"device {cfg.device!r}: this release's runner drives vLLM's CPU attention "
+                "kernels only; the CUDA runner (FlashAttention metadata, HND KV layout) is not "
+                "built yet. Start the agent with --device cpu.")
         ctx = mp.get_context("spawn")
         port = _free_port()
         for rank in range(cfg.num_workers):
