@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import datasets as ds
-
-TINY = Path(__file__).resolve().parent.parent / ".models" / "tiny"
 
 
 def test_iter_json_array_stops_at_truncation():
@@ -103,9 +100,8 @@ def test_random_and_skewed_estimate():
     assert ds.length_stats(mix)["n"] == 40
 
 
-@pytest.mark.skipif(not (TINY / "tokenizer.json").exists(), reason="no .models/tiny")
-def test_lengths_with_a_real_tokenizer():
-    tc = ds.TokenCounter(str(TINY))
+def test_lengths_with_a_real_tokenizer(tiny_model):
+    tc = ds.TokenCounter(tiny_model)
     assert tc.exact
     for n in (16, 100):
         p = ds.random_prompt(n, np.random.default_rng(n), tc)
