@@ -41,8 +41,9 @@ def _add_router_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-policy", dest="policy", action="store_false", default=None,
                    help="never reconfigure nodes on its own")
     p.add_argument("--grace-s", type=float)
-    p.add_argument("--micro-requests", action="store_true", default=None,
-                   help="split requests across two instances of a node (DynaServe)")
+    p.add_argument("--micro-requests", choices=["off", "adaptive", "disagg"],
+                   help="split requests into two segments (DynaServe): adaptive split points, "
+                        "or disagg (prefill on instance 0, decode on instance 1)")
 
 
 def _flags(ns: argparse.Namespace, section: str) -> dict:

@@ -50,7 +50,7 @@ class RouterSettings:
     policy_interval_s: float = 0.5
     grace_s: float = 10.0
     model_name: str = "flying"
-    micro_requests: bool = False    # split requests across two instances of a node (DynaServe)
+    micro_requests: str = "off"     # off | adaptive (DynaServe split policy) | disagg (d = 0)
 
 
 SECTIONS: dict[str, type] = {"agent": AgentSettings, "router": RouterSettings}

@@ -47,7 +47,7 @@ class NodeLoad:
 
 class Dispatcher:
     def __init__(self, cluster: Cluster, tokenizer=None, placement_wait_s: float = 60.0,
-                 max_attempts: int = 3, micro_requests: bool = False):
+                 max_attempts: int = 3, micro_requests: str = "off"):
         self.cluster, self.tokenizer = cluster, tokenizer
         self.micro_requests = micro_requests
         self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
@@ -102,6 +102,17 @@ class Dispatcher:
                 raise ResourceExhausted(f"no instance could take the request ({why})")
             await asyncio.sleep(0.05)
 
+    def _split(self, req: pb.GenerateRequest, placement) -> str | None:
+        if self.micro_requests == "adaptive":
+            return plan_split(req, self.cluster.views(), placement.node, placement.instance)
+        if self.micro_requests == "disagg":
+            view = next((v for v in self.cluster.views() if v.name == placement.node), None)
+            n_prompt = len(req.prompt_token_ids.ids)
+            if view and view.status and len(view.status.instances) >= 2 and n_prompt:
+                req.instance = 0                        # the prefill instance
+                req.split.handoff_at, req.split.to_instance = n_prompt, 1   # decode instance
+        return None
+
     async def _second_segment(self, req, tokens: list[int], first_agent, node: str | None,
                               first: pb.Complete):
         """Resume a cross-node micro-request on `node` (B pulls the KV from A)."""
@@ -136,8 +147,7 @@ class Dispatcher:
             if cls.urgent:
                 load.urgent_waiting[req.request_id] = time.monotonic()
             req.instance = placement.instance
-            remote = plan_split(req, self.cluster.views(), placement.node,
-                                placement.instance) if self.micro_requests else None
+            remote = self._split(req, placement)
             call = agent.stub.Generate(req)
             produced, done, tokens = False, False, []
             try:
