@@ -144,8 +144,8 @@ def instrument(driver) -> list[dict]:
         marks.append({"t0": p.t0, "t_exec": time.perf_counter(), "worker_move_ms": []})
         return execute(p)
 
-    def recv_blocking(worker):
-        reply = recv(worker)
+    def recv_blocking(worker, *args):
+        reply = recv(worker, *args)
         if reply.kind == "move" and marks:
             marks[-1]["worker_move_ms"].append(reply.ms)
         return reply

@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import multiprocessing as mp
 import os
 import random
@@ -102,7 +104,7 @@ class WorkerGroup:
                 "kernels only; the CUDA runner (FlashAttention metadata, HND KV layout) is not "
                 "built yet. Start the agent with --device cpu.")
         ctx = mp.get_context("spawn")
-        port = _free_port()
+        port = self.dist_port = _free_port()
         for rank in range(cfg.num_workers):
             parent, child = ctx.Pipe()
             delay = cfg.worker_delays[rank] if rank < len(cfg.worker_delays) else 0.0
@@ -202,6 +204,11 @@ class WorkerGroup:
                 p.kill()
                 p.join(5)
         self.procs, self.conns = [], []
+        # vLLM's CPU all-reduce segments are named after the node's port: remove what killed
+        # workers could not (our own KV files are unlinked as soon as every worker maps them)
+        for path in glob.glob(f"/dev/shm/flying{getattr(self, 'dist_port', 'x')}-*"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     # ------------------------------------------------------------------ requests
 

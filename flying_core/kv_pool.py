@@ -5,8 +5,15 @@ per-layer cache is [num_blocks, num_kv_heads, block_size, 2 * head_size]). The t
 layer is the same bytes as [NB * s, H / s, Bs, 2D]: TP block t = DP block t // s, head slot
 t % s. Nothing is copied to change layout; only heads of in-flight requests move
 (kv_plan.plan_moves), packed before any write so a plan may permute blocks freely.
+
+On a CPU node the pools live in shared memory (`share_with_peers`): a worker then pulls the
+heads it receives straight out of its peers' pools (a memcpy, no socket), tells each source it
+is done reading, and writes only after every reader of its own pool said so. Elsewhere the
+heads travel point-to-point over the world group.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -19,8 +26,37 @@ class KVPool:
                  head_size: int, dtype: torch.dtype, device: str = "cpu"):
         self.L, self.NB, self.H, self.Bs, self.D = (num_layers, num_blocks, num_kv_heads,
                                                     block_size, head_size)
-        self.buf = torch.zeros(num_layers, num_blocks, num_kv_heads, block_size * 2 * head_size,
-                               dtype=dtype, device=device)
+        self.shape = (num_layers, num_blocks, num_kv_heads, block_size * 2 * head_size)
+        self.buf = torch.zeros(self.shape, dtype=dtype, device=device)
+        self.peers: dict[int, torch.Tensor] = {}   # worker -> its pool, flat rows (shm)
+
+    # ------------------------------------------------------------------ shared memory
+
+    @staticmethod
+    def _shm_path(tag: str, rank: int) -> str:
+        return f"/dev/shm/flying-{tag}-kv{rank}"
+
+    def share_with_peers(self, tag: str, rank: int, world: int, barrier) -> bool:
+        """Move this pool into /dev/shm and map every peer's (collective over the world).
+        The files are unlinked once all are mapped, so nothing is left behind on a crash."""
+        if self.buf.device.type != "cpu" or not os.path.isdir("/dev/shm"):
+            return False
+        numel = self.buf.numel()
+        path = self._shm_path(tag, rank)
+        with open(path, "wb") as f:
+            f.truncate(self.nbytes)
+        shared = torch.from_file(path, shared=True, size=numel, dtype=self.buf.dtype)
+        shared.copy_(self.buf.view(-1))
+        self.buf = shared.view(self.shape)
+        barrier()
+        for peer in range(world):
+            if peer != rank:
+                t = torch.from_file(self._shm_path(tag, peer), shared=True, size=numel,
+                                    dtype=self.buf.dtype)
+                self.peers[peer] = t.view(self.L, self.NB * self.H, -1)
+        barrier()
+        os.unlink(path)
+        return True
 
     @staticmethod
     def blocks_for(kv_bytes: int, num_layers: int, num_kv_heads: int, block_size: int,
@@ -73,12 +109,31 @@ class KVPool:
             self.L, len(rows), -1)
         self._flat().index_copy_(1, idx, src.to(self.buf.device))
 
+    def _pull(self, me: int, sends, recvs, group) -> int:
+        """Shared-memory exchange: read peers' pools, handshake, then write."""
+        inbox = {src: (self._flat() if src == me else self.peers[src]).index_select(
+            1, self._rows(ms, src=True)) for src, ms in recvs.items()}
+        done = torch.zeros(1)
+        reqs = [dist.isend(done, src, group=group) for src in recvs if src != me]
+        acks = {dst: torch.zeros(1) for dst in sends if dst != me}
+        reqs += [dist.irecv(t, dst, group=group) for dst, t in acks.items()]
+        for r in reqs:
+            r.wait()   # every reader of my pool has its copy: now I may overwrite
+        received = 0
+        for src, ms in recvs.items():
+            self._unpack(inbox[src], ms)
+            if src != me:
+                received += inbox[src].numel() * inbox[src].element_size()
+        return received
+
     def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
                  group) -> int:
         """Carry out this worker's part of a move plan; returns bytes received.
 
         Every outgoing (and local) run is packed first, then point-to-point sends and
         receives over `group` (the world's gloo group on CPU), then every write."""
+        if self.peers:
+            return self._pull(me, sends, recvs, group)
         packed = {dst: self._pack(ms) for dst, ms in sends.items()}
         inbox: dict[int, torch.Tensor] = {}
         reqs = []

@@ -63,7 +63,7 @@ def _engine_config(g, tp: int):
 
 class Worker:
     def __init__(self, cfg: WorkerConfig):
-        import torch
+        import torch.distributed as dist
         import vllm.distributed.parallel_state as ps
         from vllm.config import set_current_vllm_config
 
@@ -105,6 +105,8 @@ class Worker:
         num_layers = text.num_hidden_layers
         nb = KVPool.blocks_for(g.kv_bytes, num_layers, kv_heads, g.block_size, head_size, dtype)
         self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, g.device)
+        self.kv.share_with_peers(str(cfg.dist_port), cfg.rank, g.num_workers,
+                                 lambda: dist.barrier(group=self.world_cpu))
         vocab = text.vocab_size
         self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
                                        self.kv.layer_views(s), g.block_size, vocab, g.device)
@@ -127,7 +129,6 @@ class Worker:
             "max_model_len": base.model_config.max_model_len, "pid": os.getpid(),
             "rss_bytes": _rss(),
         }
-        del torch
 
     def _warm(self) -> None:
         """Run every TP size once (the first tp>1 call compiles a vocab mask for seconds).
