@@ -109,6 +109,15 @@ class KVPool:
             self.L, len(rows), -1)
         self._flat().index_copy_(1, idx, src.to(self.buf.device))
 
+    def _write_inbox(self, me: int, inbox: dict[int, torch.Tensor], recvs) -> int:
+        """Write every received run into this pool; bytes that came from other workers."""
+        received = 0
+        for src, ms in recvs.items():
+            self._unpack(inbox[src], ms)
+            if src != me:
+                received += inbox[src].numel() * inbox[src].element_size()
+        return received
+
     def _pull(self, me: int, sends, recvs, group) -> int:
         """Shared-memory exchange: read peers' pools, handshake, then write."""
         inbox = {src: (self._flat() if src == me else self.peers[src]).index_select(
@@ -119,12 +128,7 @@ class KVPool:
         reqs += [dist.irecv(t, dst, group=group) for dst, t in acks.items()]
         for r in reqs:
             r.wait()   # every reader of my pool has its copy: now I may overwrite
-        received = 0
-        for src, ms in recvs.items():
-            self._unpack(inbox[src], ms)
-            if src != me:
-                received += inbox[src].numel() * inbox[src].element_size()
-        return received
+        return self._write_inbox(me, inbox, recvs)
 
     def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
                  group) -> int:
@@ -150,9 +154,4 @@ class KVPool:
             reqs.append(dist.irecv(inbox[src], src, group=group))
         for r in reqs:
             r.wait()
-        received = 0
-        for src, ms in recvs.items():
-            self._unpack(inbox[src], ms)
-            if src != me:
-                received += inbox[src].numel() * inbox[src].element_size()
-        return received
+        return self._write_inbox(me, inbox, recvs)

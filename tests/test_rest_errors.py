@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the gateway fixtures are imported from tests.test_rest)
 """The REST gateway's error paths, disconnects, probes and API keys, driven with httpx against the
 scripted backend of test_rest.py."""
 from __future__ import annotations
@@ -10,30 +11,9 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from flying import logs
 from flying.settings import RouterSettings
 from router.rest import create_app
-from tests.test_rest import ScriptedBackend, serve
-
-
-@pytest.fixture(scope="module")
-def gateway():
-    logs.configure("router-test")
-    backend = ScriptedBackend()
-    app = create_app(backend, RouterSettings(model_name="flying"),
-                     metrics_registry=CollectorRegistry())
-    with serve(app) as url:
-        yield url, backend
-
-
-@pytest.fixture
-def url(gateway):
-    return gateway[0]
-
-
-@pytest.fixture
-def backend(gateway):
-    return gateway[1]
+from tests.test_rest import ScriptedBackend, backend, gateway, serve, url  # noqa: F401
 
 
 def _post(url: str, path: str, body: dict, **kw) -> httpx.Response:
