@@ -169,6 +169,7 @@ class Dispatcher:
                     log.warning("retrying on another node", node=placement.node,
                                 error=e.details(), attempt=attempt, request_id=req.request_id)
                     exclude.add(placement.node)
+                    agent.healthy = False   # until its next good poll: wait, don't hammer it
                     continue
                 raise error_from_grpc(e) from None
             finally:
