@@ -1,10 +1,10 @@
 # Flying — every target sets itself up on first use (a .venv in the repo, stamped).
 SHELL := /bin/bash
 PY ?= python3
+DEVICE ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-$(DEVICE)
-DEVICE ?= cpu
 EXTRAS := $(DEVICE),data,dev
 # PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside the CPU torch.
 BROKEN := torchvision torchaudio torchcodec
