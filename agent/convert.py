@@ -6,9 +6,10 @@ import zlib
 
 from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument
-from flying_core.messages import (
+from flying_core.types import (
     Finished,
     GroupStatus,
+    KVExport,
     PreemptMode,
     RequestSpec,
     SamplingSpec,
@@ -16,7 +17,6 @@ from flying_core.messages import (
     SwitchReport,
     TokenEvent,
 )
-from flying_core.transfer import KVExport
 
 
 def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:

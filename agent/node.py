@@ -12,7 +12,7 @@ from flying.settings import AgentSettings, parse_layout
 from flying_core.config import GroupConfig
 from flying_core.errors import FailedPrecondition, Unavailable
 from flying_core.group import WorkerGroup
-from flying_core.messages import Event, GroupStatus, PreemptMode, RequestSpec, SwitchReport
+from flying_core.types import Event, GroupStatus, PreemptMode, RequestSpec, SwitchReport
 
 log = logs.get("flying.node")
 
@@ -107,7 +107,7 @@ class Node:
         if self.state != "serving" or self.group is None:
             raise Unavailable(f"node is {self.state}")
         new = self.group.check_layout(layout)
-        allowed = tp_sizes_allowed(self.topology, tuple(self.group.info["sizes"]),
+        allowed = tp_sizes_allowed(self.topology, self.group.info.sizes,
                                    self.settings.workers)
         bad = [s for s in new if s not in allowed]
         if bad:

@@ -14,7 +14,7 @@ from flying.errors import grpc_status, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument, Unavailable
-from flying_core.messages import Finished, FinishReason, TokenEvent
+from flying_core.types import Finished, FinishReason, TokenEvent
 
 log = logs.get("flying.agent")
 

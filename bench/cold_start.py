@@ -66,7 +66,7 @@ def cold_group(model: str | Path, workers: int, kv_bytes: int, keep: bool = Fals
     Returns (figures, group): the group is shut down unless keep."""
     from flying_core.config import GroupConfig
     from flying_core.group import WorkerGroup
-    from flying_core.messages import RequestSpec, SamplingSpec
+    from flying_core.types import RequestSpec, SamplingSpec
     t0 = time.perf_counter()
     group = WorkerGroup(GroupConfig(model=str(model), num_workers=workers, dtype="float32",
                                     kv_bytes=kv_bytes))
@@ -110,14 +110,14 @@ def weights_bytes(model_dir: Path) -> int:
 def memory(group, model_dir: Path, stats_before: list, stats_after: list, plain_tp1) -> dict:
     workers = []
     for info in group.worker_info:
-        views = info.get("view_report", {})
-        workers.append({"rss_after_start_bytes": info["rss_bytes"],
-                        "kv_pool_bytes": info["kv_pool_bytes"],
-                        "layouts_built": info["sizes"],
-                        "view_own_bytes": {str(k): v["own_bytes"] for k, v in views.items()},
-                        "view_tensors_aliased": {str(k): f"{v['aliased']}/{v['tensors']}"
+        views = info.view_report
+        workers.append({"rss_after_start_bytes": info.rss_bytes,
+                        "kv_pool_bytes": info.kv_pool_bytes,
+                        "layouts_built": list(info.sizes),
+                        "view_own_bytes": {str(k): v.own_bytes for k, v in views.items()},
+                        "view_tensors_aliased": {str(k): f"{v.aliased}/{v.tensors}"
                                                  for k, v in views.items()},
-                        "load_s": info["load_s"], "warm_s": info["warm_s"]})
+                        "load_s": info.load_s, "warm_s": info.warm_s})
     return {
         "note": ("rss_after_start: a worker with EVERY layout built and warmed (worker_info). "
                  "before: no tp=1-only worker of ours is measured; plain_vllm_tp1_rss is the "
@@ -129,9 +129,10 @@ def memory(group, model_dir: Path, stats_before: list, stats_after: list, plain_
         "weights_plus_kv_bytes": weights_bytes(model_dir) + workers[0]["kv_pool_bytes"],
         "plain_vllm_tp1_rss_bytes": plain_tp1,
         "workers": workers,
-        "rss_before_switching": [s["rss_bytes"] for s in stats_before],
-        "rss_after_switching": [s["rss_bytes"] for s in stats_after],
-        "new_process_groups_during_switching": [s["new_groups"] for s in stats_after],
+        "rss_before_switching": [s.rss_bytes for s in stats_before],
+        "rss_after_switching": [s.rss_bytes for s in stats_after],
+        "new_process_groups_during_switching": [
+            a.process_groups - b.process_groups for a, b in zip(stats_after, stats_before)],
     }
 
 

@@ -20,6 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from flying_core.commands import Moved
+
 REPO = Path(__file__).resolve().parent.parent
 KV_BYTES = 64 << 20
 PROMPT_TOKENS = 256
@@ -84,9 +86,9 @@ class Flight:
     """n long requests submitted to the group; counts tokens per request."""
 
     def __init__(self, group, n: int, seed: int):
-        from flying_core.messages import Finished, RequestSpec, SamplingSpec, TokenEvent
+        from flying_core.types import Finished, RequestSpec, SamplingSpec, TokenEvent
         self._tok, self._fin = TokenEvent, Finished
-        rng, vocab = random.Random(seed), group.info["vocab_size"]
+        rng, vocab = random.Random(seed), group.info.vocab_size
         self.tokens: dict[str, int] = {}   # request id -> tokens so far
         self.finished: dict[str, str] = {}  # request id -> finish reason
         self.lock, self.all_done = threading.Lock(), threading.Event()
@@ -146,7 +148,7 @@ def instrument(driver) -> list[dict]:
 
     def recv_blocking(worker, *args):
         reply = recv(worker, *args)
-        if reply.kind == "move" and marks:
+        if isinstance(reply, Moved) and marks:
             marks[-1]["worker_move_ms"].append(reply.ms)
         return reply
 
@@ -183,7 +185,7 @@ def _cycle(group, dp, tp, mode, flight: Flight, reps: int, cells: dict, marks) -
 
 def measure(group, dp, tp, counts, reps: int) -> tuple[dict, dict]:
     """HARD switches per in-flight count (aborted between cells), then SOFT with none."""
-    from flying_core.messages import PreemptMode
+    from flying_core.types import PreemptMode
     cells, flights, marks = {}, {}, instrument(group.driver)
     for n in counts:
         group.reconfigure(dp, PreemptMode.HARD, timeout_s=60.0)

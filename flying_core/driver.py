@@ -13,13 +13,23 @@ import time
 from multiprocessing.connection import wait
 
 from flying_core import layout as lay
+from flying_core.commands import (
+    Exported,
+    Failed,
+    MoveCmd,
+    Moved,
+    Stats,
+    StatsCmd,
+    StepCmd,
+    StepDone,
+)
 from flying_core.driver_state import DriverState, PendingSwitch
 from flying_core.errors import Unavailable
 from flying_core.handoff import HandoffMixin
-from flying_core.messages import FinishReason, MoveCmd, StatsCmd, StepCmd, SwitchReport
 from flying_core.request import Request
 from flying_core.switch import plan_migration
 from flying_core.transfer import TransferMixin
+from flying_core.types import FinishReason, SwitchReport
 
 
 class Driver(HandoffMixin, TransferMixin, DriverState):
@@ -132,18 +142,18 @@ class Driver(HandoffMixin, TransferMixin, DriverState):
                 self.on_reply(reply)
 
     def on_reply(self, reply) -> None:
-        if reply.kind == "error":
-            self.fail(f"worker {reply.worker}: {reply.info.get('error')}")
-        elif reply.kind == "step":
+        if isinstance(reply, Failed):
+            self.fail(f"worker {reply.worker}: {reply.error}")
+        elif isinstance(reply, StepDone):
             idx = next(i for i, s in enumerate(self.scheds) if s.inst.first == reply.worker
                        and i in self.inflight)
             self.finish_step(idx, reply)
-        elif reply.kind == "export" and reply.ticket in self.exports:
+        elif isinstance(reply, Exported) and reply.ticket in self.exports:
             self.finish_export(reply)
-        elif reply.kind == "move" and reply.ticket in self.handoffs:
+        elif isinstance(reply, Moved) and reply.ticket in self.handoffs:
             self.finish_handoff(reply)
-        elif reply.kind == "stats" and self.stats_wait is not None:
-            self.stats_wait.append(reply.info)
+        elif isinstance(reply, Stats) and self.stats_wait is not None:
+            self.stats_wait.append(reply.stats)
             if len(self.stats_wait) == len(self.conns):
                 self.stats_wait.done.set()
                 self.stats_wait = None
@@ -253,8 +263,8 @@ class Driver(HandoffMixin, TransferMixin, DriverState):
                 self.conns[w].send(cmd)
             for w in workers:
                 reply = self.recv_blocking(w, cmd.ticket)
-                if reply.kind != "move":
-                    self.fail(f"worker {w}: KV move failed: {reply.info.get('error')}")
+                if not isinstance(reply, Moved):
+                    self.fail(f"worker {w}: KV move failed: {reply.error}")
                     return
                 nbytes += reply.nbytes
         self.pool.release(mig.freed)
@@ -280,7 +290,8 @@ class Driver(HandoffMixin, TransferMixin, DriverState):
             ready = wait([conn, sentinel], timeout=60)
             if conn in ready:
                 reply = conn.recv()
-                if reply.kind == "error" or (reply.kind == "move" and reply.ticket == ticket):
+                if isinstance(reply, Failed) or (isinstance(reply, Moved)
+                                                 and reply.ticket == ticket):
                     return reply
                 self.on_reply(reply)
                 continue

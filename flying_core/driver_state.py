@@ -7,19 +7,21 @@ from dataclasses import dataclass, field
 
 from flying import logs
 from flying_core import layout as lay
+from flying_core.block_pool import BlockPool
 from flying_core.config import GroupConfig
 from flying_core.errors import FlyingError
-from flying_core.kv_plan import BlockPool
-from flying_core.messages import (
+from flying_core.request import Request
+from flying_core.scheduler import Budget, InstanceScheduler
+from flying_core.types import (
     FinishReason,
     GroupStatus,
     InstanceStatus,
     LayoutCost,
     PreemptMode,
     SwitchReport,
+    WorkerInfo,
+    decode_at,
 )
-from flying_core.request import Request
-from flying_core.scheduler import Budget, InstanceScheduler
 
 
 @dataclass(eq=False)
@@ -64,9 +66,7 @@ class CostProfile:
         table[b] = ms if b not in table else 0.8 * table[b] + 0.2 * ms
 
     def step_ms(self, size: int, batch: int) -> float:
-        table = self.decode.get(size) or {1: 0.0}
-        below = [b for b in table if b <= batch]
-        return table[max(below) if below else min(table)]
+        return decode_at(self.decode.get(size, {}), batch)
 
     def prefill_ms(self, size: int) -> float:
         return self.prefill.get(size, 0.0)
@@ -77,15 +77,15 @@ class CostProfile:
 
 
 class DriverState:
-    def __init__(self, cfg: GroupConfig, conns, sentinels, info: dict, tokenizer,
+    def __init__(self, cfg: GroupConfig, conns, sentinels, info: WorkerInfo, tokenizer,
                  eos_ids: frozenset[int], initial_layout: tuple[int, ...]):
         self.cfg, self.conns, self.sentinels, self.info = cfg, conns, sentinels, info
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.log = logs.get("flying.driver")
-        self.sizes = tuple(info["sizes"])
-        self.num_kv_heads = info["num_kv_heads"]
-        self.max_model_len = min(cfg.max_model_len, info["max_model_len"])
-        self.pool = BlockPool(cfg.num_workers, info["num_blocks"] - 1)  # last block: warm-up
+        self.sizes = info.sizes
+        self.num_kv_heads = info.num_kv_heads
+        self.max_model_len = min(cfg.max_model_len, info.max_model_len)
+        self.pool = BlockPool(cfg.num_workers, info.num_blocks - 1)  # last block: warm-up
         self.costs = CostProfile()
         self.budget = Budget(cfg.max_batch_tokens, cfg.max_running, cfg.tbt_slo_ms,
                              self.costs.step_ms, self.costs.prefill_ms)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from flying import logs
 from flying_core import layout as lay
+from flying_core.commands import Failed, ProbeCmd, Probed, Ready, StopCmd
 from flying_core.config import GroupConfig, WorkerConfig
 from flying_core.driver import Driver
 from flying_core.driver_state import PendingSwitch
@@ -35,17 +36,17 @@ from flying_core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from flying_core.messages import (
+from flying_core.request import Detokenizer, Request
+from flying_core.types import (
     Event,
     GroupStatus,
+    KVExport,
     PreemptMode,
-    ProbeCmd,
     RequestSpec,
-    StopCmd,
     SwitchReport,
+    WorkerInfo,
+    WorkerStats,
 )
-from flying_core.request import Detokenizer, Request
-from flying_core.transfer import KVExport
 from flying_core.worker import worker_main
 
 
@@ -89,8 +90,8 @@ class WorkerGroup:
         self._thread: threading.Thread | None = None
         self._switch_lock = threading.Lock()
         self._tokenizer = None
-        self.info: dict = {}
-        self.worker_info: list[dict] = []
+        self.info: WorkerInfo | None = None
+        self.worker_info: list[WorkerInfo] = []
         self.startup_s = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,11 +118,11 @@ class WorkerGroup:
             self.conns.append(parent)
         from transformers import AutoTokenizer
         self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self.worker_info = [self._expect(r, "ready", t0 + timeout_s).info
+        self.worker_info = [self._expect(r, Ready, t0 + timeout_s).info
                             for r in range(cfg.num_workers)]
         self.info = self.worker_info[0]
         layout = lay.validate(cfg.layout or (1,) * cfg.num_workers, cfg.num_workers,
-                              tuple(self.info["sizes"]))
+                              self.info.sizes)
         self.driver = Driver(cfg, self.conns, [p.sentinel for p in self.procs], self.info,
                              self._tokenizer, self._eos_ids(), layout)
         if cfg.profile:
@@ -132,42 +133,44 @@ class WorkerGroup:
         self._thread.start()
         self.startup_s = time.perf_counter() - t0
         self.log.info("worker group ready", workers=cfg.num_workers, layout=list(layout),
-                      sizes=self.info["sizes"], startup_s=round(self.startup_s, 1),
-                      kv_blocks=self.info["num_blocks"])
+                      sizes=self.info.sizes, startup_s=round(self.startup_s, 1),
+                      kv_blocks=self.info.num_blocks)
 
-    def _expect(self, rank: int, kind: str, deadline: float):
+    def _expect(self, rank: int, kind: type, deadline: float):
         conn, proc = self.conns[rank], self.procs[rank]
         while True:
             left = deadline - time.perf_counter()
             if left <= 0:
                 self.shutdown(0)
-                raise Unavailable(f"worker {rank} did not report {kind} in time")
+                raise Unavailable(f"worker {rank} did not report {kind.__name__} in time")
             if conn.poll(min(left, 1.0)):
                 try:
                     reply = conn.recv()
                 except (EOFError, OSError):
                     self.shutdown(0)
-                    raise Unavailable(f"worker {rank} exited during {kind}") from None
-                if reply.kind == "error":
+                    raise Unavailable(f"worker {rank} exited during {kind.__name__}") from None
+                if isinstance(reply, Failed):
                     self.shutdown(0)
-                    raise Unavailable(f"worker {rank} failed: {reply.info.get('error')}")
+                    raise Unavailable(f"worker {rank} failed: {reply.error}")
+                assert isinstance(reply, kind), reply
                 return reply
             if not proc.is_alive():
                 self.shutdown(0)
-                raise Unavailable(f"worker {rank} exited with {proc.exitcode} during {kind}")
+                raise Unavailable(
+                    f"worker {rank} exited with {proc.exitcode} during {kind.__name__}")
 
     def _probe(self, deadline: float) -> None:
         """Measure every TP size once, all instances of that size together."""
-        for size in self.info["sizes"]:
+        for size in self.info.sizes:
             self.driver.ticket += 1
             cmd = ProbeCmd(self.driver.ticket, size, 64, (1, 4, 16))
             for conn in self.conns:
                 conn.send(cmd)
-            replies = [self._expect(r, "probe", deadline) for r in range(self.cfg.num_workers)]
-            lead = [r.info for r in replies if r.worker % size == 0]
-            prefill = sum(x["prefill_ms_per_token"] for x in lead) / len(lead)
-            decode = {b: sum(x["decode_ms"][b] for x in lead) / len(lead)
-                      for b in lead[0]["decode_ms"]}
+            replies = [self._expect(r, Probed, deadline) for r in range(self.cfg.num_workers)]
+            lead = [r for r in replies if r.worker % size == 0]
+            prefill = sum(x.prefill_ms_per_token for x in lead) / len(lead)
+            decode = {b: sum(x.decode_ms[b] for x in lead) / len(lead)
+                      for b in lead[0].decode_ms}
             self.driver.costs.seed(size, prefill, decode)
 
     def _eos_ids(self) -> frozenset[int]:
@@ -220,7 +223,7 @@ class WorkerGroup:
         s, d = spec.sampling, self.driver
         if not spec.prompt_token_ids:
             raise InvalidArgument("prompt is empty")
-        vocab = self.info["vocab_size"]
+        vocab = self.info.vocab_size
         if any(t < 0 or t >= vocab for t in spec.prompt_token_ids):
             raise InvalidArgument(f"prompt token ids must be in [0, {vocab})")
         if s.max_tokens <= 0:
@@ -293,7 +296,7 @@ class WorkerGroup:
     # ------------------------------------------------------------------ layouts
 
     def check_layout(self, layout: Sequence[int]) -> tuple[int, ...]:
-        return lay.validate(layout, self.cfg.num_workers, tuple(self.info["sizes"]))
+        return lay.validate(layout, self.cfg.num_workers, self.info.sizes)
 
     def reconfigure(self, layout: Sequence[int], mode: PreemptMode = PreemptMode.SOFT,
                     timeout_s: float | None = None) -> SwitchReport:
@@ -324,13 +327,13 @@ class WorkerGroup:
     def status(self) -> GroupStatus:
         return self.driver.status()
 
-    def worker_stats(self, timeout_s: float = 30.0) -> list[dict]:
+    def worker_stats(self, timeout_s: float = 30.0) -> list[WorkerStats]:
         """Every worker's RSS, KV pool pointer and process groups created since start-up."""
         box = _Box()
         self.driver.post(("stats", box))
         if not box.done.wait(timeout_s):
             raise DeadlineExceeded("workers did not answer a stats request")
-        return sorted(box, key=lambda x: x["kv_ptr"])
+        return sorted(box, key=lambda x: x.rank)
 
     def kv_blocks_used(self) -> int:
         d = self.driver

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flying_core.kv_plan import Home, plan_moves
-from flying_core.messages import FinishReason, MoveCmd
+from flying_core.block_pool import Home
+from flying_core.commands import MoveCmd
+from flying_core.kv_plan import plan_moves
 from flying_core.request import Request
+from flying_core.types import FinishReason
 
 
 @dataclass
@@ -42,10 +44,7 @@ class HandoffMixin:
             self.handoff_stats["recomputed"] += 1
             dst.add(req)
             return
-        homes = []
-        for _ in req.homes:
-            w = max(dst.inst.workers, key=self.pool.free_on)
-            homes.append(self.pool.alloc(w))
+        homes = self.pool.alloc(dst.inst.workers, len(req.homes))
         moves = plan_moves([(old, (src.inst.first, src.inst.size), new,
                              (dst.inst.first, dst.inst.size))
                             for old, new in zip(req.homes, homes)], self.num_kv_heads)

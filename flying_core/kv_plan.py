@@ -1,11 +1,9 @@
-"""Node-shared KV block accounting and the head-group move plan of a layout switch. Pure.
+"""Where a home's KV heads live in a layout, and the head-group move plan of a switch. Pure.
 
-Every worker owns one physical pool of `num_blocks` DP blocks; a DP block holds all `H` KV
-heads of `block_size` tokens. A request's KV is a list of *homes* (worker, dp_block). Inside
-an instance (first worker a, TP size s) the home (w, b) is the TP block id `b*s + (w-a)`:
-on every worker of the instance it is DP block b, head slot (w-a) of size H/s, holding that
-rank's head group (DESIGN 2.5). So one allocator of (worker, block) pairs serves every layout
-and two instances never hand out the same bytes.
+A request's KV is a list of *homes* (worker, dp_block) from the node's BlockPool. Inside an
+instance (first worker a, TP size s) the home (w, b) is the TP block id `b*s + (w-a)`: on
+every worker of the instance it is DP block b, head slot (w-a) of size H/s, holding that
+rank's head group.
 
 A switch keeps each home where it can and moves heads: for KV head k of home (w, b)
     in (a, s):  worker a + k // (H/s), DP block b, head position (w-a)*(H/s) + k % (H/s)
@@ -14,34 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-Home = tuple[int, int]  # (worker, dp_block)
-
-
-class BlockPool:
-    """Free DP blocks per worker, shared by every instance of the node."""
-
-    def __init__(self, num_workers: int, num_blocks: int):
-        self.num_blocks = num_blocks
-        self._free = [list(range(num_blocks - 1, -1, -1)) for _ in range(num_workers)]
-
-    def free_on(self, worker: int) -> int:
-        return len(self._free[worker])
-
-    def total_free(self, workers) -> int:
-        return sum(len(self._free[w]) for w in workers)
-
-    def alloc(self, worker: int) -> Home:
-        return worker, self._free[worker].pop()
-
-    def take(self, home: Home) -> None:
-        self._free[home[0]].remove(home[1])
-
-    def release(self, homes) -> None:
-        for w, b in homes:
-            self._free[w].append(b)
-
-    def used(self, workers) -> int:
-        return sum(self.num_blocks - len(self._free[w]) for w in workers)
+from flying_core.block_pool import Home
 
 
 def tp_block_id(home: Home, first: int, size: int) -> int:

@@ -5,15 +5,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flying_core.kv_plan import Home
-from flying_core.messages import (
-    Event,
-    Finished,
-    FinishReason,
-    RequestSpec,
-    SampleParams,
-    TokenEvent,
-)
+from flying_core.block_pool import Home
+from flying_core.commands import SampleParams
+from flying_core.types import Event, Finished, FinishReason, RequestSpec, TokenEvent
 
 
 class Detokenizer:

@@ -15,7 +15,7 @@ from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadataBuilder
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
 from flying_core.comm_pool import tp_mode
-from flying_core.messages import SeqChunk
+from flying_core.commands import SeqChunk
 from flying_core.sampling import sample
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from flying_core.messages import SampleParams  # noqa: F401  (re-exported)
+from flying_core.commands import SampleParams
 
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 63) - 1

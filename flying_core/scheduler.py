@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flying_core.kv_plan import BlockPool, tp_block_id
+from flying_core.block_pool import BlockPool
+from flying_core.commands import SeqChunk
+from flying_core.kv_plan import tp_block_id
 from flying_core.layout import Instance
-from flying_core.messages import SeqChunk
 from flying_core.request import Request
 
 
@@ -85,10 +86,8 @@ class InstanceScheduler:
         if self.pool.total_free(workers) < need:
             return False
         if req.home is None:
-            req.home = max(workers, key=self.pool.free_on)
-        for _ in range(need):
-            w = req.home if self.pool.free_on(req.home) else max(workers, key=self.pool.free_on)
-            req.homes.append(self.pool.alloc(w))
+            req.home = self.pool.least_used(workers)
+        req.homes += self.pool.alloc(workers, need, req.home)
         return True
 
     def release(self, req: Request) -> None:

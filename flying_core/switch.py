@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from flying_core.kv_plan import BlockPool, Home, Move, plan_moves
+from flying_core.block_pool import BlockPool, Home
+from flying_core.kv_plan import Move, plan_moves
 from flying_core.layout import Instance, instance_of, instances
 from flying_core.request import Request
 
@@ -45,9 +46,7 @@ def plan_migration(reqs: list[tuple[Request, Instance]], new_layout: tuple[int, 
             if h in stay:
                 new_homes.append(h)
                 continue
-            w = home if home is not None and pool.free_on(home) else max(
-                target.workers, key=pool.free_on)
-            new_homes.append(pool.alloc(w))
+            new_homes += pool.alloc(target.workers, 1, home)
             mig.freed.append(h)
         for old_home, new_home in zip(req.homes, new_homes):
             pairs.append((old_home, (old.first, old.size), new_home, (target.first, target.size)))

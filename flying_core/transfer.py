@@ -13,19 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flying_core.commands import ExportCmd, ImportCmd
 from flying_core.kv_plan import head_location
-from flying_core.messages import ExportCmd, FinishReason, ImportCmd
 from flying_core.request import Request
+from flying_core.types import FinishReason, KVExport
 
 HOLD_TTL_S = 120.0
-
-
-@dataclass(frozen=True)
-class KVExport:
-    dtype: str
-    block_shape: tuple[int, int, int]     # (L, H, Bs * 2D)
-    num_computed: int                     # tokens whose KV the blocks hold
-    blocks: tuple[bytes, ...]
 
 
 @dataclass
@@ -89,14 +82,13 @@ class TransferMixin:
 
     def finish_export(self, reply) -> None:
         pe = self.exports[reply.ticket]
-        pe.parts[reply.worker] = reply.info["data"]
+        pe.parts[reply.worker] = reply.data
         if len(pe.parts) < len(pe.order):
             return
         del self.exports[reply.ticket]
         info, req = self.info, pe.held.req
-        L, H = info["num_layers"], info["num_kv_heads"]
-        X = self.cfg.block_size * 2 * info["head_size"]
-        dt = _np_dtype(info["dtype"])
+        L, H, X = info.block_shape(self.cfg.block_size)
+        dt = _np_dtype(info.dtype)
         canon = np.empty((len(req.homes), L, H, X), dtype=dt)
         for w, order in pe.order.items():
             arr = np.frombuffer(pe.parts[w], dtype=dt).reshape(L, len(order), X)
@@ -104,7 +96,7 @@ class TransferMixin:
                 canon[i, :, k, :] = arr[:, j, :]
         self.pool.release(req.homes)
         req.homes = []
-        pe.box.resolve(KVExport(info["dtype"], (L, H, X), req.num_computed,
+        pe.box.resolve(KVExport(info.dtype, (L, H, X), req.num_computed,
                                 tuple(canon[i].tobytes() for i in range(len(canon)))))
 
     def adopt(self, req: Request, kv: KVExport | None) -> None:
@@ -116,10 +108,8 @@ class TransferMixin:
             self.place(req)
             return
         first, size = sched.inst.first, sched.inst.size
-        home = max(sched.inst.workers, key=self.pool.free_on)
-        homes = [self.pool.alloc(home if self.pool.free_on(home) else
-                                 max(sched.inst.workers, key=self.pool.free_on))
-                 for _ in kv.blocks]
+        workers = sched.inst.workers
+        homes = self.pool.alloc(workers, len(kv.blocks), self.pool.least_used(workers))
         dt = _np_dtype(kv.dtype)
         blocks = [np.frombuffer(b, dtype=dt).reshape(kv.block_shape) for b in kv.blocks]
         self.ticket += 1
@@ -136,9 +126,8 @@ class TransferMixin:
     def _adopt_target(self, req: Request, kv: KVExport | None):
         """The open instance that can hold the request and its blocks, if the KV is whole."""
         info = self.info
-        shape = (info["num_layers"], info["num_kv_heads"],
-                 self.cfg.block_size * 2 * info["head_size"])
-        if kv is None or kv.dtype != info["dtype"] or tuple(kv.block_shape) != shape:
+        shape = info.block_shape(self.cfg.block_size)
+        if kv is None or kv.dtype != info.dtype or tuple(kv.block_shape) != shape:
             return None
         per_block = int(np.prod(shape)) * np.dtype(_np_dtype(kv.dtype)).itemsize
         need = -(-kv.num_computed // self.cfg.block_size)

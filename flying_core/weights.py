@@ -26,6 +26,7 @@ from vllm.utils.torch_utils import set_default_torch_dtype
 
 from flying_core.comm_pool import tp_mode
 from flying_core.errors import FailedPrecondition
+from flying_core.types import ViewReport
 
 
 def keep_plain_cpu_weights() -> None:
@@ -161,7 +162,7 @@ def build_view_model(cfg, full_model: nn.Module, group) -> tuple[nn.Module, dict
     return model.eval(), kinds
 
 
-def storage_report(view_model: nn.Module, full_model: nn.Module) -> dict:
+def storage_report(view_model: nn.Module, full_model: nn.Module) -> ViewReport:
     """How many of the view model's tensors alias the full model's storage, and bytes owned."""
     full_ptrs = {t.untyped_storage().data_ptr()
                  for t in [*full_model.parameters(), *full_model.buffers()]}
@@ -170,6 +171,6 @@ def storage_report(view_model: nn.Module, full_model: nn.Module) -> dict:
         if isinstance(getattr(mod, "quant_method", None), SliceGemm):
             tensors += [(f"{mname}.piece{i}", t) for i, t in enumerate(mod.quant_method.pieces)]
     own = [(n, t) for n, t in tensors if t.untyped_storage().data_ptr() not in full_ptrs]
-    return {"tensors": len(tensors), "aliased": len(tensors) - len(own),
-            "own": [n for n, _ in own],
-            "own_bytes": sum(t.numel() * t.element_size() for _, t in own)}
+    return ViewReport(tensors=len(tensors), aliased=len(tensors) - len(own),
+                      own_bytes=sum(t.numel() * t.element_size() for _, t in own),
+                      own=tuple(n for n, _ in own))

@@ -10,21 +10,29 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import asdict
 
-from flying_core.config import WorkerConfig
-from flying_core.messages import (
+from flying_core.commands import (
     ExportCmd,
+    Exported,
+    Failed,
     ImportCmd,
     MoveCmd,
+    Moved,
     ProbeCmd,
+    Probed,
+    Ready,
     SampleParams,
     SeqChunk,
+    Stats,
     StatsCmd,
     StepCmd,
+    StepDone,
     StopCmd,
-    WorkerReply,
+    Stopped,
 )
+from flying_core.config import WorkerConfig
+from flying_core.kv_plan import moves_for
+from flying_core.types import WorkerInfo, WorkerStats
 
 
 def _die_with_parent() -> None:
@@ -68,7 +76,7 @@ class Worker:
         from vllm.config import set_current_vllm_config
 
         from flying_core import layout, weights
-        from flying_core.comm_pool import CommunicatorPool, tp_mode
+        from flying_core.comm_pool import CommunicatorPool
         from flying_core.kv_pool import KVPool
         from flying_core.runner import ModelRunner
 
@@ -111,24 +119,20 @@ class Worker:
         self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
                                        self.kv.layer_views(s), g.block_size, vocab, g.device)
                         for s in self.sizes}
-        self._tp_mode = tp_mode
-        self.new_groups = _count_new_groups()
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._warm()
         self.warm_s = time.perf_counter() - t1
-        self.info = {
-            "num_blocks": nb, "num_layers": num_layers, "num_kv_heads": kv_heads,
-            "num_heads": heads, "head_size": head_size, "vocab_size": vocab,
-            "sizes": list(self.sizes), "dtype": str(dtype).removeprefix("torch."),
-            "kv_pool_bytes": self.kv.nbytes, "kv_ptr": self.kv.buf.data_ptr(),
-            "kv_view_ptrs": {s: [v.data_ptr() for v in self.kv.layer_views(s)][:1]
-                             for s in self.sizes},
-            "view_report": self.view_report, "groups_created": self.pool.created,
-            "load_s": round(self.load_s, 3), "warm_s": round(self.warm_s, 3),
-            "max_model_len": base.model_config.max_model_len, "pid": os.getpid(),
-            "rss_bytes": _rss(),
-        }
+        self.info = WorkerInfo(
+            rank=cfg.rank, num_blocks=nb, num_layers=num_layers, num_heads=heads,
+            num_kv_heads=kv_heads, head_size=head_size, vocab_size=vocab,
+            sizes=tuple(self.sizes), dtype=str(dtype).removeprefix("torch."),
+            max_model_len=base.model_config.max_model_len, kv_pool_bytes=self.kv.nbytes,
+            kv_ptr=self.kv.buf.data_ptr(),
+            kv_view_ptrs={s: self.kv.layer_views(s)[0].data_ptr() for s in self.sizes},
+            view_report=self.view_report, groups_created=self.pool.created,
+            load_s=round(self.load_s, 3), warm_s=round(self.warm_s, 3), pid=os.getpid(),
+            rss_bytes=_rss())
 
     def _warm(self) -> None:
         """Run every TP size once (the first tp>1 call compiles a vocab mask for seconds).
@@ -145,14 +149,13 @@ class Worker:
         return out, (time.perf_counter() - t) * 1e3
 
     def move(self, cmd: MoveCmd) -> tuple[int, float]:
-        from flying_core.kv_plan import moves_for
         t = time.perf_counter()
         sends, recvs = moves_for(self.rank, list(cmd.moves))
         nbytes = self.kv.exchange(self.rank, sends, recvs, self.world_cpu) if (
             sends or recvs) else 0
         return nbytes, (time.perf_counter() - t) * 1e3
 
-    def probe(self, cmd: ProbeCmd) -> dict:
+    def probe(self, cmd: ProbeCmd) -> Probed:
         """Prefill ms/token and decode ms by batch for this TP size (collective per instance)."""
         s, bs = cmd.size, self.cfg.group.block_size
         blocks_needed = -(-cmd.prefill_tokens // bs) + 1
@@ -171,22 +174,35 @@ class Worker:
                 self.runners[s].step(seqs)
                 best = min(best, (time.perf_counter() - t) * 1e3)
             decode[batch] = best
-        return {"tp_size": s, "prefill_ms_per_token": prefill_ms / cmd.prefill_tokens,
-                "decode_ms": decode}
+        return Probed(cmd.ticket, self.rank, s, prefill_ms / cmd.prefill_tokens, decode)
 
+    def stats(self, cmd: StatsCmd) -> Stats:
+        from torch.distributed import distributed_c10d as c10d
+        return Stats(cmd.ticket, self.rank, WorkerStats(
+            self.rank, _rss(), self.kv.buf.data_ptr(), len(c10d._world.pg_map)))
 
-def _count_new_groups() -> list[int]:
-    """From here on, count every process group created (a switch must create none)."""
-    import torch.distributed as dist
-    counter = [0]
-    original = dist.new_group
-
-    def counted(*args, **kwargs):
-        counter[0] += 1
-        return original(*args, **kwargs)
-
-    dist.new_group = counted
-    return counter
+    def execute(self, cmd):
+        """Carry out one command; the reply to send, or None."""
+        if self.cfg.delay_s and isinstance(cmd, StepCmd):
+            time.sleep(self.cfg.delay_s)   # test hook: skew this worker
+        match cmd:
+            case StepCmd():
+                tokens, ms = self.step(cmd)
+                return StepDone(cmd.ticket, self.rank, tuple(tokens), ms) \
+                    if cmd.first == self.rank else None
+            case MoveCmd():
+                nbytes, ms = self.move(cmd)
+                return Moved(cmd.ticket, self.rank, nbytes, ms)
+            case ExportCmd():
+                return Exported(cmd.ticket, self.rank, self.kv.read_rows(cmd.rows))
+            case ImportCmd():
+                self.kv.write_rows(cmd.rows, cmd.data)
+                return None
+            case StatsCmd():
+                return self.stats(cmd)
+            case ProbeCmd():
+                return self.probe(cmd)
+        raise TypeError(f"unknown command {type(cmd).__name__}")
 
 
 def _rss() -> int:
@@ -208,48 +224,24 @@ def worker_main(cfg: WorkerConfig, conn) -> None:
         worker = Worker(cfg)
     except Exception as e:  # noqa: BLE001
         log.error("worker start-up failed", error=str(e), trace=traceback.format_exc())
-        conn.send(WorkerReply(-1, cfg.rank, "error", info={"error": f"{type(e).__name__}: {e}",
-                                                             "trace": traceback.format_exc()}))
+        conn.send(Failed(-1, cfg.rank, f"{type(e).__name__}: {e}", traceback.format_exc()))
         return
-    conn.send(WorkerReply(0, cfg.rank, "ready", info=worker.info))
-    log.info("worker ready", **{k: worker.info[k] for k in ("num_blocks", "sizes", "load_s",
-                                                            "warm_s")})
+    conn.send(Ready(0, cfg.rank, worker.info))
+    log.info("worker ready", num_blocks=worker.info.num_blocks, sizes=worker.info.sizes,
+             load_s=worker.info.load_s, warm_s=worker.info.warm_s)
     while True:
         try:
             cmd = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(cmd, StopCmd):
+            conn.send(Stopped(cmd.ticket, cfg.rank))
+            return
         try:
-            if isinstance(cmd, StopCmd):
-                conn.send(WorkerReply(cmd.ticket, cfg.rank, "stopped"))
-                return
-            if cfg.delay_s and isinstance(cmd, StepCmd):
-                time.sleep(cfg.delay_s)
-            if isinstance(cmd, StepCmd):
-                tokens, ms = worker.step(cmd)
-                if cmd.first == cfg.rank:
-                    conn.send(WorkerReply(cmd.ticket, cfg.rank, "step", tuple(tokens), ms))
-            elif isinstance(cmd, MoveCmd):
-                nbytes, ms = worker.move(cmd)
-                conn.send(WorkerReply(cmd.ticket, cfg.rank, "move", ms=ms, nbytes=nbytes))
-            elif isinstance(cmd, ExportCmd):
-                data = worker.kv.read_rows(cmd.rows)
-                conn.send(WorkerReply(cmd.ticket, cfg.rank, "export", nbytes=len(data),
-                                      info={"data": data}))
-            elif isinstance(cmd, ImportCmd):
-                worker.kv.write_rows(cmd.rows, cmd.data)   # no reply: FIFO orders it
-            elif isinstance(cmd, StatsCmd):
-                conn.send(WorkerReply(cmd.ticket, cfg.rank, "stats", info={
-                    "rss_bytes": _rss(), "new_groups": worker.new_groups[0],
-                    "groups_created": worker.pool.created, "kv_ptr": worker.kv.buf.data_ptr()}))
-            elif isinstance(cmd, ProbeCmd):
-                info = worker.probe(cmd)
-                conn.send(WorkerReply(cmd.ticket, cfg.rank, "probe", info=info))
-            else:
-                conn.send(WorkerReply(getattr(cmd, "ticket", -1), cfg.rank, "info",
-                                      info={"rss_bytes": _rss(), **asdict(cmd)}))
+            reply = worker.execute(cmd)
         except Exception as e:  # noqa: BLE001
             log.error("command failed", cmd=type(cmd).__name__, error=str(e),
                       trace=traceback.format_exc())
-            conn.send(WorkerReply(getattr(cmd, "ticket", -1), cfg.rank, "error",
-                                  info={"error": f"{type(e).__name__}: {e}"}))
+            reply = Failed(getattr(cmd, "ticket", -1), cfg.rank, f"{type(e).__name__}: {e}")
+        if reply is not None:
+            conn.send(reply)

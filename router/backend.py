@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from flying_core.messages import SamplingSpec
+from flying_core.types import SamplingSpec
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from flying_core.errors import InvalidArgument
-from flying_core.messages import SamplingSpec
+from flying_core.types import SamplingSpec
 from router.backend import Done, GatewayRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

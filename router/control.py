@@ -11,7 +11,7 @@ from flying import logs
 from flying.errors import error_from_grpc
 from flying.v1 import flying_pb2 as pb
 from flying_core.errors import NotFound
-from flying_core.messages import PreemptMode
+from flying_core.types import PreemptMode
 from router.agents import Cluster
 from router.dispatch import Dispatcher
 from router.policy import Policy, PolicyConfig, Reconfigure

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from agent.convert import sampling_to_pb
 from flying.v1 import flying_pb2 as pb
-from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost
+from flying_core.types import GroupStatus, InstanceStatus, LayoutCost
 from router.backend import GatewayRequest
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flying.v1 import flying_pb2 as pb
 from router.split_policy import Side, choose_split
-from router.views import NodeView, step_at
+from router.views import NodeView
 
 
 def _side(view: NodeView, inst) -> Side | None:
@@ -12,7 +12,7 @@ def _side(view: NodeView, inst) -> Side | None:
     cost = costs.get(inst.tp_size)
     if cost is None or not cost.decode_ms:
         return None
-    return Side(cost, inst.running, (inst.running + inst.waiting) * step_at(cost, inst.running + 1))
+    return Side(cost, inst.running, (inst.running + inst.waiting) * cost.step_ms(inst.running + 1))
 
 
 def plan_split(req: pb.GenerateRequest, views: list[NodeView], node: str, instance: int

@@ -9,11 +9,11 @@ Rules, in order:
    instance's free blocks (`kv_blocks_total - kv_blocks_used`).
 3. Among fitting instances, a normal request goes where it waits least: expected wait =
    `waiting * step_ms`, with `step_ms` the measured decode step at the instance's current
-   batch (`views.step_at(cost, running)`, its TP size's profile interpolated; `default_step_ms`
+   batch (`LayoutCost.step_ms(running)`, its TP size's profile interpolated; `default_step_ms`
    when the size has no profile). Ties: the faster step with this request added, fewer running, more
    free KV, then node name and instance index (so placement is deterministic).
 4. An urgent request (see `classify`) goes to the instance with the fastest per-token latency:
-   the lowest step time with it added (`step_at(cost, running + 1)`); ties by expected wait.
+   the lowest step time with it added (`step_ms(running + 1)`); ties by expected wait.
    Urgent requests are scheduled first on their instance, so the queue matters less to them.
 
 When nothing fits, `place` returns `(None, reason)`:

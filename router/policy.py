@@ -51,7 +51,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from flying_core.messages import GroupStatus, PreemptMode
+from flying_core.types import GroupStatus, PreemptMode
 from router.views import (
     NodeView,
     aligned_layouts,

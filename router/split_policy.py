@@ -34,8 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from flying_core.messages import LayoutCost
-from router.views import step_at
+from flying_core.types import LayoutCost
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class SplitDecision:
 def token_ms(side: Side) -> float:
     """The request's share of one decode step on `side` (0: no profile)."""
     b = max(0, side.batch) + 1
-    return step_at(side.cost, b) / b
+    return side.cost.step_ms(b) / b
 
 
 def queued_work_ms(cost: LayoutCost, prefill_tokens: int, decode_tokens: int, batch: int
@@ -83,7 +82,7 @@ def queued_work_ms(cost: LayoutCost, prefill_tokens: int, decode_tokens: int, ba
     """Work queued on an instance: prompt tokens still to prefill, and decode tokens still to
     generate by its `batch` running requests (each at its share of a step)."""
     b = max(1, batch)
-    return prefill_tokens * cost.prefill_ms_per_token + decode_tokens * step_at(cost, b) / b
+    return prefill_tokens * cost.prefill_ms_per_token + decode_tokens * cost.step_ms(b) / b
 
 
 def choose_split(prompt_tokens: int, max_tokens: int, a: Side, b: Side,
@@ -108,8 +107,8 @@ def choose_split(prompt_tokens: int, max_tokens: int, a: Side, b: Side,
         return keep(f"output of {t} tokens is too short to split")
     if ca <= 0 or cb <= 0:
         return keep("no decode profile for one of the instances")
-    slo_a = step_at(a.cost, a.batch + 1) <= cfg.tbt_slo_ms
-    slo_b = step_at(b.cost, b.batch + 1) <= cfg.tbt_slo_ms
+    slo_a = a.cost.step_ms(a.batch + 1) <= cfg.tbt_slo_ms
+    slo_b = b.cost.step_ms(b.batch + 1) <= cfg.tbt_slo_ms
     if slo_a and not slo_b:
         return keep("decoding on B would break the time-between-tokens SLO")
     if slo_b and not slo_a:

@@ -1,17 +1,16 @@
 """What the router knows about a node, and the layout arithmetic its decisions share.
 
-Pure: plain `flying_core.messages` status types in, numbers out (no I/O, no clocks).
+Pure: plain `flying_core.types` status types in, numbers out (no I/O, no clocks).
 
-KV arithmetic (DESIGN.md section 2.4): every worker holds the same number of KV blocks of
+KV arithmetic: every worker holds the same number of KV blocks of
 `GroupStatus.block_size` tokens, and an instance of TP size s may use the pool of each of its
 s workers, so its context capacity is `min(max_model_len, blocks_per_worker * s * block_size)`.
 An instance reports `kv_blocks_total = blocks_per_worker * s` and `kv_blocks_used`.
 
-Cost model (used by the policy, placement and the split policy): `step_at(cost, b)` is the
+Cost model (used by the policy, placement and the split policy): `cost.step_ms(b)` is the
 step time of an instance of that TP size running a decode batch of b, interpolated between the
-measured batch sizes of its `LayoutCost` (`decode_at` alone would read a sparse profile as
-flat, e.g. batch 14 as fast as batch 1). Requests are spread over
-a layout's instances greedily (each to the instance whose step would be fastest with it, as
+measured batch sizes of its `LayoutCost` (the same lookup the agent's step budget uses).
+Requests are spread over a layout's instances greedily (each to the instance whose step would be fastest with it, as
 placement does), up to each size's largest batch; the layout's throughput is then
 `sum(b_i / step_i(b_i))` tokens/s and its latency the mean step time a request sees.
 Sizes without a measured profile are *unknown*: nothing is assumed about them.
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 
 from flying_core import layout as lay
 from flying_core.errors import FailedPrecondition
-from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost
+from flying_core.types import GroupStatus, InstanceStatus, LayoutCost
 
 
 @dataclass(frozen=True)
@@ -79,24 +78,9 @@ def costs_by_size(status: GroupStatus) -> dict[int, LayoutCost]:
     return {c.tp_size: c for c in status.costs if c.decode_ms}
 
 
-def step_at(cost: LayoutCost, batch: int) -> float:
-    """Decode step time at `batch`: the measured points, linearly interpolated between them
-    (flat below the smallest and beyond the largest); 0 when nothing is measured."""
-    if not cost.decode_ms:
-        return 0.0
-    pts = sorted(cost.decode_ms.items())
-    b = max(1, batch)
-    if b <= pts[0][0]:
-        return pts[0][1]
-    for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
-        if b <= b1:
-            return m0 + (m1 - m0) * (b - b0) / (b1 - b0)
-    return pts[-1][1]
-
-
 def step_ms(cost: LayoutCost | None, batch: int, default: float) -> float:
-    """`step_at`, or `default` when the size has no profile."""
-    ms = step_at(cost, batch) if cost is not None else 0.0
+    """The measured step time (LayoutCost.step_ms), or `default` when the size has no profile."""
+    ms = cost.step_ms(batch) if cost is not None else 0.0
     return ms if ms > 0 else default
 
 
@@ -155,7 +139,7 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
         return None
     cap = {s: max_batch or max(costs[s].decode_ms) for s in set(layout)}
     batch = [0] * len(layout)
-    heap = [(step_at(costs[s], 1), i) for i, s in enumerate(layout) if cap[s] > 0]
+    heap = [(costs[s].step_ms(1), i) for i, s in enumerate(layout) if cap[s] > 0]
     heapq.heapify(heap)
     for _ in range(max(1, demand)):
         if not heap:
@@ -163,9 +147,9 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
         _, i = heapq.heappop(heap)
         batch[i] += 1
         if batch[i] < cap[layout[i]]:
-            heapq.heappush(heap, (step_at(costs[layout[i]], batch[i] + 1), i))
+            heapq.heappush(heap, (costs[layout[i]].step_ms(batch[i] + 1), i))
     served = sum(batch)
-    steps = [step_at(costs[s], b) for s, b in zip(layout, batch)]
+    steps = [costs[s].step_ms(b) for s, b in zip(layout, batch)]
     tps = sum(1000.0 * b / ms for b, ms in zip(batch, steps) if b and ms > 0)
     latency = sum(b * ms for b, ms in zip(batch, steps)) / max(1, served)
     return LayoutScore(tps, latency, served)

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from flying_core.messages import Finished, RequestSpec, SamplingSpec, TokenEvent
+from flying_core.types import Finished, RequestSpec, SamplingSpec, TokenEvent
 
 _ids = itertools.count()
 

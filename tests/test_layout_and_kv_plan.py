@@ -11,11 +11,12 @@ import random
 import pytest
 
 from flying_core import layout as lay
+from flying_core.block_pool import BlockPool
 from flying_core.errors import FailedPrecondition
-from flying_core.kv_plan import BlockPool, head_location, plan_moves, tp_block_id
-from flying_core.messages import RequestSpec
+from flying_core.kv_plan import head_location, plan_moves, tp_block_id
 from flying_core.request import Detokenizer, Request
 from flying_core.switch import plan_migration
+from flying_core.types import RequestSpec
 
 
 def test_pool_sizes_divide_workers_and_heads():
@@ -88,7 +89,7 @@ def test_random_switch_sequences_keep_every_head(workers, heads):
     for inst in lay.instances(layout):
         for _ in range(2):
             r = _req(len(reqs))
-            r.homes = [pool.alloc(inst.first) for _ in range(rng.randint(1, 3))]
+            r.homes = [pool.alloc([inst.first])[0] for _ in range(rng.randint(1, 3))]
             r.instance = inst.index
             reqs[r] = inst
             _write(pools, r.id, r.homes, inst, heads)

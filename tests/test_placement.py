@@ -1,7 +1,7 @@
 """Placement: KV room, expected wait, urgent requests on the fastest instance, reasons."""
 from __future__ import annotations
 
-from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost
+from flying_core.types import GroupStatus, InstanceStatus, LayoutCost
 from router.placement import Placement, PlacementConfig, Unplaced, place
 from router.views import NodeView
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
+from flying_core.types import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig, Regime
 from router.views import NodeView, aligned_layouts, merge_for, score_layout, with_block
 

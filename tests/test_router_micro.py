@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flying.v1 import flying_pb2 as pb
-from flying_core.messages import GroupStatus, InstanceStatus, LayoutCost
+from flying_core.types import GroupStatus, InstanceStatus, LayoutCost
 from router.micro import merge_complete, plan_split, resume_request
 from router.views import NodeView
 

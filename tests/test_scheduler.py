@@ -1,11 +1,11 @@
 """Instance batching policy in isolation (no workers): budgets, priorities, preemption."""
 from __future__ import annotations
 
-from flying_core.kv_plan import BlockPool
+from flying_core.block_pool import BlockPool
 from flying_core.layout import Instance
-from flying_core.messages import RequestSpec, SamplingSpec
 from flying_core.request import Detokenizer, Request
 from flying_core.scheduler import Budget, InstanceScheduler
+from flying_core.types import RequestSpec, SamplingSpec
 
 
 def req(i, prompt_len, priority=0, max_tokens=8):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flying_core.messages import LayoutCost
+from flying_core.types import LayoutCost
 from router.split_policy import Side, SplitConfig, choose_split, queued_work_ms, token_ms
 
 COST = LayoutCost(1, 0.1, {1: 5.0, 2: 6.0, 4: 8.0})   # 0.1 ms per prompt token, 5 ms a step

@@ -14,7 +14,7 @@ from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.errors import Aborted, FailedPrecondition, InvalidArgument
 from flying_core.group import WorkerGroup
-from flying_core.messages import FinishReason, PreemptMode
+from flying_core.types import FinishReason, PreemptMode
 from tests.groupkit import submit, wait_all, wait_tokens
 
 TEXTS = [
@@ -114,20 +114,22 @@ def _index(prompts, stream):
 
 def test_weights_are_views_and_kv_is_one_pool(group):
     for info in group.worker_info:
-        report = info["view_report"]["2"] if "2" in info["view_report"] else info["view_report"][2]
-        assert report["aliased"] == report["tensors"] and report["own_bytes"] == 0, report
-        ptrs = info["kv_view_ptrs"]
-        assert all(p[0] == info["kv_ptr"] for p in ptrs.values()), ptrs
+        report = info.view_report[2]
+        assert report.aliased == report.tensors and report.own_bytes == 0, report
+        assert all(p == info.kv_ptr for p in info.kv_view_ptrs.values()), info.kv_view_ptrs
 
 
 def test_switches_create_no_process_group(group):
+    stats_before = group.worker_stats()
+    assert all(s.process_groups >= 2 for s in stats_before)   # world + the pool's groups
     before = group.status().switches
     group.reconfigure((2,), HARD)
     group.reconfigure((1, 1), SOFT)
     assert group.status().switches == before + 2
     stats = group.worker_stats()
-    assert [s["new_groups"] for s in stats] == [0, 0]
-    assert len({s["kv_ptr"] for s in stats}) == 2
+    assert [s.process_groups for s in stats] == [s.process_groups for s in stats_before]
+    assert [s.kv_ptr for s in stats] == [s.kv_ptr for s in stats_before]
+    assert len({s.kv_ptr for s in stats}) == 2
 
 
 def test_seeded_sampling_is_identical_in_every_layout(group, prompts):

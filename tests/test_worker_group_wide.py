@@ -6,7 +6,7 @@ import pytest
 from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.group import WorkerGroup
-from flying_core.messages import PreemptMode
+from flying_core.types import PreemptMode
 from tests.groupkit import submit, wait_all, wait_tokens
 
 HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
@@ -22,6 +22,7 @@ def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
                                 kv_bytes=8 << 20, worker_delays=(0.0, 0.003, 0.0, 0.006)))
     g.start()
     try:
+        groups_at_start = [s.process_groups for s in g.worker_stats()]
         prompts = [g.tokenizer.encode(t) for t in TEXTS]
         ref = reference_tokens(tiny_model, prompts, GEN)
         assert g.status().possible_tp_sizes == (1, 2, 4)
@@ -41,7 +42,7 @@ def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
         assert pinned.instances == {0} and not pinned.done.is_set() or len(pinned.tokens) > before
         wait_all([pinned])
         assert pinned.tokens[:GEN] == ref[0]
-        assert [s["new_groups"] for s in g.worker_stats()] == [0, 0, 0, 0]
+        assert [s.process_groups for s in g.worker_stats()] == groups_at_start
     finally:
         g.shutdown()
 

@@ -1,7 +1,9 @@
-"""Typed messages of the worker group, in one place.
+"""The plain types every part of Flying shares: requests, events, switches, status, KV exports.
 
-Plain dataclasses only: no gRPC, no proto, no torch. The agent converts proto <-> these at its
-edge (agent/convert.py); the router's policy reads the status types.
+Plain frozen dataclasses only: no gRPC, no proto, no torch. `flying/wire.py` converts proto <->
+these at the edges (agent and router); the router's policy reads the status types. Errors live
+beside them in `flying_core/errors.py`. The driver <-> worker messages are internal to the
+worker group (`flying_core/commands.py`).
 """
 from __future__ import annotations
 
@@ -116,6 +118,22 @@ class InstanceStatus:
         return len(self.workers)
 
 
+def decode_at(decode_ms: dict[int, float], batch: int) -> float:
+    """Decode step time at `batch` from measured (batch -> ms) points: linearly interpolated
+    between them, flat below the smallest and beyond the largest; 0 when nothing is measured.
+    The one lookup of the profile: the agent's step budget and the router's policy both use it."""
+    if not decode_ms:
+        return 0.0
+    pts = sorted(decode_ms.items())
+    b = max(1, batch)
+    if b <= pts[0][0]:
+        return pts[0][1]
+    for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
+        if b <= b1:
+            return m0 + (m1 - m0) * (b - b0) / (b1 - b0)
+    return pts[-1][1]
+
+
 @dataclass(frozen=True)
 class LayoutCost:
     """Measured cost of one TP size: prefill ms per token, decode ms per step by batch size."""
@@ -123,12 +141,8 @@ class LayoutCost:
     prefill_ms_per_token: float
     decode_ms: dict[int, float] = field(default_factory=dict)
 
-    def decode_at(self, batch: int) -> float:
-        if not self.decode_ms:
-            return 0.0
-        sizes = sorted(self.decode_ms)
-        below = [b for b in sizes if b <= batch]
-        return self.decode_ms[below[-1] if below else sizes[0]]
+    def step_ms(self, batch: int) -> float:
+        return decode_at(self.decode_ms, batch)
 
 
 @dataclass(frozen=True)
@@ -147,83 +161,62 @@ class GroupStatus:
     updated: float = 0.0            # wall-clock time of this snapshot
 
 
-# ---------------------------------------------------------------- driver <-> worker
+
+
+# ---------------------------------------------------------------- workers and KV transfers
 
 
 @dataclass(frozen=True)
-class SampleParams:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
+class ViewReport:
+    """How a tp>1 view model's parameters relate to the tp=1 weights."""
+    tensors: int        # parameters of the view model
+    aliased: int        # of them, views into tp=1 storage
+    own_bytes: int      # bytes the view model owns beyond the tp=1 weights
+    own: tuple[str, ...] = ()   # names of the tensors it owns
 
 
 @dataclass(frozen=True)
-class SeqChunk:
-    """One request's share of an instance step."""
-    request_id: str
-    token_ids: tuple[int, ...]     # tokens whose KV this step computes
-    start: int                     # position of token_ids[0]
-    block_table: tuple[int, ...]   # the instance's TP block ids, in sequence order
-    sample: SampleParams | None    # None: a prefill chunk that does not end the prompt
+class WorkerInfo:
+    """What a worker reports once it is ready (every worker of a group has the same model)."""
+    rank: int
+    num_blocks: int                  # DP blocks in its KV pool
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_size: int
+    vocab_size: int
+    sizes: tuple[int, ...]           # TP sizes its communicator pool holds
+    dtype: str                       # float32 | bfloat16 | float16
+    max_model_len: int
+    kv_pool_bytes: int
+    kv_ptr: int                      # data pointer of its KV pool
+    kv_view_ptrs: dict[int, int]     # TP size -> data pointer of that size's first layer view
+    view_report: dict[int, ViewReport]
+    groups_created: int              # process groups its communicator pool created
+    load_s: float
+    warm_s: float
+    pid: int
+    rss_bytes: int
+
+    def block_shape(self, block_size: int) -> tuple[int, int, int]:
+        """One DP block in the canonical transfer format: (L, H, Bs * 2D)."""
+        return self.num_layers, self.num_kv_heads, block_size * 2 * self.head_size
 
 
 @dataclass(frozen=True)
-class StepCmd:
-    ticket: int                    # the node's step sequence number
-    instance: int
-    first: int                     # the instance's first worker
-    size: int                      # its TP size
-    seqs: tuple[SeqChunk, ...]
+class WorkerStats:
+    """A worker's memory and communicators now (tests and benchmarks)."""
+    rank: int
+    rss_bytes: int
+    kv_ptr: int
+    process_groups: int              # torch.distributed process groups that exist
 
 
 @dataclass(frozen=True)
-class MoveCmd:
-    ticket: int
-    moves: tuple                   # kv_plan.Move, every worker gets the whole plan
-
-
-@dataclass(frozen=True)
-class ProbeCmd:
-    """Measure this TP size's step costs (all workers of every such instance run it)."""
-    ticket: int
-    size: int
-    prefill_tokens: int
-    decode_batches: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class StopCmd:
-    ticket: int
-
-
-@dataclass(frozen=True)
-class ExportCmd:
-    """Read KV heads out of this worker's pool: flat (block * H + head) rows, in order."""
-    ticket: int
-    rows: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ImportCmd:
-    """Write KV heads into this worker's pool (rows as ExportCmd; data [L, len(rows), X])."""
-    ticket: int
-    rows: tuple[int, ...]
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StatsCmd:
-    """Memory and communicator counts of every worker (tests and benchmarks)."""
-    ticket: int
-
-
-@dataclass(frozen=True)
-class WorkerReply:
-    ticket: int
-    worker: int
-    kind: str                      # ready | step | move | probe | error
-    tokens: tuple[tuple[str, int], ...] = ()
-    ms: float = 0.0
-    nbytes: int = 0
-    info: dict = field(default_factory=dict)
+class KVExport:
+    """A request's KV in the canonical wire format: one [L, H, Bs * 2D] array per DP block, heads
+    in model order, in the pool's dtype (bfloat16 as raw 16-bit words)."""
+    dtype: str
+    block_shape: tuple[int, int, int]     # (L, H, Bs * 2D)
+    num_computed: int                     # tokens whose KV the blocks hold
+    blocks: tuple[bytes, ...]
