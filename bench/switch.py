@@ -20,8 +20,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from flying_core.commands import Moved
-
 REPO = Path(__file__).resolve().parent.parent
 KV_BYTES = 64 << 20
 PROMPT_TOKENS = 256
@@ -136,43 +134,22 @@ class Flight:
                 "tokens_generated": sum(self.tokens.values())}
 
 
-def instrument(driver) -> list[dict]:
-    """Bench-only wrappers on the in-process driver (flying_core unchanged): when the switch
-    left the wait for the retiring instances' running step, and the workers' KV move ms."""
-    marks: list[dict] = []
-    execute, recv = driver.execute_switch, driver.recv_blocking
-
-    def execute_switch(p):
-        marks.append({"t0": p.t0, "t_exec": time.perf_counter(), "worker_move_ms": []})
-        return execute(p)
-
-    def recv_blocking(worker, *args):
-        reply = recv(worker, *args)
-        if isinstance(reply, Moved) and marks:
-            marks[-1]["worker_move_ms"].append(reply.ms)
-        return reply
-
-    driver.execute_switch, driver.recv_blocking = execute_switch, recv_blocking
-    return marks
-
-
-def _switch(group, layout, mode, flight: Flight, marks: list[dict]) -> dict:
-    live, seen = flight.live(), len(marks)
+def _switch(group, layout, mode, flight: Flight) -> dict:
+    live = flight.live()
     t = time.perf_counter()
     rep = group.reconfigure(layout, mode, timeout_s=60.0)
     call_ms = (time.perf_counter() - t) * 1e3
     out = {"switch_ms": rep.switch_ms, "call_ms": call_ms, "migrated": rep.migrated,
            "recomputed": rep.recomputed, "drained": rep.drained,
            "kv_bytes_moved": rep.kv_bytes_moved, "in_flight": live}
-    if len(marks) > seen:     # switch_ms = step_wait_ms + exchange_ms (plan, move, install)
-        m = marks[-1]
-        out["step_wait_ms"] = (m["t_exec"] - m["t0"]) * 1e3
-        out["exchange_ms"] = rep.switch_ms - out["step_wait_ms"]
-        out["worker_move_ms"] = m["worker_move_ms"]
+    # switch_ms = step_wait_ms + exchange_ms (plan, move, install)
+    out["step_wait_ms"] = rep.step_wait_ms
+    out["exchange_ms"] = rep.switch_ms - rep.step_wait_ms
+    out["worker_move_ms"] = list(rep.worker_move_ms)
     return out
 
 
-def _cycle(group, dp, tp, mode, flight: Flight, reps: int, cells: dict, marks) -> None:
+def _cycle(group, dp, tp, mode, flight: Flight, reps: int, cells: dict) -> None:
     """reps x (DP -> TP, TP -> DP), each after every live request made progress."""
     n = len(flight.tokens)
     a = cells.setdefault(cell_name("dp_to_tp", mode.value, n), [])
@@ -180,21 +157,21 @@ def _cycle(group, dp, tp, mode, flight: Flight, reps: int, cells: dict, marks) -
     for _ in range(reps):
         for layout, samples in ((tp, a), (dp, b)):
             flight.progress() if n else time.sleep(0.01)
-            samples.append(_switch(group, layout, mode, flight, marks))
+            samples.append(_switch(group, layout, mode, flight))
 
 
 def measure(group, dp, tp, counts, reps: int) -> tuple[dict, dict]:
     """HARD switches per in-flight count (aborted between cells), then SOFT with none."""
     from flying_core.types import PreemptMode
-    cells, flights, marks = {}, {}, instrument(group.driver)
+    cells, flights = {}, {}
     for n in counts:
         group.reconfigure(dp, PreemptMode.HARD, timeout_s=60.0)
         flight = Flight(group, n, seed=n)
         flight.progress(600.0)                    # every request past its prefill
-        _cycle(group, dp, tp, PreemptMode.HARD, flight, reps, cells, marks)
+        _cycle(group, dp, tp, PreemptMode.HARD, flight, reps, cells)
         flights[n] = flight.abort(group)
         flights[n]["kv_blocks_used_after_abort"] = group.kv_blocks_used()
-    _cycle(group, dp, tp, PreemptMode.SOFT, Flight(group, 0, seed=0), reps, cells, marks)
+    _cycle(group, dp, tp, PreemptMode.SOFT, Flight(group, 0, seed=0), reps, cells)
     return cells, flights
 
 

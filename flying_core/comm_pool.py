@@ -11,7 +11,7 @@ import contextlib
 
 import vllm.distributed.parallel_state as ps
 
-from flying_core.layout import Instance
+from flying_core.layout import pool_blocks
 
 
 class CommunicatorPool:
@@ -19,7 +19,7 @@ class CommunicatorPool:
         self.rank = rank
         self.groups: dict[int, ps.GroupCoordinator] = {}
         for size in sizes:
-            ranks = [list(range(a, a + size)) for a in range(0, num_workers, size)]
+            ranks = [list(block) for block in pool_blocks(num_workers, (size,))]
             # names starting with "tp" let vLLM's CPU communicator use its shared-memory
             # all-reduce where the build has it
             self.groups[size] = ps.init_model_parallel_group(
@@ -29,11 +29,6 @@ class CommunicatorPool:
 
     def group(self, size: int) -> ps.GroupCoordinator:
         return self.groups[size]
-
-    def for_instance(self, inst: Instance) -> ps.GroupCoordinator:
-        g = self.groups[inst.size]
-        assert g.ranks[0] == inst.first, (g.ranks, inst)
-        return g
 
 
 @contextlib.contextmanager

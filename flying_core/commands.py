@@ -1,15 +1,72 @@
-"""What the driver and the workers say to each other over their pipes, in one place.
+"""Every message inside a worker group, in one place.
 
-Commands go driver -> worker, each with the node's ticket (a worker executes its FIFO pipe in
-ticket order). Replies go worker -> driver, one typed class per kind; every reply names its
-ticket and the worker that sent it. Internal to the worker group: nothing outside
-`flying_core` sees these.
+* caller -> driver: what WorkerGroup posts to the driver thread's inbox; an answer comes back
+  through the command's `concurrent.futures.Future`.
+* driver -> worker: commands, each with the node's ticket (a worker executes its FIFO pipe in
+  ticket order).
+* worker -> driver: one typed reply class per kind; every reply names its ticket and worker.
+
+Internal to the worker group: nothing outside `flying_core` sees these.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from flying_core.types import WorkerInfo, WorkerStats
+from flying_core.types import KVExport, PreemptMode, WorkerInfo, WorkerStats
+
+if TYPE_CHECKING:
+    from flying_core.request import Request
+
+# ---------------------------------------------------------------- caller -> driver
+
+
+@dataclass(frozen=True)
+class Submit:
+    req: Request
+
+
+@dataclass(frozen=True)
+class Abort:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Resolves to a SwitchReport, or a FlyingError."""
+    layout: tuple[int, ...]
+    mode: PreemptMode
+    soft_until: float                  # perf_counter time: SOFT waits until then, then HARD
+    result: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Export:
+    """Resolves to the KVExport held for request_id (once), or NotFound."""
+    request_id: str
+    result: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Continue a request whose first segment ran elsewhere: import `kv`, or recompute (None)."""
+    req: Request
+    kv: KVExport | None
+
+
+@dataclass(frozen=True)
+class CollectStats:
+    """Resolves to every worker's WorkerStats."""
+    result: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+Posted = Submit | Abort | Switch | Export | Adopt | CollectStats | Stop
 
 # ---------------------------------------------------------------- driver -> worker
 

@@ -23,20 +23,32 @@ from collections.abc import Callable, Sequence
 
 from flying import logs
 from flying_core import layout as lay
-from flying_core.commands import Failed, ProbeCmd, Probed, Ready, StopCmd
+from flying_core.commands import (
+    Abort,
+    Adopt,
+    CollectStats,
+    Export,
+    Failed,
+    Ready,
+    Stop,
+    StopCmd,
+    Submit,
+    Switch,
+)
 from flying_core.config import GroupConfig, WorkerConfig
+from flying_core.cost_profile import CostProfile
 from flying_core.driver import Driver
-from flying_core.driver_state import PendingSwitch
 from flying_core.errors import (
     Aborted,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     ResourceExhausted,
     Unavailable,
 )
+from flying_core.handoff import HandoffStats
 from flying_core.request import Detokenizer, Request
+from flying_core.sequencer import Sequencer
 from flying_core.types import (
     Event,
     GroupStatus,
@@ -48,25 +60,6 @@ from flying_core.types import (
     WorkerStats,
 )
 from flying_core.worker import worker_main
-
-
-class _Box(list):
-    def __init__(self):
-        super().__init__()
-        self.done = threading.Event()
-
-
-class _Reply:
-    """One answer from the driver thread."""
-
-    def __init__(self, request_id: str = ""):
-        self.request_id = request_id
-        self.done = threading.Event()
-        self.value, self.error = None, ""
-
-    def resolve(self, value, error: str = "") -> None:
-        self.value, self.error = value, error
-        self.done.set()
 
 
 def _free_port() -> int:
@@ -90,6 +83,7 @@ class WorkerGroup:
         self._thread: threading.Thread | None = None
         self._switch_lock = threading.Lock()
         self._tokenizer = None
+        self.seq: Sequencer | None = None
         self.info: WorkerInfo | None = None
         self.worker_info: list[WorkerInfo] = []
         self.startup_s = 0.0
@@ -118,16 +112,19 @@ class WorkerGroup:
             self.conns.append(parent)
         from transformers import AutoTokenizer
         self._tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        self.worker_info = [self._expect(r, Ready, t0 + timeout_s).info
-                            for r in range(cfg.num_workers)]
-        self.info = self.worker_info[0]
-        layout = lay.validate(cfg.layout or (1,) * cfg.num_workers, cfg.num_workers,
-                              self.info.sizes)
-        self.driver = Driver(cfg, self.conns, [p.sentinel for p in self.procs], self.info,
-                             self._tokenizer, self._eos_ids(), layout)
-        if cfg.profile:
-            self._probe(t0 + timeout_s)
-        self.driver.publish()
+        self.seq = Sequencer(self.conns, [p.sentinel for p in self.procs])
+        try:
+            self.worker_info = [self._ready(r, t0 + timeout_s) for r in range(cfg.num_workers)]
+            self.info = self.worker_info[0]
+            layout = lay.validate(cfg.layout or (1,) * cfg.num_workers, cfg.num_workers,
+                                  self.info.sizes)
+            costs = CostProfile()
+            if cfg.profile:
+                costs.probe(self.seq, cfg.num_workers, self.info.sizes)
+        except Exception:
+            self.shutdown(0)
+            raise
+        self.driver = Driver(cfg, self.seq, self.info, self._eos_ids(), layout, costs)
         self._thread = threading.Thread(target=self.driver.run, name="flying-driver",
                                         daemon=True)
         self._thread.start()
@@ -136,42 +133,12 @@ class WorkerGroup:
                       sizes=self.info.sizes, startup_s=round(self.startup_s, 1),
                       kv_blocks=self.info.num_blocks)
 
-    def _expect(self, rank: int, kind: type, deadline: float):
-        conn, proc = self.conns[rank], self.procs[rank]
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                self.shutdown(0)
-                raise Unavailable(f"worker {rank} did not report {kind.__name__} in time")
-            if conn.poll(min(left, 1.0)):
-                try:
-                    reply = conn.recv()
-                except (EOFError, OSError):
-                    self.shutdown(0)
-                    raise Unavailable(f"worker {rank} exited during {kind.__name__}") from None
-                if isinstance(reply, Failed):
-                    self.shutdown(0)
-                    raise Unavailable(f"worker {rank} failed: {reply.error}")
-                assert isinstance(reply, kind), reply
-                return reply
-            if not proc.is_alive():
-                self.shutdown(0)
-                raise Unavailable(
-                    f"worker {rank} exited with {proc.exitcode} during {kind.__name__}")
-
-    def _probe(self, deadline: float) -> None:
-        """Measure every TP size once, all instances of that size together."""
-        for size in self.info.sizes:
-            self.driver.ticket += 1
-            cmd = ProbeCmd(self.driver.ticket, size, 64, (1, 4, 16))
-            for conn in self.conns:
-                conn.send(cmd)
-            replies = [self._expect(r, Probed, deadline) for r in range(self.cfg.num_workers)]
-            lead = [r for r in replies if r.worker % size == 0]
-            prefill = sum(x.prefill_ms_per_token for x in lead) / len(lead)
-            decode = {b: sum(x.decode_ms[b] for x in lead) / len(lead)
-                      for b in lead[0].decode_ms}
-            self.driver.costs.seed(size, prefill, decode)
+    def _ready(self, rank: int, deadline: float) -> WorkerInfo:
+        reply = self.seq.reply_from(rank, timeout=max(1.0, deadline - time.perf_counter()))
+        if isinstance(reply, Failed):
+            raise Unavailable(f"worker {rank} failed: {reply.error}")
+        assert isinstance(reply, Ready), reply
+        return reply.info
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()
@@ -192,7 +159,7 @@ class WorkerGroup:
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         if self.driver is not None:
-            self.driver.post(("stop", None))
+            self.driver.post(Stop())
             if self._thread:
                 self._thread.join(timeout_s)
         for conn in self.conns:
@@ -266,17 +233,11 @@ class WorkerGroup:
             spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
         req = Request(spec, on_event, self._seed(spec),
                       Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(("submit", req))
+        self.driver.post(Submit(req))
 
     def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
         """The KV a cross-node first segment left held here (once; the blocks are freed)."""
-        box = _Reply(request_id)
-        self.driver.post(("export", box))
-        if not box.done.wait(timeout_s):
-            raise DeadlineExceeded(f"KV export of {request_id!r} took over {timeout_s}s")
-        if box.value is None:
-            raise NotFound(box.error)
-        return box.value
+        return self._call(Export(request_id), timeout_s, f"KV export of {request_id!r}")
 
     def adopt(self, spec: RequestSpec, kv: KVExport | None,
               on_event: Callable[[Event], None]) -> None:
@@ -285,12 +246,12 @@ class WorkerGroup:
         self._check_submit(spec)
         req = Request(spec, on_event, self._seed(spec),
                       Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(("adopt", (req, kv)))
+        self.driver.post(Adopt(req, kv))
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:
             return False
-        self.driver.post(("abort", request_id))
+        self.driver.post(Abort(request_id))
         return True
 
     # ------------------------------------------------------------------ layouts
@@ -306,21 +267,17 @@ class WorkerGroup:
         if not self._switch_lock.acquire(blocking=False):
             raise Aborted("another reconfigure is in progress")
         try:
-            if new == self.driver.layout:
+            if new == self.driver.instances.layout:
                 return SwitchReport(new, 0.0)
             bound = self.cfg.soft_bound_s if timeout_s is None else min(timeout_s,
                                                                         self.cfg.soft_bound_s)
-            p = PendingSwitch(new, mode, time.perf_counter() + bound)
-            self.driver.post(("switch", p))
             wait_s = (timeout_s if timeout_s is not None else self.cfg.soft_bound_s) + 60
-            if not p.done.wait(wait_s):
-                raise DeadlineExceeded(f"switch to {list(new)} did not finish in {wait_s:.0f}s")
-            if p.error:
-                raise p.error
+            report = self._call(Switch(new, mode, time.perf_counter() + bound), wait_s,
+                                f"switch to {list(new)}")
             self.log.info("layout switched", layout=list(new), mode=mode.value,
-                          switch_ms=round(p.report.switch_ms, 2), migrated=p.report.migrated,
-                          drained=p.report.drained, kv_bytes=p.report.kv_bytes_moved)
-            return p.report
+                          switch_ms=round(report.switch_ms, 2), migrated=report.migrated,
+                          drained=report.drained, kv_bytes=report.kv_bytes_moved)
+            return report
         finally:
             self._switch_lock.release()
 
@@ -328,12 +285,19 @@ class WorkerGroup:
         return self.driver.status()
 
     def worker_stats(self, timeout_s: float = 30.0) -> list[WorkerStats]:
-        """Every worker's RSS, KV pool pointer and process groups created since start-up."""
-        box = _Box()
-        self.driver.post(("stats", box))
-        if not box.done.wait(timeout_s):
-            raise DeadlineExceeded("workers did not answer a stats request")
-        return sorted(box, key=lambda x: x.rank)
+        """Every worker's RSS, KV pool pointer and number of process groups, by rank."""
+        return self._call(CollectStats(), timeout_s, "a stats request")
+
+    def handoff_stats(self) -> HandoffStats:
+        return dataclasses.replace(self.driver.handoff_stats)
+
+    def _call(self, cmd, timeout_s: float, what: str):
+        """Post a command with a result future to the driver and wait for its answer."""
+        self.driver.post(cmd)
+        try:
+            return cmd.result.result(timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{what} did not finish in {timeout_s:.0f}s") from None
 
     def kv_blocks_used(self) -> int:
         d = self.driver

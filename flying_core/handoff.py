@@ -8,13 +8,24 @@ on either side works (kv_plan's head mapping). No room on the target: recompute 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from flying_core.block_pool import Home
-from flying_core.commands import MoveCmd
+from flying_core.block_pool import BlockPool, Home
+from flying_core.commands import MoveCmd, Moved
+from flying_core.instances import Instances
 from flying_core.kv_plan import plan_moves
 from flying_core.request import Request
-from flying_core.types import FinishReason
+from flying_core.sequencer import Sequencer
+
+
+@dataclass
+class HandoffStats:
+    """Micro-request hand-offs of this node (same node and adopted from another)."""
+    moved: int = 0        # KV moved to another instance here
+    recomputed: int = 0   # no room or no usable KV: the second segment recomputed
+    imported: int = 0     # KV adopted from another node
+    kv_bytes: int = 0
+    ms: float = 0.0       # total time of the moves here
 
 
 @dataclass
@@ -23,54 +34,55 @@ class Handoff:
     target: int
     homes: list[Home]
     waiting: set[int]
-    t0: float
+    t0: float = field(default_factory=time.perf_counter)
     nbytes: int = 0
 
 
-class HandoffMixin:
-    """Driver methods for micro-request hand-offs (mixed into Driver)."""
+class Handoffs:
+    def __init__(self, seq: Sequencer, pool: BlockPool, instances: Instances,
+                 num_kv_heads: int, stats: HandoffStats):
+        self.seq, self.pool, self.instances = seq, pool, instances
+        self.num_kv_heads, self.stats = num_kv_heads, stats
+        self.moving: dict[int, Handoff] = {}    # ticket -> hand-off whose KV is in transit
 
-    def start_handoff(self, req: Request) -> None:
-        split, src = req.spec.split, self.scheds[req.instance]
-        dst_idx = split.to_instance
-        if dst_idx >= len(self.scheds) or dst_idx == req.instance or self.scheds[dst_idx].closing:
+    def start(self, req: Request) -> None:
+        """Hand `req` (running, not in flight, at its split point) to its target instance."""
+        insts, dst_idx = self.instances, req.spec.split.to_instance
+        if dst_idx >= len(insts) or dst_idx == req.instance or insts[dst_idx].closing:
             req.handed_off = True     # nothing to hand over to: the request stays colocated
             return
-        dst = self.scheds[dst_idx]
+        src, dst = insts[req.instance], insts[dst_idx]
         src.running.remove(req)
         if self.pool.total_free(dst.inst.workers) < len(req.homes):
             src.release(req)          # no room on the target: recompute its KV there
             req.num_computed, req.home, req.handed_off = 0, None, True
-            self.handoff_stats["recomputed"] += 1
+            self.stats.recomputed += 1
             dst.add(req)
             return
         homes = self.pool.alloc(dst.inst.workers, len(req.homes))
         moves = plan_moves([(old, (src.inst.first, src.inst.size), new,
                              (dst.inst.first, dst.inst.size))
                             for old, new in zip(req.homes, homes)], self.num_kv_heads)
-        self.ticket += 1
+        ticket = self.seq.next_ticket()
         workers = sorted({m.src for m in moves} | {m.dst for m in moves})
-        cmd = MoveCmd(self.ticket, tuple(moves))
-        for w in workers:
-            self.conns[w].send(cmd)
+        self.seq.send(workers, MoveCmd(ticket, tuple(moves)))
         req.in_flight = True
-        self.handoffs[self.ticket] = Handoff(req, dst_idx, homes, set(workers),
-                                             time.perf_counter())
+        self.moving[ticket] = Handoff(req, dst_idx, homes, set(workers))
 
-    def finish_handoff(self, reply) -> None:
-        h = self.handoffs[reply.ticket]
+    def on_moved(self, reply: Moved) -> Request | None:
+        """A worker finished its part; the request once its KV has fully landed."""
+        h = self.moving[reply.ticket]
         h.waiting.discard(reply.worker)
         h.nbytes += reply.nbytes
         if h.waiting:
-            return
-        del self.handoffs[reply.ticket]
+            return None
+        del self.moving[reply.ticket]
         req = h.req
         self.pool.release(req.homes)
         req.homes, req.home, req.in_flight, req.handed_off = h.homes, None, False, True
         req.instance = h.target
-        self.scheds[h.target].running.append(req)
-        self.handoff_stats["moved"] += 1
-        self.handoff_stats["kv_bytes"] += h.nbytes
-        self.handoff_stats["ms"] += (time.perf_counter() - h.t0) * 1e3
-        if req.aborted:
-            self.retire(req, FinishReason.ABORT)
+        self.instances[h.target].running.append(req)
+        self.stats.moved += 1
+        self.stats.kv_bytes += h.nbytes
+        self.stats.ms += (time.perf_counter() - h.t0) * 1e3
+        return req

@@ -73,9 +73,6 @@ class KVPool:
         shape = (self.NB * tp_size, self.H // tp_size, self.Bs, 2 * self.D)
         return [self.buf[i].view(shape) for i in range(self.L)]
 
-    def block_bytes_per_head(self) -> int:
-        return self.L * self.Bs * 2 * self.D * self.buf.element_size()
-
     # ------------------------------------------------------------------ moving heads
 
     def _rows(self, moves: list[Move], src: bool) -> torch.Tensor:

@@ -18,6 +18,14 @@ from flying_core.layout import Instance
 from flying_core.request import Request
 
 
+@dataclass(frozen=True)
+class Step:
+    """An instance's step in flight: sent with `ticket` at `t0`, over `batch`."""
+    ticket: int
+    batch: list[tuple[Request, int]]
+    t0: float
+
+
 @dataclass
 class Budget:
     """Token budget of one step. With a time-between-tokens SLO (DynaServe's local batching),
@@ -45,7 +53,7 @@ class InstanceScheduler:
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.closing = False        # a switch is retiring this instance: admit nothing new
-        self.preempted = 0
+        self.step: Step | None = None   # the step its workers are running
 
     # ------------------------------------------------------------------ capacity
 
@@ -100,7 +108,6 @@ class InstanceScheduler:
         req.num_computed = 0
         req.home = None
         req.preemptions += 1
-        self.preempted += 1
         self.running.remove(req)
         self.waiting.append(req)
         self.waiting.sort(key=lambda r: r.key)

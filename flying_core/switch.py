@@ -1,4 +1,9 @@
-"""Planning a HARD layout switch: where each in-flight request goes and which KV heads move.
+"""Layout switches: SOFT drains or HARD moves, then the new layout's schedulers are installed.
+
+A switch retires the instances whose workers change; the others keep serving throughout.
+SOFT lets the retiring instances' running requests finish (until the deadline, then HARD);
+new requests for them wait in `unplaced`. HARD waits only for the retiring instances' running
+step, then plans where each running request goes and which KV head groups move:
 
 A request goes to the new instance that already holds most of its KV homes; homes on that
 instance's workers stay where they are (only their heads are redistributed for the new TP
@@ -7,13 +12,21 @@ request falls back to recompute (its KV is freed and it re-prefills every token 
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flying_core import layout as lay
 from flying_core.block_pool import BlockPool, Home
+from flying_core.commands import Failed, MoveCmd, Moved, Reply, Switch
+from flying_core.errors import Unavailable
+from flying_core.instances import Instances
 from flying_core.kv_plan import Move, plan_moves
-from flying_core.layout import Instance, instance_of, instances
+from flying_core.layout import Instance
 from flying_core.request import Request
+from flying_core.sequencer import Sequencer
+from flying_core.types import FinishReason, PreemptMode, SwitchReport
 
 
 @dataclass
@@ -33,9 +46,8 @@ def plan_migration(reqs: list[tuple[Request, Instance]], new_layout: tuple[int, 
         if not req.homes:
             mig.recompute.append(req)
             continue
-        votes = Counter(instance_of(new_layout, w).index for w, _ in req.homes)
-        target = next(i for i in instances(new_layout) if i.index == votes.most_common(1)[0][0])
-        stay = [h for h in req.homes if target.holds(h[0])]
+        votes = Counter(lay.instance_of(new_layout, w).index for w, _ in req.homes)
+        target = lay.instances(new_layout)[votes.most_common(1)[0][0]]
         move = [h for h in req.homes if not target.holds(h[0])]
         if pool.total_free(target.workers) < len(move):
             mig.recompute.append(req)
@@ -43,13 +55,119 @@ def plan_migration(reqs: list[tuple[Request, Instance]], new_layout: tuple[int, 
         home = req.home if req.home is not None and target.holds(req.home) else None
         new_homes = []
         for h in req.homes:
-            if h in stay:
+            if target.holds(h[0]):
                 new_homes.append(h)
-                continue
-            new_homes += pool.alloc(target.workers, 1, home)
-            mig.freed.append(h)
+            else:
+                new_homes += pool.alloc(target.workers, 1, home)
+                mig.freed.append(h)
         for old_home, new_home in zip(req.homes, new_homes):
             pairs.append((old_home, (old.first, old.size), new_home, (target.first, target.size)))
         mig.assignments.append((req, target, new_homes))
     mig.moves = plan_moves(pairs, num_kv_heads)
     return mig
+
+
+@dataclass(eq=False)
+class PendingSwitch:
+    cmd: Switch
+    retiring: set[int]                # indices of the old layout's instances that change
+    t0: float = field(default_factory=time.perf_counter)
+    drained: int = 0                  # requests that finished on a retiring instance (SOFT)
+    paused_at: float = 0.0            # SOFT wait over: the retiring instances start no step
+    t_exec: float = 0.0               # their last step had ended: the move begins
+    report: SwitchReport | None = None
+
+
+class Switcher:
+    """Owns the pending switch. `on_reply` takes replies that arrive while it waits for a
+    move (they belong to instances that keep serving)."""
+
+    def __init__(self, seq: Sequencer, pool: BlockPool, instances: Instances,
+                 num_kv_heads: int, on_reply: Callable[[Reply], None]):
+        self.seq, self.pool, self.instances = seq, pool, instances
+        self.num_kv_heads, self.on_reply = num_kv_heads, on_reply
+        self.pending: PendingSwitch | None = None
+        self.count = 0
+
+    @property
+    def paused(self) -> set[int]:
+        """Retiring instances that may start no new step (all of them once HARD is due)."""
+        p = self.pending
+        return p.retiring if p is not None and p.paused_at else set()
+
+    def begin(self, cmd: Switch) -> None:
+        retiring, _ = lay.changed(self.instances.layout, cmd.layout)
+        self.pending = PendingSwitch(cmd, retiring)
+        for idx in retiring:
+            self.instances[idx].closing = True
+            self.instances.unplace_waiting(idx, only_without_kv=True)
+
+    def note_retired(self, req: Request, reason: FinishReason) -> None:
+        p = self.pending
+        if p is not None and req.instance in p.retiring and reason != FinishReason.ABORT:
+            p.drained += 1
+
+    def advance(self, handoffs_busy: bool) -> PendingSwitch | None:
+        """Carry the pending switch forward; the switch if it has just been installed."""
+        p = self.pending
+        if p is None or handoffs_busy:   # micro-request KV in transit: let it land first
+            return None
+        busy = any(self.instances[i].running for i in p.retiring)
+        if p.cmd.mode == PreemptMode.SOFT and busy and time.perf_counter() < p.cmd.soft_until:
+            return None
+        p.paused_at = p.paused_at or time.perf_counter()
+        if any(self.instances[i].step is not None for i in p.retiring):
+            return None    # wait for the running step of a retiring instance
+        p.t_exec = time.perf_counter()
+        self._execute(p)
+        self.pending = None
+        self.count += 1
+        return p
+
+    def _move(self, moves: list[Move], workers: list[int]) -> tuple[int, list[float]]:
+        ticket = self.seq.next_ticket()
+        self.seq.send(workers, MoveCmd(ticket, tuple(moves)))
+        nbytes, ms = 0, []
+        for w in workers:
+            while True:
+                reply = self.seq.reply_from(w)
+                if isinstance(reply, Failed):
+                    raise Unavailable(f"worker {w}: KV move failed: {reply.error}")
+                if isinstance(reply, Moved) and reply.ticket == ticket:
+                    break
+                self.on_reply(reply)
+            nbytes += reply.nbytes
+            ms.append(reply.ms)
+        return nbytes, ms
+
+    def _execute(self, p: PendingSwitch) -> None:
+        insts = self.instances
+        old = lay.instances(insts.layout)
+        running = [(r, old[i]) for i in p.retiring for r in insts[i].running]
+        for r, _ in running:
+            r.handed_off = True   # a split names instances of the old layout: colocate instead
+        mig = plan_migration(running, p.cmd.layout, self.pool, self.num_kv_heads)
+        nbytes, move_ms = 0, []
+        if mig.moves:
+            workers = sorted({w for i in p.retiring for w in old[i].workers})
+            nbytes, move_ms = self._move(mig.moves, workers)
+        self.pool.release(mig.freed)
+        for i in p.retiring:   # anything still queued on a retiring instance is re-placed
+            insts.unplace_waiting(i, only_without_kv=False)
+        insts.install(p.cmd.layout, p.retiring)
+        for req, target, homes in mig.assignments:
+            req.homes = homes
+            req.home = req.home if req.home is not None and target.holds(req.home) else None
+            req.instance = target.index
+            insts[target.index].running.append(req)
+        for req in mig.recompute:
+            self.pool.release(req.homes)
+            req.homes, req.num_computed, req.home = [], 0, None
+            req.preemptions += 1
+            insts.unplaced.append(req)
+        insts.place_unplaced()
+        now = time.perf_counter()
+        p.report = SwitchReport(
+            p.cmd.layout, (now - p.t0) * 1e3, migrated=len(mig.assignments),
+            recomputed=len(mig.recompute), drained=p.drained, kv_bytes_moved=nbytes,
+            step_wait_ms=(p.t_exec - p.t0) * 1e3, worker_move_ms=tuple(move_ms))

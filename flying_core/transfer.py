@@ -13,10 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flying_core.commands import ExportCmd, ImportCmd
+from flying_core.block_pool import BlockPool, Home
+from flying_core.commands import ExportCmd, Exported, ImportCmd
+from flying_core.errors import FlyingError, NotFound
+from flying_core.handoff import HandoffStats
+from flying_core.instances import Instances
 from flying_core.kv_plan import head_location
 from flying_core.request import Request
-from flying_core.types import FinishReason, KVExport
+from flying_core.scheduler import InstanceScheduler
+from flying_core.sequencer import Sequencer
+from flying_core.types import FinishReason, KVExport, WorkerInfo
 
 HOLD_TTL_S = 120.0
 
@@ -26,12 +32,12 @@ class Held:
     req: Request
     first: int
     size: int
-    since: float
+    since: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
 class PendingExport:
-    box: object
+    result: object                            # the Export command's Future
     held: Held
     order: dict[int, list[tuple[int, int]]]   # worker -> (block index, head) per row
     parts: dict[int, bytes] = field(default_factory=dict)
@@ -41,12 +47,18 @@ def _np_dtype(torch_dtype_name: str):
     return {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[torch_dtype_name]
 
 
-class TransferMixin:
-    """Driver methods for KV export / adoption (mixed into Driver)."""
+class Transfers:
+    def __init__(self, seq: Sequencer, pool: BlockPool, instances: Instances, info: WorkerInfo,
+                 block_size: int, stats: HandoffStats):
+        self.seq, self.pool, self.instances, self.info = seq, pool, instances, info
+        self.block_shape = info.block_shape(block_size)
+        self.block_size, self.stats = block_size, stats
+        self.held: dict[str, Held] = {}              # request id -> KV kept for export
+        self.exports: dict[int, PendingExport] = {}  # ticket -> export being gathered
 
-    def _layout_rows(self, homes, first: int, size: int):
+    def _layout_rows(self, homes: list[Home], first: int, size: int):
         """worker -> [(flat row, (block index, head))] for every head of every block."""
-        H = self.num_kv_heads
+        H = self.info.num_kv_heads
         out: dict[int, list] = {}
         for i, home in enumerate(homes):
             for k in range(H):
@@ -55,40 +67,39 @@ class TransferMixin:
         return out
 
     def hold(self, req: Request) -> None:
-        sched = self.scheds[req.instance]
+        """The first segment ended: keep its KV for the node that continues it."""
+        sched = self.instances[req.instance]
         sched.running.remove(req)
-        self.held[req.id] = Held(req, sched.inst.first, sched.inst.size, time.perf_counter())
-        self.requests.pop(req.id, None)
+        self.held[req.id] = Held(req, sched.inst.first, sched.inst.size)
         req.finish(FinishReason.HANDOFF, req.instance)
 
-    def expire_held(self) -> None:
+    def expire(self) -> None:
         now = time.perf_counter()
         for rid, h in list(self.held.items()):
             if now - h.since > HOLD_TTL_S:
                 self.pool.release(h.req.homes)
                 del self.held[rid]
 
-    def start_export(self, box) -> None:
-        held = self.held.pop(box.request_id, None)
+    def start_export(self, request_id: str, result) -> None:
+        held = self.held.pop(request_id, None)
         if held is None:
-            box.resolve(None, f"no KV held for {box.request_id!r}")
+            result.set_exception(NotFound(f"no KV held for {request_id!r}"))
             return
         rows = self._layout_rows(held.req.homes, held.first, held.size)
-        self.ticket += 1
+        ticket = self.seq.next_ticket()
         for w, items in rows.items():
-            self.conns[w].send(ExportCmd(self.ticket, tuple(r for r, _ in items)))
-        self.exports[self.ticket] = PendingExport(
-            box, held, {w: [ik for _, ik in items] for w, items in rows.items()})
+            self.seq.send([w], ExportCmd(ticket, tuple(r for r, _ in items)))
+        self.exports[ticket] = PendingExport(
+            result, held, {w: [ik for _, ik in items] for w, items in rows.items()})
 
-    def finish_export(self, reply) -> None:
+    def on_exported(self, reply: Exported) -> None:
         pe = self.exports[reply.ticket]
         pe.parts[reply.worker] = reply.data
         if len(pe.parts) < len(pe.order):
             return
         del self.exports[reply.ticket]
-        info, req = self.info, pe.held.req
-        L, H, X = info.block_shape(self.cfg.block_size)
-        dt = _np_dtype(info.dtype)
+        req, (L, H, X) = pe.held.req, self.block_shape
+        dt = _np_dtype(self.info.dtype)
         canon = np.empty((len(req.homes), L, H, X), dtype=dt)
         for w, order in pe.order.items():
             arr = np.frombuffer(pe.parts[w], dtype=dt).reshape(L, len(order), X)
@@ -96,50 +107,44 @@ class TransferMixin:
                 canon[i, :, k, :] = arr[:, j, :]
         self.pool.release(req.homes)
         req.homes = []
-        pe.box.resolve(KVExport(info.dtype, (L, H, X), req.num_computed,
-                                tuple(canon[i].tobytes() for i in range(len(canon)))))
+        pe.result.set_result(KVExport(self.info.dtype, self.block_shape, req.num_computed,
+                                      tuple(canon[i].tobytes() for i in range(len(canon)))))
 
-    def adopt(self, req: Request, kv: KVExport | None) -> None:
-        """Continue a request whose first segment ran elsewhere: import its KV, or recompute."""
-        self.requests[req.id] = req
-        sched = self._adopt_target(req, kv)
+    def fail(self, error: FlyingError) -> None:
+        for pe in self.exports.values():
+            pe.result.set_exception(error)
+        self.exports.clear()
+
+    def adopt(self, req: Request, kv: KVExport | None, switching: bool) -> bool:
+        """Import the KV of a request whose first segment ran elsewhere, onto an instance here;
+        False if it cannot be used (the caller then places the request to recompute)."""
+        sched = None if switching else self._target(req, kv)
         if sched is None:
-            self.handoff_stats["recomputed"] += 1
-            self.place(req)
-            return
-        first, size = sched.inst.first, sched.inst.size
+            self.stats.recomputed += 1
+            return False
         workers = sched.inst.workers
         homes = self.pool.alloc(workers, len(kv.blocks), self.pool.least_used(workers))
         dt = _np_dtype(kv.dtype)
         blocks = [np.frombuffer(b, dtype=dt).reshape(kv.block_shape) for b in kv.blocks]
-        self.ticket += 1
-        for w, items in self._layout_rows(homes, first, size).items():
+        ticket = self.seq.next_ticket()
+        for w, items in self._layout_rows(homes, sched.inst.first, sched.inst.size).items():
             data = np.stack([blocks[i][:, k, :] for _, (i, k) in items], axis=1)
-            self.conns[w].send(ImportCmd(self.ticket, tuple(r for r, _ in items),
+            self.seq.send([w], ImportCmd(ticket, tuple(r for r, _ in items),
                                          np.ascontiguousarray(data).tobytes()))
         req.homes, req.num_computed, req.instance = homes, kv.num_computed, sched.inst.index
         req.started = time.perf_counter()
         sched.running.append(req)
-        self.handoff_stats["imported"] += 1
-        self.handoff_stats["kv_bytes"] += sum(len(b) for b in kv.blocks)
+        self.stats.imported += 1
+        self.stats.kv_bytes += sum(len(b) for b in kv.blocks)
+        return True
 
-    def _adopt_target(self, req: Request, kv: KVExport | None):
-        """The open instance that can hold the request and its blocks, if the KV is whole."""
-        info = self.info
-        shape = info.block_shape(self.cfg.block_size)
-        if kv is None or kv.dtype != info.dtype or tuple(kv.block_shape) != shape:
+    def _target(self, req: Request, kv: KVExport | None) -> InstanceScheduler | None:
+        """The instance to import into, if the KV is whole and one can hold it."""
+        if kv is None or kv.dtype != self.info.dtype or tuple(kv.block_shape) != self.block_shape:
             return None
-        per_block = int(np.prod(shape)) * np.dtype(_np_dtype(kv.dtype)).itemsize
-        need = -(-kv.num_computed // self.cfg.block_size)
+        per_block = int(np.prod(self.block_shape)) * np.dtype(_np_dtype(kv.dtype)).itemsize
+        need = -(-kv.num_computed // self.block_size)
         if len(kv.blocks) != need or any(len(b) != per_block for b in kv.blocks) \
                 or not 0 < kv.num_computed < len(req.tokens):
             return None
-        if self.switch:
-            return None
-        pin = req.spec.instance
-        open_ = [s for s in self.scheds if not s.closing and s.fits(req)
-                 and self.pool.total_free(s.inst.workers) >= need]
-        pinned = [s for s in open_ if s.inst.index == pin]
-        if pinned:
-            return pinned[0]
-        return min(open_, key=lambda s: (s.load() + 1) / s.inst.size) if open_ else None
+        return self.instances.choose(req, need_blocks=need)

@@ -97,6 +97,8 @@ class SwitchReport:
     recomputed: int = 0    # requests resumed by recomputing their KV (fallback)
     drained: int = 0       # requests that finished on the old layout (SOFT)
     kv_bytes_moved: int = 0
+    step_wait_ms: float = 0.0   # waiting for the retiring instances' running step (and SOFT)
+    worker_move_ms: tuple[float, ...] = ()   # each moving worker's head exchange
 
 
 # ---------------------------------------------------------------- status

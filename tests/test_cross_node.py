@@ -63,7 +63,7 @@ def second_segment(group, prompt, first, kv, name):
 @pytest.mark.parametrize("where", ["prefill", "first_token", "mid_decode"])
 def test_cross_node_split_across_tp_sizes_matches_reference(nodes, prompts, reference, where):
     a, b = nodes
-    before = dict(b.driver.handoff_stats)
+    before = b.handoff_stats()
     for i, p in enumerate(prompts):
         at = {"prefill": len(p) // 2, "first_token": len(p), "mid_decode": len(p) + 6}[where]
         s1 = first_segment(a, p, at, f"x-{where}-{i}")
@@ -73,7 +73,7 @@ def test_cross_node_split_across_tp_sizes_matches_reference(nodes, prompts, refe
         assert s1.tokens + s2.tokens == reference[i]
         with pytest.raises(NotFound):
             a.export_kv(s1.request_id)            # exported once, then freed
-    assert b.driver.handoff_stats["imported"] == before["imported"] + len(prompts)
+    assert b.handoff_stats().imported == before.imported + len(prompts)
     assert a.kv_blocks_used() == 0 and b.kv_blocks_used() == 0
 
 

@@ -67,8 +67,8 @@ def test_handoffs_interleave_with_other_traffic(group, prompts, reference):
                                      to=(i + j + 1) % 2))
     wait_all(streams)
     assert [s.tokens for s in streams] == reference * 3
-    stats = group.driver.handoff_stats
-    assert stats["moved"] >= 9 and stats["kv_bytes"] > 0 and stats["recomputed"] == 0
+    stats = group.handoff_stats()
+    assert stats.moved >= 9 and stats.kv_bytes > 0 and stats.recomputed == 0
 
 
 def test_split_to_a_missing_instance_stays_colocated(group, prompts, reference):
