@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 
 from flying_core.commands import Reply
 from flying_core.errors import Unavailable
@@ -28,9 +29,10 @@ class Sequencer:
         return self.ticket
 
     def send(self, workers: Iterable[int], cmd) -> None:
-        """One command to each of `workers`, in ticket order on every pipe."""
+        """One command to each of `workers`, in ticket order on every pipe (pickled once)."""
+        data = ForkingPickler.dumps(cmd)
         for w in workers:
-            self.conns[w].send(cmd)
+            self.conns[w].send_bytes(data)
 
     def wake(self) -> None:
         """Called from other threads: make a waiting `replies` return."""
