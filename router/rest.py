@@ -52,7 +52,11 @@ class _ClientGone(Exception):
 
 class _Edge:
     """Outermost app layer: request ids, API keys, one log line per request, the request
-    counter, and a 500 with the request id for anything unexpected."""
+    counter, and a 500 with the request id for anything unexpected.
+
+    Hand-written ASGI rather than asgi-correlation-id plus FastAPI's HTTPBearer: those split
+    this over three places, and only the outermost layer sees a stream's final outcome (499
+    when the client left mid-stream) for the counter and the log line."""
 
     def __init__(self, app, keys: tuple[str, ...], metrics: RouterMetrics):
         self.app, self.keys, self.metrics = app, keys, metrics
