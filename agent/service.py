@@ -7,17 +7,15 @@ import time
 import grpc
 import structlog
 
-from agent import convert
 from agent.node import Node
-from flying import logs
+from flying import logs, wire
 from flying.errors import grpc_status, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
-from flying_core.errors import FlyingError, InvalidArgument, Unavailable
+from flying_core.errors import FlyingError, Unavailable
 from flying_core.types import Finished, FinishReason, TokenEvent
 
 log = logs.get("flying.agent")
-
 
 
 class AgentService(pb_grpc.AgentServicer):
@@ -30,7 +28,7 @@ class AgentService(pb_grpc.AgentServicer):
         try:
             if self.node.tokenizer is None:
                 raise Unavailable(f"node is {self.node.state}")
-            spec = convert.spec_from_pb(request, self.node.tokenizer)
+            spec = wire.spec_from_pb(request, self.node.tokenizer)
             sink = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
             if request.HasField("resume"):
                 kv = await self.pull_kv(request.resume)
@@ -47,7 +45,7 @@ class AgentService(pb_grpc.AgentServicer):
                 ev = await events.get()
                 if isinstance(ev, TokenEvent):
                     track.token(len(ev.token_ids))
-                    yield convert.chunk_to_pb(ev)
+                    yield wire.chunk_to_pb(ev)
                     continue
                 finished = True
                 track.done(ev)
@@ -58,7 +56,7 @@ class AgentService(pb_grpc.AgentServicer):
                 if ev.reason == FinishReason.ERROR:
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"worker failure while serving: {ev.error}")
-                yield convert.complete_to_pb(ev, self.node.name)
+                yield wire.complete_to_pb(ev, self.node.name)
                 return
         except asyncio.CancelledError:
             log.info("request cancelled by the client")
@@ -70,26 +68,20 @@ class AgentService(pb_grpc.AgentServicer):
 
     @unary_errors
     async def Reconfigure(self, request, context):
-        if not request.instance_sizes:
-            raise InvalidArgument("instance_sizes is empty")
+        layout = wire.layout_from_pb(request)
         timeout = request.deadline_ms / 1e3 if request.deadline_ms > 0 else None
         left = context.time_remaining()
         if left is not None:
             timeout = min(timeout or left, left)
-        report = await self.node.reconfigure(tuple(request.instance_sizes),
-                                             convert.mode_from_pb(request.mode), timeout)
-        return convert.report_to_pb(report)
+        report = await self.node.reconfigure(layout, wire.mode_from_pb(request.mode), timeout)
+        return wire.report_to_pb(report)
 
     @unary_errors
     async def GetStatus(self, request, context):
         n = self.node
-        topo = pb.Topology(kind=n.topology.kind, note=n.topology.note, devices=[
-            pb.Device(index=d.index, name=d.name, memory_total_bytes=d.memory_total,
-                      memory_used_bytes=d.memory_used, nvlink_peers=list(d.nvlink_peers))
-            for d in n.topology.devices])
-        out = convert.status_to_pb(n.status(), node=n.name, model=n.model,
-                                   workers=n.settings.workers, state=n.state, topology=topo,
-                                   restarts=n.restarts)
+        out = wire.status_to_pb(n.status(), node=n.name, model=n.model,
+                                workers=n.settings.workers, state=n.state,
+                                topology=wire.topology_to_pb(n.topology), restarts=n.restarts)
         out.last_error = n.last_error
         return out
 
@@ -99,7 +91,7 @@ class AgentService(pb_grpc.AgentServicer):
             kv = await asyncio.to_thread(self.node.export_kv, request.request_id)
         except FlyingError as e:
             await context.abort(grpc_status(e.code), e.message)
-        for chunk in convert.kv_to_chunks(kv):
+        for chunk in wire.kv_to_chunks(kv):
             yield chunk
 
     async def pull_kv(self, resume: pb.Resume):
@@ -109,7 +101,7 @@ class AgentService(pb_grpc.AgentServicer):
                 stub = pb_grpc.AgentStub(ch)
                 chunks = [c async for c in stub.ExportKV(
                     pb.ExportKVRequest(request_id=resume.request_id), timeout=60)]
-            return convert.kv_from_chunks(chunks)
+            return wire.kv_from_chunks(chunks)
         except (grpc.aio.AioRpcError, ValueError) as e:
             log.warning("KV transfer failed; recomputing", source=resume.from_agent,
                         error=str(e.details() if hasattr(e, "details") else e))

@@ -6,48 +6,34 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Literal, get_args, get_origin
 
 from flying import settings as st
 
 
-def _add_agent_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with an [agent] table")
-    p.add_argument("--model", help="HF model folder (see `flying model`)")
-    p.add_argument("--workers", type=int, help="worker processes (devices) on this node")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int, help="gRPC port (default 50061)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--layout", help="start-up layout, e.g. 1,1 or 2 or 2,1,1")
-    p.add_argument("--kv-bytes", type=int, help="KV pool bytes per worker")
-    p.add_argument("--block-size", type=int)
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--max-queue", type=int)
-    p.add_argument("--tbt-slo-ms", type=float,
-                   help="keep time between tokens under this (sizes prefill chunks; 0: off)")
-    p.add_argument("--node-name")
-    p.add_argument("--grace-s", type=float)
-
-
-def _add_router_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with a [router] table")
-    p.add_argument("--agent", dest="agents", action="append", help="agent HOST:PORT (repeat)")
-    p.add_argument("--host")
-    p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
-    p.add_argument("--http-port", type=int, help="OpenAI REST port (default 8000)")
-    p.add_argument("--api-key", dest="api_keys", action="append",
-                   help="accept this bearer key (repeat); none: no key needed")
-    p.add_argument("--no-policy", dest="policy", action="store_false", default=None,
-                   help="never reconfigure nodes on its own")
-    p.add_argument("--grace-s", type=float)
-    p.add_argument("--micro-requests", choices=["off", "adaptive", "disagg"],
-                   help="split requests into two segments (DynaServe): adaptive split points, "
-                        "or disagg (prefill on instance 0, decode on instance 1)")
+def _add_settings_flags(p: argparse.ArgumentParser, section: str) -> None:
+    """One flag per key of the section's settings model (flying/settings.py lists the keys):
+    `--key-name VALUE`; a list key repeats a singular flag (`--agent A --agent B`); a bool key
+    that defaults to true is turned off with `--no-key`."""
+    p.add_argument("--config", help=f"TOML file with a [{section}] table")
+    for key, field in st.SECTIONS[section].model_fields.items():
+        flag, hint = "--" + key.replace("_", "-"), field.annotation
+        text = f"{field.description} (default {field.default!r})"
+        if hint is bool:
+            p.add_argument(f"--no-{flag[2:]}" if field.default else flag, dest=key, default=None,
+                           action="store_false" if field.default else "store_true",
+                           help=f"{'do not ' if field.default else ''}{field.description}")
+        elif get_origin(hint) is tuple:
+            one = flag.removesuffix("s")
+            p.add_argument(one, dest=key, action="append", metavar=one[2:].upper(), help=text)
+        elif get_origin(hint) is Literal:
+            p.add_argument(flag, choices=get_args(hint), help=text)
+        else:
+            p.add_argument(flag, type=hint, help=text)
 
 
 def _flags(ns: argparse.Namespace, section: str) -> dict:
-    fields = {f for f in st.SECTIONS[section].__dataclass_fields__}
+    fields = st.SECTIONS[section].model_fields
     return {k: v for k, v in vars(ns).items() if k in fields and v is not None}
 
 
@@ -56,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("agent", help="run a node agent (gRPC) with its worker group")
-    _add_agent_flags(p)
+    _add_settings_flags(p, "agent")
     p = sub.add_parser("router", help="run the router (gRPC + OpenAI REST) over node agents")
-    _add_router_flags(p)
+    _add_settings_flags(p, "router")
 
     p = sub.add_parser("up", help="the embedded default: a router and one agent on this machine")
     p.add_argument("--model", help="model folder (default: SmolLM2-135M, built on first use)")

@@ -1,145 +1,197 @@
 """Typed settings for the agent and the router, from one TOML file, FLYING_* variables and flags.
 
 Precedence, lowest first: built-in defaults < TOML file (`[agent]` / `[router]` tables) <
-environment (`FLYING_AGENT_<KEY>`, `FLYING_ROUTER_<KEY>`) < command-line flags. A wrong key or a
+environment (`FLYING_AGENT_<KEY>`, `FLYING_ROUTER_<KEY>`) < command-line flags. The two
+pydantic-settings models below are the one list of keys: their fields give each key's type,
+default and help; `flying/cli.py` builds its flags from them and the tests check
+deploy/flying.example.toml against them.
+
+Each source is validated on its own, TOML values and flags strictly (`port = 1.5`,
+`host = 127` are typos), environment strings leniently ("8", "on", "2.5"), so a wrong key or a
 value of the wrong type is a `SettingsError` naming the key and where it came from.
+pydantic-settings' own chain (`settings_customise_sources`) merges every source before
+validating and so cannot name the source at fault; `load` runs the sources one by one instead:
+its `EnvSettingsSource` reads the environment, and the TOML table is read with `tomllib` (its
+`TomlConfigSettingsSource` skips a missing file silently and cannot reject unknown tables).
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import tomllib
-import typing
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+
+from flying_core import layout as lay
+from flying_core.errors import FailedPrecondition
 
 
 class SettingsError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    model: str = ""                 # HF folder; "" with `flying up`: the default model, built on first use
-    workers: int = 2
-    host: str = "127.0.0.1"
-    port: int = 50061
-    metrics_port: int = 0           # 0: no /metrics side port
-    device: str = "auto"            # auto | cpu | cuda
-    dtype: str = "auto"             # auto | float32 | bfloat16 | float16
-    layout: str = ""                # "1,1", "2", "2,1,1"; "": all workers as replicas
-    kv_bytes: int = 256 << 20       # KV pool per worker
-    block_size: int = 32
-    max_model_len: int = 2048
-    max_queue: int = 256            # waiting requests per node before RESOURCE_EXHAUSTED
-    tbt_slo_ms: float = 0.0         # > 0: SLO-aware batching (time between tokens, ms)
-    node_name: str = ""
-    grace_s: float = 10.0           # SIGTERM: streams get this long to finish
-    seed: int = 0
+def _str_list(value: Any) -> Any:
+    """A list (TOML, repeated flag) or one comma-separated string (environment, TOML)."""
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value) if isinstance(value, list) else value
 
 
-@dataclass(frozen=True)
-class RouterSettings:
-    agents: tuple[str, ...] = ("127.0.0.1:50061",)
-    host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    http_port: int = 8000
-    api_keys: tuple[str, ...] = ()  # empty: no key needed
-    policy: bool = True             # let the router reconfigure nodes
-    policy_interval_s: float = 0.5
-    grace_s: float = 10.0
-    model_name: str = "flying"
-    micro_requests: str = "off"     # off | adaptive (DynaServe split policy) | disagg (d = 0)
+StrList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_str_list)]
 
 
-SECTIONS: dict[str, type] = {"agent": AgentSettings, "router": RouterSettings}
+class _Section(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **sources):
+        """Constructing a section takes only its arguments; `load` adds file, environment and
+        flags, one source at a time."""
+        return (init_settings,)
 
 
-def _coerce(cls: type, key: str, value: Any, source: str) -> Any:
-    """`value` (TOML value, environment string or flag) as the type of `cls.key`."""
-    hint = typing.get_type_hints(cls)[key]
+class AgentSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="FLYING_AGENT_")
+
+    model: str = Field("", description="HF model folder (see `flying model`); '' with "
+                       "`flying up`: the default model, built on first use")
+    workers: int = Field(2, description="worker processes (devices) on this node")
+    host: str = Field("127.0.0.1", description="bind address (gRPC and the metrics port)")
+    port: int = Field(50061, description="gRPC port")
+    metrics_port: int = Field(0, description="Prometheus /metrics port (0: off)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="device kind")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and KV dtype")
+    layout: str = Field("", description="start-up layout, e.g. 1,1 or 2 or 2,1,1 "
+                        "('': all workers as replicas)")
+    kv_bytes: int = Field(256 << 20, description="KV pool bytes per worker")
+    block_size: int = Field(32, description="KV block size in tokens")
+    max_model_len: int = Field(2048, description="longest prompt + completion, tokens")
+    max_queue: int = Field(256, description="waiting requests per node before "
+                           "RESOURCE_EXHAUSTED")
+    tbt_slo_ms: float = Field(0.0, description="keep time between tokens under this "
+                              "(sizes prefill chunks; 0: off)")
+    node_name: str = Field("", description="name in status, metrics and Reconfigure "
+                           "('': host:port)")
+    grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
+    seed: int = Field(0, description="sampling seed")
+
+
+class RouterSettings(_Section):
+    model_config = SettingsConfigDict(env_prefix="FLYING_ROUTER_")
+
+    agents: StrList = Field(("127.0.0.1:50061",), description="agent HOST:PORT (repeat)")
+    host: str = Field("127.0.0.1", description="bind address (gRPC and HTTP)")
+    grpc_port: int = Field(50051, description="gRPC port")
+    http_port: int = Field(8000, description="OpenAI REST port")
+    api_keys: StrList = Field((), description="accept this bearer key (repeat); none: no key "
+                              "needed")
+    policy: bool = Field(True, description="let the router reconfigure nodes on its own")
+    policy_interval_s: float = Field(0.5, description="how often the policy looks at the nodes")
+    grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
+    model_name: str = Field("flying", description="the model id the OpenAI API shows")
+    micro_requests: Literal["off", "adaptive", "disagg"] = Field(
+        "off", description="split requests into two segments (DynaServe): adaptive split "
+        "points, or disagg (prefill on instance 0, decode on instance 1)")
+
+
+SECTIONS: dict[str, type[_Section]] = {"agent": AgentSettings, "router": RouterSettings}
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (os.environ by default)."""
+
+    def __init__(self, cls: type[_Section], env: Mapping[str, str]):
+        self._given = env
+        super().__init__(cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._given.items()}
+
+
+def kind(cls: type[_Section], key: str) -> str:
+    """The type of `cls.key` in words, for error messages."""
+    hint = cls.model_fields[key].annotation
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(get_args(hint))
+    return "list of str" if get_origin(hint) is tuple else hint.__name__
+
+
+@functools.cache
+def _adapter(cls: type[_Section], key: str) -> TypeAdapter:
+    """One key's validator. Per key, not `cls.model_validate`: a settings model validates
+    through its `__init__`, which would drop the `strict` flag."""
+    field = cls.model_fields[key]
+    hint = field.annotation
+    return TypeAdapter(Annotated[hint, *field.metadata] if field.metadata else hint)
+
+
+def _checked(cls: type[_Section], raw: Mapping[str, Any], strict: bool,
+             where: Callable[[str], str]) -> dict[str, Any]:
+    """The keys of one source, each validated as its field's type."""
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[key] = _adapter(cls, key).validate_python(value, strict=strict)
+        except ValidationError:
+            raise SettingsError(f"{where(key)}: '{key}' must be {kind(cls, key)}, "
+                                f"got {value!r}") from None
+    return out
+
+
+def _toml_table(path: Path, section: str) -> dict[str, Any]:
     try:
-        if hint is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if hint is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)  # int(1.5) would silently drop the fraction
-            if not isinstance(value, (str, int, float)):
-                raise ValueError(value)
-            return int(value)
-        if hint is float:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ValueError(value)
-            return float(value)
-        if hint is str:
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            if not isinstance(value, str):
-                raise ValueError(value)  # `host = 127` or `model = true` in TOML: a typo
-            return value
-        if typing.get_origin(hint) is tuple:
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise ValueError(value)
-    except (TypeError, ValueError):
-        name = "list of str" if typing.get_origin(hint) is tuple else hint.__name__
-        raise SettingsError(f"{source}: '{key}' must be {name}, got {value!r}") from None
-    return value
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SettingsError(f"{path}: {e}") from None
+    unknown_tables = set(data) - set(SECTIONS)
+    if unknown_tables:
+        raise SettingsError(f"{path}: unknown table(s) {sorted(unknown_tables)}; "
+                            f"expected {sorted(SECTIONS)}")
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: '{section}' must be a table ([{section}])")
+    return table
 
 
 def load(section: str, config_file: str | Path | None = None,
-         flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Any:
+         flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Any:
     """Build the frozen settings of `section` ("agent" or "router") from every source."""
     cls = SECTIONS[section]
-    known = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
+    known, values = cls.model_fields, {}
     if config_file:
         path = Path(config_file)
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise SettingsError(f"{path}: {e}") from None
-        unknown_tables = set(data) - set(SECTIONS)
-        if unknown_tables:
-            raise SettingsError(f"{path}: unknown table(s) {sorted(unknown_tables)}; "
-                                f"expected {sorted(SECTIONS)}")
-        table = data.get(section, {})
-        if not isinstance(table, dict):
-            raise SettingsError(f"{path}: '{section}' must be a table ([{section}])")
-        for key, value in table.items():
+        table = _toml_table(path, section)
+        for key in table:
             if key not in known:
                 raise SettingsError(f"{path}: unknown key '{section}.{key}'")
-            values[key] = _coerce(cls, key, value, str(path))
+        values |= _checked(cls, table, True, lambda _: str(path))
     env = os.environ if env is None else env
-    prefix = f"FLYING_{section.upper()}_"
-    for name, value in env.items():
-        if name.startswith(prefix):
-            key = name[len(prefix):].lower()
-            if key not in known:
-                raise SettingsError(f"environment: unknown variable {name} (no key '{key}' "
-                                    f"in [{section}])")
-            values[key] = _coerce(cls, key, value, f"environment {name}")
-    for key, value in (flags or {}).items():
-        if value is None:
-            continue
+    prefix = cls.model_config["env_prefix"]
+    for name in env:
+        key = name[len(prefix):].lower()
+        if name.startswith(prefix) and key not in known:
+            raise SettingsError(f"environment: unknown variable {name} (no key '{key}' "
+                                f"in [{section}])")
+    values |= _checked(cls, _Environment(cls, env)(), False,
+                       lambda key: f"environment {prefix}{key.upper()}")
+    given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v
+             for k, v in (flags or {}).items() if v is not None}
+    for key in given:
         if key not in known:
             raise SettingsError(f"flag: unknown option --{key.replace('_', '-')}")
-        values[key] = _coerce(cls, key, value, f"--{key.replace('_', '-')}")
+    values |= _checked(cls, given, True, lambda key: f"--{key.replace('_', '-')}")
     return cls(**values)
 
 
 def parse_layout(text: str, workers: int) -> tuple[int, ...]:
-    """'2,1,1' -> (2, 1, 1); '' -> all replicas. The sizes must partition the node's workers."""
+    """'2,1,1' -> (2, 1, 1); '' -> all replicas. Checked by the worker group's own rule,
+    `flying_core.layout.validate`, against every size that divides the worker count: the model's
+    head counts, which may rule out more sizes, are known once it is loaded."""
     if workers < 1:
         raise SettingsError(f"workers: must be at least 1, got {workers}")
     if not text.strip():
@@ -148,7 +200,8 @@ def parse_layout(text: str, workers: int) -> tuple[int, ...]:
         sizes = tuple(int(x) for x in text.replace(" ", "").split(","))
     except ValueError:
         raise SettingsError(f"layout: expected sizes like '2,1,1', got {text!r}") from None
-    if any(s < 1 for s in sizes) or sum(sizes) != workers:
-        raise SettingsError(f"layout: {text!r} must be positive sizes adding up to the "
-                            f"{workers} workers")
-    return sizes
+    divisors = lay.pool_sizes(workers, num_heads=workers, num_kv_heads=workers)
+    try:
+        return lay.validate(sizes, workers, divisors)
+    except FailedPrecondition as e:
+        raise SettingsError(f"layout: {e.message}") from None

@@ -9,7 +9,7 @@ import grpc
 from flying import logs
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
-from router.convert import status_from_pb
+from flying.wire import status_from_pb
 from router.views import NodeView
 
 log = logs.get("flying.router.agents")

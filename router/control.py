@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from flying import logs
+from flying import logs, wire
 from flying.errors import error_from_grpc
-from flying.v1 import flying_pb2 as pb
 from flying_core.errors import NotFound
-from flying_core.types import PreemptMode
+from flying_core.types import PreemptMode, SwitchReport
 from router.agents import Cluster
 from router.dispatch import Dispatcher
 from router.policy import Policy, PolicyConfig, Reconfigure
@@ -68,12 +67,12 @@ class Controller:
             self.policy.settled(d.node)
 
     async def reconfigure(self, node: str, layout, mode: PreemptMode, reason: str,
-                          deadline_ms: float = 0.0) -> pb.ReconfigureResponse:
+                          deadline_ms: float = 0.0) -> SwitchReport:
+        """Ask `node`'s agent to switch; the agent's worker group judges the layout."""
         agent = self.cluster.by_name(node)
         if agent is None:
             raise NotFound(f"no agent named {node!r}")
-        req = pb.ReconfigureRequest(instance_sizes=list(layout), deadline_ms=deadline_ms,
-                                    mode=pb.HARD if mode == PreemptMode.HARD else pb.SOFT)
+        req = wire.reconfigure_to_pb(layout, mode, deadline_ms)
         log.info("reconfigure", node=node, layout=list(layout), mode=mode.value, reason=reason)
         try:
             resp = await agent.stub.Reconfigure(req, timeout=max(120.0, deadline_ms / 1e3 + 60))
@@ -81,7 +80,8 @@ class Controller:
             self.events.append(SwitchEvent(time.time(), node, tuple(layout), mode.value, reason,
                                            0.0, False))
             raise error_from_grpc(e) from None
-        self.events.append(SwitchEvent(time.time(), node, tuple(resp.instance_sizes),
-                                       mode.value, reason, resp.switch_ms, True))
+        report = wire.report_from_pb(resp)
+        self.events.append(SwitchEvent(time.time(), node, report.layout, mode.value, reason,
+                                       report.switch_ms, True))
         await agent.refresh()
-        return resp
+        return report

@@ -14,9 +14,9 @@ from typing import Any
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from flying import logs
 from flying.errors import STATUS_TABLE, http_status, openai_type
@@ -29,7 +29,7 @@ from router.metrics import RequestTrack, RouterMetrics
 log = logs.get("flying.router.rest")
 GENERATE_PATHS = {"/v1/completions": "cmpl-", "/v1/chat/completions": "chatcmpl-"}
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-SSE_DONE = b"data: [DONE]\n\n"
+SSE_DONE = {"data": "[DONE]"}
 
 
 def error_body(code: str, message: str) -> dict:
@@ -41,31 +41,22 @@ def error_response(code: str, message: str) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=http_status(code))
 
 
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+def _sse(obj: Any) -> dict:
+    """One OpenAI stream event for EventSourceResponse: `data: {json}` and a blank line."""
+    return {"data": json.dumps(obj, ensure_ascii=False)}
 
 
 class _ClientGone(Exception):
     pass
 
 
-class _EventStream(StreamingResponse):
-    """SSE that always closes its body iterator (so the backend iterator is closed too), also
-    when the client disconnects while the body is suspended between two chunks."""
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except (OSError, ClientDisconnect):  # the client went away mid-send (ASGI >= 2.4)
-            pass
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()
-
-
 class _Edge:
     """Outermost app layer: request ids, API keys, one log line per request, the request
-    counter, and a 500 with the request id for anything unexpected."""
+    counter, and a 500 with the request id for anything unexpected.
+
+    Hand-written ASGI rather than asgi-correlation-id plus FastAPI's HTTPBearer: those split
+    this over three places, and only the outermost layer sees a stream's final outcome (499
+    when the client left mid-stream) for the counter and the log line."""
 
     def __init__(self, app, keys: tuple[str, ...], metrics: RouterMetrics):
         self.app, self.keys, self.metrics = app, keys, metrics
@@ -120,7 +111,11 @@ class _Edge:
 
 
 async def _until_disconnect(request: Request, aw: Awaitable) -> Any:
-    """Await `aw`, cancelling it if the client disconnects first (then raise _ClientGone)."""
+    """Await `aw`, cancelling it if the client disconnects first (then raise _ClientGone).
+
+    Hand-written: before the first event there is no response yet (its status code comes from
+    that event: 200, or 429/503/... when the backend refuses), so sse-starlette's disconnect
+    watch, which starts with the response, cannot cover this wait."""
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -199,9 +194,12 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
                     await _aclose(it)
                 track.close()
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _EventStream(events(it, first, shape, include_usage, track, state),
-                            media_type="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # sse-starlette watches for the client going away and then cancels or closes events(),
+        # whose `finally` closes the backend iterator: the request is aborted upstream. No
+        # keep-alive comments (OpenAI's wire has none); on shutdown streams get the grace period.
+        return EventSourceResponse(events(it, first, shape, include_usage, track, state),
+                                   headers={"Cache-Control": "no-cache"}, sep="\n", ping=0,
+                                   shutdown_grace_period=settings.grace_s)
 
     def finish(done: Done, track: RequestTrack, state: dict) -> Done:
         state.update(finish_reason=done.finish_reason, prompt_tokens=done.prompt_tokens,
@@ -227,7 +225,7 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
             track.close()
 
     async def events(it: AsyncIterator, ev: Any, shape: chat.Shape, include_usage: bool,
-                     track: RequestTrack, state: dict) -> AsyncIterator[bytes]:
+                     track: RequestTrack, state: dict) -> AsyncIterator[dict]:
         u: Any = None if include_usage else ...
         ended = False
         try:

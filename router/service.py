@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.convert import mode_from_pb
+from flying import wire
 from flying.errors import grpc_status, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument
 from router.backend import Done, GatewayRequest, TextDelta
 from router.control import Controller
-from router.convert import gateway_to_pb
 from router.dispatch import Dispatcher
 
 
@@ -35,11 +34,10 @@ class RouterService(pb_grpc.RouterServicer):
     async def Reconfigure(self, request, context):
         if not request.node:
             raise InvalidArgument("name the node to reconfigure (node = agent name or address)")
-        if not request.instance_sizes:
-            raise InvalidArgument("instance_sizes is empty")
-        return await self.controller.reconfigure(request.node, tuple(request.instance_sizes),
-                                                 mode_from_pb(request.mode), "operator",
-                                                 request.deadline_ms)
+        report = await self.controller.reconfigure(
+            request.node, wire.layout_from_pb(request), wire.mode_from_pb(request.mode),
+            "operator", request.deadline_ms)
+        return wire.report_to_pb(report)
 
 
 class DispatchBackend:
@@ -49,7 +47,9 @@ class DispatchBackend:
         self.dispatcher, self.model_name = dispatcher, model_name
 
     async def generate(self, req: GatewayRequest):
-        stream = self.dispatcher.generate(gateway_to_pb(req))
+        stream = self.dispatcher.generate(wire.request_to_pb(
+            req.request_id, req.sampling, prompt=req.prompt,
+            prompt_token_ids=req.prompt_token_ids, priority=req.priority))
         try:
             async for resp in stream:
                 if resp.HasField("chunk"):

@@ -6,7 +6,6 @@ shipped in the wheel); structural checks of our own always run as well.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -104,7 +103,7 @@ def test_unit_required_keys(role):
     assert int(one("LimitNOFILE")) >= 65536
     # SIGTERM to the main process only: it drains, then stops its own workers
     assert one("KillMode") == "mixed"
-    grace = max(dataclasses.asdict(st.SECTIONS[role]())["grace_s"], EXAMPLE[role]["grace_s"])
+    grace = max(st.SECTIONS[role]().grace_s, EXAMPLE[role]["grace_s"])
     assert seconds(one("TimeoutStopSec")) >= grace + 10, "TimeoutStopSec must outlast grace_s"
     assert one("NoNewPrivileges") == "yes"
     assert one("ProtectSystem") in ("strict", "full")

@@ -107,6 +107,34 @@ def test_openai_chat_streaming_and_not(cluster):
     assert comp.usage.completion_tokens == 5
 
 
+def kv_in_use(cluster) -> int:
+    return sum(i.kv_blocks_used for n in status(cluster).values() for i in n.instances)
+
+
+def test_client_disconnect_mid_stream_aborts_on_the_agent(cluster):
+    """Closing an SSE stream half-way: the router cancels its call and the agent aborts the
+    request, so its KV is free long before the request could have finished by itself."""
+    body = {"model": "flying", "prompt": "once upon a time", "max_tokens": 900,
+            "temperature": 0, "ignore_eos": True}
+    t = time.monotonic()
+    full = httpx.post(f"{cluster['http']}/v1/completions", json=body, timeout=300)
+    assert full.status_code == 200 and full.json()["usage"]["completion_tokens"] == 900
+    natural_s = time.monotonic() - t
+    assert kv_in_use(cluster) == 0
+    with httpx.stream("POST", f"{cluster['http']}/v1/completions", timeout=60,
+                      json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        first = next(r.iter_lines())
+        assert first.startswith("data: ") and "choices" in first
+        assert kv_in_use(cluster) > 0        # the agent holds the request's KV
+        t = time.monotonic()
+    while kv_in_use(cluster) > 0:
+        assert time.monotonic() - t < natural_s / 2, "the agent kept serving a gone client"
+        time.sleep(0.05)
+    metrics = httpx.get(f"{cluster['http']}/metrics").text
+    assert 'flying_router_requests_total{status="499"}' in metrics
+
+
 def test_router_grpc_generate_status_and_operator_reconfigure(cluster):
     with grpc.insecure_channel(f"127.0.0.1:{cluster['router'].settings.grpc_port}") as ch:
         stub = pb_grpc.RouterStub(ch)

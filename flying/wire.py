@@ -1,15 +1,24 @@
-"""The one place where proto types meet the worker group's plain types (agent side)."""
+"""The wire: every conversion between flying.v1 proto messages and the plain types of
+`flying_core.types`, both directions, for the agent and the router.
+
+Only this module and the gRPC servicers/clients at the edges touch proto types; everything
+behind them (worker group, policy, REST gateway) sees plain frozen dataclasses.
+"""
 from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument
 from flying_core.types import (
     Finished,
     GroupStatus,
+    InstanceStatus,
     KVExport,
+    LayoutCost,
     PreemptMode,
     RequestSpec,
     SamplingSpec,
@@ -17,6 +26,8 @@ from flying_core.types import (
     SwitchReport,
     TokenEvent,
 )
+
+# ---------------------------------------------------------------- requests
 
 
 def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
@@ -60,7 +71,37 @@ def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
         if req.HasField("split") else None)
 
 
-def kv_to_chunks(kv: KVExport):
+def request_to_pb(request_id: str, sampling: SamplingSpec, *, prompt: str | None = None,
+                  prompt_token_ids: Sequence[int] | None = None,
+                  priority: int = 0) -> pb.GenerateRequest:
+    """A GenerateRequest with token ids when given, else the prompt text."""
+    out = pb.GenerateRequest(request_id=request_id, sampling=sampling_to_pb(sampling),
+                             priority=priority)
+    if prompt_token_ids is not None:
+        out.prompt_token_ids.ids.extend(prompt_token_ids)
+    else:
+        out.prompt = prompt or ""
+    return out
+
+
+# ---------------------------------------------------------------- responses
+
+
+def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:
+    return pb.GenerateResponse(chunk=pb.Chunk(token_ids=list(ev.token_ids), text=ev.text))
+
+
+def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:
+    return pb.GenerateResponse(complete=pb.Complete(
+        finish_reason=ev.reason.value, request_id=ev.request_id,
+        usage=pb.Usage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
+        ttft_ms=ev.ttft_ms, queue_ms=ev.queue_ms, served_by=f"{node}/{ev.instance}"))
+
+
+# ---------------------------------------------------------------- KV export
+
+
+def kv_to_chunks(kv: KVExport) -> Iterable[pb.KVChunk]:
     for i, block in enumerate(kv.blocks):
         yield pb.KVChunk(index=i, total=len(kv.blocks), dtype=kv.dtype,
                          block_shape=list(kv.block_shape), num_computed=kv.num_computed,
@@ -82,25 +123,49 @@ def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
                     tuple(c.data for c in chunks))
 
 
-def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:
-    return pb.GenerateResponse(chunk=pb.Chunk(token_ids=list(ev.token_ids), text=ev.text))
+# ---------------------------------------------------------------- reconfigure
 
 
-def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:
-    return pb.GenerateResponse(complete=pb.Complete(
-        finish_reason=ev.reason.value, request_id=ev.request_id,
-        usage=pb.Usage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens),
-        ttft_ms=ev.ttft_ms, queue_ms=ev.queue_ms, served_by=f"{node}/{ev.instance}"))
+def layout_from_pb(req: pb.ReconfigureRequest) -> tuple[int, ...]:
+    """The requested instance sizes, parsed once at the edge. Only emptiness is a wire error
+    (INVALID_ARGUMENT); whether the node can form the layout is `flying_core.layout.validate`'s
+    rule (FAILED_PRECONDITION), applied by the worker group."""
+    if not req.instance_sizes:
+        raise InvalidArgument("instance_sizes is empty")
+    return tuple(req.instance_sizes)
 
 
 def mode_from_pb(mode: int) -> PreemptMode:
     return PreemptMode.HARD if mode == pb.HARD else PreemptMode.SOFT
 
 
+def reconfigure_to_pb(layout: Sequence[int], mode: PreemptMode,
+                      deadline_ms: float = 0.0) -> pb.ReconfigureRequest:
+    return pb.ReconfigureRequest(instance_sizes=list(layout), deadline_ms=deadline_ms,
+                                 mode=pb.HARD if mode == PreemptMode.HARD else pb.SOFT)
+
+
 def report_to_pb(r: SwitchReport) -> pb.ReconfigureResponse:
     return pb.ReconfigureResponse(instance_sizes=list(r.layout), switch_ms=r.switch_ms,
                                   migrated=r.migrated, recomputed=r.recomputed,
                                   drained=r.drained, kv_bytes_moved=r.kv_bytes_moved)
+
+
+def report_from_pb(r: pb.ReconfigureResponse) -> SwitchReport:
+    return SwitchReport(layout=tuple(r.instance_sizes), switch_ms=r.switch_ms,
+                        migrated=r.migrated, recomputed=r.recomputed, drained=r.drained,
+                        kv_bytes_moved=r.kv_bytes_moved)
+
+
+# ---------------------------------------------------------------- status
+
+
+def topology_to_pb(topo: Any) -> pb.Topology:
+    """`topo`: an `agent.topology.Topology` (read by attribute: flying does not import agent)."""
+    return pb.Topology(kind=topo.kind, note=topo.note, devices=[
+        pb.Device(index=d.index, name=d.name, memory_total_bytes=d.memory_total,
+                  memory_used_bytes=d.memory_used, nvlink_peers=list(d.nvlink_peers))
+        for d in topo.devices])
 
 
 def status_to_pb(st: GroupStatus | None, *, node: str, model: str, workers: int, state: str,
@@ -125,3 +190,20 @@ def status_to_pb(st: GroupStatus | None, *, node: str, model: str, workers: int,
     out.unplaced = st.unplaced
     out.unplaced_max_tokens = st.unplaced_max_tokens
     return out
+
+
+def status_from_pb(st: pb.NodeStatus) -> GroupStatus:
+    return GroupStatus(
+        state=st.state, layout=tuple(st.instance_sizes),
+        instances=tuple(InstanceStatus(
+            index=i.index, workers=tuple(i.workers), waiting=i.waiting, running=i.running,
+            kv_blocks_total=i.kv_blocks_total, kv_blocks_used=i.kv_blocks_used,
+            max_context_tokens=i.max_context_tokens, available=i.available)
+            for i in st.instances),
+        possible_tp_sizes=tuple(st.possible_tp_sizes), block_size=st.block_size,
+        max_model_len=st.max_model_len,
+        costs=tuple(LayoutCost(c.tp_size, c.prefill_ms_per_token,
+                               {d.batch_size: d.decode_ms for d in c.decode})
+                    for c in st.costs),
+        switches=st.switches, restarts=st.restarts, unplaced=st.unplaced,
+        unplaced_max_tokens=st.unplaced_max_tokens)
