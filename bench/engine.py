@@ -45,7 +45,7 @@ from bench.vllm_client import lag_summary, run_files
 SERVED = "flying"                      # the model name both servers answer to
 SYSTEMS = ("flying", "vllm", "vllm-eager")
 MODELS = ("tiny", "smollm2")
-PROMPTS = {"tiny": {1: 16, 8: 64, 32: 128}, "smollm2": {1: 4, 8: 16, 32: 32}}
+PROMPTS = {"tiny": {1: 8, 8: 32, 32: 64}, "smollm2": {1: 3, 8: 8, 32: 32}}
 QUICK_PROMPTS = {1: 3, 8: 8}
 WARMUP = (8, 8, 16)                    # discarded first run: concurrency, prompts, out tokens
 CLIENT_TIMEOUT_S = 2400.0
@@ -152,13 +152,14 @@ class Session:
         self.b.out.mkdir(parents=True, exist_ok=True)
         (self.b.out / "engine.json").write_text(json.dumps(self.res, indent=2, default=str))
 
-    def measure(self, model: str, model_dir: str, system: str, base_url: str) -> None:
+    def measure(self, model: str, model_dir: str, system: str, base_url: str,
+                startup_s: float) -> None:
         b = self.b
         sweep = [WARMUP] + [(c, b.prompts(model, c), b.output_len) for c in b.concurrencies]
         runs = run_client(b, model_dir, base_url, sweep, f"{model}-{system}")
         for (c, n, _), got in list(zip(sweep, runs))[1:]:
             entry = {"model": model, "system": system, "concurrency": c, "num_prompts": n,
-                     **got}
+                     "cores": self.res["cores"], "startup_s": startup_s, **got}
             if got["lag"]["refused"]:
                 self.res["refused"].append({k: v for k, v in entry.items() if k != "client"})
                 self.log(f"REFUSED {model}/{system} c={c}: client lagged: "
@@ -168,7 +169,8 @@ class Session:
                 r = engine_report.run_row(entry)
                 self.log(f"{model}/{system} c={c}: {r['output_tok_s']:.1f} out tok/s, TPOT p50 "
                          f"{r['tpot_p50_ms']:.1f} ms, TTFT p50 {r['ttft_p50_ms']:.1f} ms, "
-                         f"send lag p99 {got['lag']['send_lag_p99_ms']} ms")
+                         f"send/loop lag p99 {got['lag']['send_lag_p99_ms']}/"
+                         f"{got['lag']['loop_lag_p99_ms']} ms")
             self.save()
 
     def serve(self, model: str, model_dir: str, system: str) -> None:
@@ -182,7 +184,7 @@ class Session:
                 info["agent_ready_s"] = bed.agent_starts[-1]["ready_s"]
                 info["startup_s"] = time.monotonic() - t0
                 self._serving(model, system, info)
-                self.measure(model, model_dir, system, bed.router_url)
+                self.measure(model, model_dir, system, bed.router_url, info["startup_s"])
             finally:
                 bed.stop()
             return
@@ -193,7 +195,7 @@ class Session:
             srv.start()
             info["startup_s"] = srv.wait_ready(900)
             self._serving(model, system, info)
-            self.measure(model, model_dir, system, srv.base_url)
+            self.measure(model, model_dir, system, srv.base_url, info["startup_s"])
         finally:
             srv.stop()
 

@@ -7,7 +7,8 @@ the last token. A short warm-up batch runs first. Each engine runs in its own pr
 ``taskset -c <server core>`` (``python -m bench.offline``, JSON to ``--out``): the group's
 worker pins itself to that core with one torch thread; ``vllm.LLM`` (its defaults: engine core
 in a child process) gets ``VLLM_CPU_OMP_THREADS_BIND=<that core>``. Same dtype, max model
-length and KV bytes (``kv_bytes`` / ``kv_cache_memory_bytes``) as the serving runs.
+length and KV bytes (``kv_bytes`` / ``kv_cache_memory_bytes``) as the serving runs. vLLM runs
+eager here, as Flying's runner does (``--engine vllm`` runs it compiled, by hand).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 ENGINES = ("flying", "vllm", "vllm-eager")
-QUICK_ENGINES = ("flying", "vllm-eager")
+RUN = ("flying", "vllm-eager")     # both eager (Flying's runner is); the serving runs have both
+                                   # vLLM modes, and compiling costs a minute per model
 WARMUP_BATCH, WARMUP_TOKENS = 2, 8
 TIMEOUT_S = 1200.0
 
@@ -51,9 +53,10 @@ def compare(b, model: str, model_dir: str) -> list[dict]:
     logs = b.out / "engine-logs"
     logs.mkdir(parents=True, exist_ok=True)
     rows = []
-    for engine in QUICK_ENGINES if b.quick else ENGINES:
+    for engine in RUN:
         out = logs / f"{model}-offline-{engine}.json"
-        env = {**client_env(), "VLLM_CPU_OMP_THREADS_BIND": b.server_cpus}
+        env = client_env() if engine == "flying" else \
+            {**client_env(), "VLLM_CPU_OMP_THREADS_BIND": b.server_cpus}
         with open(logs / f"{model}-offline-{engine}.log", "wb") as log:
             rc = subprocess.run(command(b, engine, model_dir, out), env=env, stdout=log,
                                 stderr=subprocess.STDOUT, timeout=TIMEOUT_S,
