@@ -24,7 +24,8 @@ WorkerGroup and ``vllm.LLM`` without any serving stack.
 Writes ``<out>/engine.json`` (each run's client JSON + system, model, concurrency, cores,
 start-up time, send lag; rewritten after every run) and ``<out>/engine.md`` (the README tables,
 bench/engine_report.py); logs and raw client files under ``<out>/engine-logs``. About 18 min
-for the full run on the 2-core box, 4-5 min for ``--quick``.
+for the full run on a quiet 2-core box (vLLM's first compile adds a few minutes; cached after),
+4-5 min for ``--quick``; several times that when other work shares the cores.
 """
 from __future__ import annotations
 

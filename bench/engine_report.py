@@ -97,6 +97,8 @@ def problems(res: dict) -> list[str]:
 def verify(out: str | Path) -> list[str]:
     """Mismatches between ``<out>/engine.md`` and ``<out>/engine.json`` (empty: they agree)."""
     out = Path(out)
+    if not (out / "engine.md").is_file():
+        return [f"{out}/engine.md is missing (engine.json has no table to check against)"]
     res = json.loads((out / "engine.json").read_text())
     tables = parse_markdown_tables((out / "engine.md").read_text())
     bad = []

@@ -117,6 +117,7 @@ def test_rows_from_a_recorded_client_result(res):
 
 def test_markdown_matches_json_and_check_finds_a_stale_table(res, tmp_path):
     (tmp_path / "engine.json").write_text(json.dumps(res))
+    assert "engine.md is missing" in engine_report.verify(tmp_path)[0]
     md = engine_report.markdown(res)
     (tmp_path / "engine.md").write_text(md)
     assert engine_report.verify(tmp_path) == []
