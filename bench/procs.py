@@ -25,6 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 _LIVE: set[Proc] = set()
 
 
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` under ``taskset -c cpus`` (its children inherit the CPU set); as is for None."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else list(cmd)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.model_files import bench_env as _env
-from bench.procs import Proc, ProcFailed, free_port, grpc_serving, http_ok, wait_until
+from bench.procs import Proc, ProcFailed, free_port, grpc_serving, http_ok, pinned, wait_until
 
 NODE = "n0"
 AGENT_GRACE_S = 60.0
@@ -41,6 +41,7 @@ class BedConfig:
     max_model_len: int = 8192
     dtype: str = "float32"
     start_timeout_s: float = 600.0
+    cpus: str | None = None             # agent (with its workers) and router under taskset -c
 
 
 def label(layout) -> str:
@@ -96,11 +97,12 @@ class Testbed:
     # -------------------------------------------------------------------- processes
     def _agent_cmd(self, layout) -> list[str]:
         c = self.cfg
-        return [sys.executable, "-m", "flying.cli", "agent", "--model", c.model,
-                "--workers", str(c.workers), "--port", str(self.agent_port),
-                "--layout", ",".join(map(str, layout)), "--dtype", c.dtype,
-                "--kv-bytes", str(c.kv_bytes), "--max-model-len", str(c.max_model_len),
-                "--node-name", NODE, "--grace-s", str(AGENT_GRACE_S), "--metrics-port", "0"]
+        return pinned([sys.executable, "-m", "flying.cli", "agent", "--model", c.model,
+                       "--workers", str(c.workers), "--port", str(self.agent_port),
+                       "--layout", ",".join(map(str, layout)), "--dtype", c.dtype,
+                       "--kv-bytes", str(c.kv_bytes), "--max-model-len", str(c.max_model_len),
+                       "--node-name", NODE, "--grace-s", str(AGENT_GRACE_S),
+                       "--metrics-port", "0"], c.cpus)
 
     def start_agent(self, layout) -> float:
         self.agent = Proc("agent", self._agent_cmd(layout), self.log_dir / "agent.log",
@@ -112,8 +114,9 @@ class Testbed:
 
     def start_router(self, policy: bool, tag: str) -> tuple[Proc, str]:
         g, h = free_port(), free_port()
-        cmd = [sys.executable, "-m", "flying.cli", "router", "--agent", self.address,
-               "--grpc-port", str(g), "--http-port", str(h)] + ([] if policy else ["--no-policy"])
+        cmd = pinned([sys.executable, "-m", "flying.cli", "router", "--agent", self.address,
+                      "--grpc-port", str(g), "--http-port", str(h)]
+                     + ([] if policy else ["--no-policy"]), self.cfg.cpus)
         proc = Proc(f"router-{tag}", cmd, self.log_dir / f"router-{tag}.log", _env()).start()
         url = f"http://127.0.0.1:{h}"
         wait_until(proc, lambda: http_ok(url + "/health"), 180, f"router ({tag})")

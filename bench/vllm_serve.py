@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.procs import pinned
+
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CLI_SHIM = (
     "import importlib.metadata as md, sys\n"
@@ -74,6 +76,7 @@ class ServeConfig:
     max_num_seqs: int | None = None
     api_server_count: int | None = None         # `vllm serve` defaults to one per DP rank
     via: str = "serve"                          # "serve" (the CLI) or "api_server"
+    cpus: str | None = None                     # run the whole server under taskset -c
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
@@ -100,7 +103,7 @@ class ServeConfig:
             cmd += ["--max-num-seqs", str(self.max_num_seqs)]
         if self.api_server_count is not None and self.via == "serve":
             cmd += ["--api-server-count", str(self.api_server_count)]
-        return cmd + list(self.extra_args)
+        return pinned(cmd + list(self.extra_args), self.cpus)
 
     def environ(self) -> dict[str, str]:
         env = dict(os.environ)

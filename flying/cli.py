@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", nargs="?", default="all")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=".bench")
+    p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both",
+                   help="engine: the model(s) to compare on")
     return parser
 
 
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.command == "bench":
             from bench.cli import run_bench
-            return run_bench(ns.scenario, quick=ns.quick, out=ns.out)
+            return run_bench(ns.scenario, quick=ns.quick, out=ns.out, model=ns.model)
     except st.SettingsError as e:
         print(f"flying: configuration error: {e}", file=sys.stderr)
         return 2
