@@ -167,7 +167,7 @@ def test_burst_splits_the_merged_node(cluster):
 
 def test_cross_node_micro_request_over_grpc(cluster, tiny_model):
     """First segment on A holds its KV; B pulls it (ExportKV) and finishes: exact tokens."""
-    from flying.reference import reference_tokens
+    from flying_dev.reference import reference_tokens
     from tests.agentkit import collect, gen_request
     prompt = list(range(40, 110))
     ref = reference_tokens(tiny_model, [prompt], 12)[0]

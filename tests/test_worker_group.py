@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.errors import Aborted, FailedPrecondition, InvalidArgument
 from flying_core.group import WorkerGroup
 from flying_core.types import FinishReason, PreemptMode
+from flying_dev.reference import reference_tokens
 from tests.groupkit import submit, wait_all, wait_tokens
 
 TEXTS = [

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.group import WorkerGroup
 from flying_core.types import PreemptMode
+from flying_dev.reference import reference_tokens
 from tests.groupkit import submit, wait_all, wait_tokens
 
 HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
