@@ -23,7 +23,7 @@ log = logs.get("flying.agent")
 def resolve_model(settings: AgentSettings) -> str:
     if settings.model:
         return settings.model
-    from flying import checkpoints
+    from flying_dev import checkpoints
     return str(checkpoints.ensure("smollm2"))
 
 

@@ -87,7 +87,7 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
     from bench import summary
     from bench.procs import stop_all
     from bench.systems import Testbed
-    from flying import checkpoints
+    from flying_dev import checkpoints
 
     if scenario in ("switch", "micro"):   # the worker-group and micro-request benchmarks
         from bench import micro, switch

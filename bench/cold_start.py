@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flying.reference import MAX_MODEL_LEN, REPO_ROOT, subprocess_env
+from flying_dev.reference import MAX_MODEL_LEN, REPO_ROOT, subprocess_env
 
 
 def child_env(tp: int) -> dict[str, str]:
-    """The lean environment of flying.reference, with one core per TP worker."""
+    """The lean environment of flying_dev.reference, with one core per TP worker."""
     env = subprocess_env()
     cpus = os.cpu_count() or 1
     env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(str(i % cpus) for i in range(tp)) if tp > 1 \

@@ -54,7 +54,7 @@ def _router(port: int, mode: str, log_dir: Path):
 
 
 def run_micro(out: Path, quick: bool, model: str | None = None) -> dict:
-    from flying import checkpoints
+    from flying_dev import checkpoints
     model = model or str(checkpoints.ensure("tiny"))
     out.mkdir(parents=True, exist_ok=True)
     n = 24 if quick else 60

@@ -228,7 +228,7 @@ def headline(result: dict) -> dict:
 
 def run(out_dir: Path, quick: bool, workers: int = 2) -> dict:
     from bench.cold_start import cold_group, cold_restarts, memory
-    from flying import checkpoints
+    from flying_dev import checkpoints
     (out_dir := Path(out_dir)).mkdir(parents=True, exist_ok=True)
     model = Path(checkpoints.ensure("tiny"))
     reps, cold_reps, counts = (5, 1, (0, 4, 32)) if quick else (20, 2, (0, 4, 32))

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             from flying.up import run_up
             return run_up(ns)
         if ns.command == "model":
-            from flying import checkpoints
+            from flying_dev import checkpoints
             path = checkpoints.build(ns.kind, ns.out, seed=ns.seed)
             print(path)
             return 0

@@ -12,8 +12,6 @@ import subprocess
 import sys
 import time
 
-from flying import checkpoints
-
 DEFAULT_WORKERS = 3   # SmolLM2-135M has 9 heads / 3 KV heads: TP sizes 1 and 3
 
 
@@ -41,8 +39,14 @@ def _wait_health(address: str, proc: subprocess.Popen, what: str, timeout: float
     raise SystemExit(f"flying up: the {what} was not ready after {timeout:.0f}s")
 
 
+def _default_model() -> str:
+    """SmolLM2, built on first use by the development tools (not part of serving)."""
+    from flying_dev import checkpoints
+    return str(checkpoints.ensure("smollm2"))
+
+
 def run_up(ns) -> int:
-    model = ns.model or str(checkpoints.ensure("smollm2"))
+    model = ns.model or _default_model()
     workers = ns.workers or (DEFAULT_WORKERS if not ns.model else 2)
     agent = _spawn(["agent", "--model", model, "--workers", str(workers),
                     "--port", str(ns.agent_port), "--node-name", "local", "--dtype", "float32"])

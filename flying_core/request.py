@@ -7,42 +7,8 @@ from dataclasses import dataclass, field
 
 from flying_core.block_pool import Home
 from flying_core.commands import SampleParams
+from flying_core.detokenizer import Detokenizer
 from flying_core.types import Event, Finished, FinishReason, RequestSpec, TokenEvent
-
-
-class Detokenizer:
-    """Incremental text with stop strings; holds back text that could still become a stop."""
-
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
-        self.tok, self.stops = tokenizer, stops
-        self.ids: list[int] = []
-        self.sent = 0           # characters already emitted
-        self.hold = max((len(s) for s in stops), default=1) - 1
-
-    def add(self, token: int) -> tuple[str, bool]:
-        """(new text to emit, hit a stop string)."""
-        self.ids.append(token)
-        if self.tok is None:
-            return "", False
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        for stop in self.stops:
-            at = text.find(stop, max(0, self.sent - len(stop)))
-            if at >= 0:
-                out = text[self.sent:at] if at > self.sent else ""
-                self.sent = max(self.sent, at)
-                return out, True
-        if text.endswith("\ufffd"):
-            return "", False
-        upto = max(self.sent, len(text) - self.hold)
-        out, self.sent = text[self.sent:upto], upto
-        return out, False
-
-    def flush(self) -> str:
-        if self.tok is None:
-            return ""
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        out, self.sent = text[self.sent:], len(text)
-        return out
 
 
 @dataclass(eq=False)

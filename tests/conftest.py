@@ -26,12 +26,12 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     """The random tiny Llama (8 heads / 4 KV heads: TP 1, 2, 4), built once into .models/."""
-    from flying import checkpoints
+    from flying_dev import checkpoints
     return str(checkpoints.ensure("tiny"))
 
 
 @pytest.fixture(scope="session")
 def smollm2_model() -> str:
     """SmolLM2-135M-Instruct as an fp32 HF folder (9 heads / 3 KV heads: TP 1, 3)."""
-    from flying import checkpoints
+    from flying_dev import checkpoints
     return str(checkpoints.ensure("smollm2"))

@@ -48,10 +48,15 @@ def wait_all(streams, timeout=180.0) -> None:
         assert s.done.wait(max(0.0, end - time.monotonic())), f"{s.request_id} never finished"
 
 
-def wait_tokens(streams, n, timeout=60.0) -> None:
+def wait_until(cond, timeout=60.0, what="the condition") -> None:
+    """Poll ``cond()`` until it holds; fail after ``timeout`` seconds, naming ``what``."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if all(len(s.tokens) >= n or s.done.is_set() for s in streams):
-            return
+    while not cond():
+        if time.monotonic() >= end:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
         time.sleep(0.002)
-    raise AssertionError(f"streams did not reach {n} tokens")
+
+
+def wait_tokens(streams, n, timeout=60.0) -> None:
+    wait_until(lambda: all(len(s.tokens) >= n or s.done.is_set() for s in streams), timeout,
+               f"streams reaching {n} tokens")

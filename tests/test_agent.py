@@ -15,10 +15,10 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2
 
-from flying.reference import reference_tokens
 from flying.settings import AgentSettings
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
+from flying_dev.reference import reference_tokens
 from tests.agentkit import InProcessAgent, collect, free_port, gen_request, health, kv_used
 
 TEXTS = ["the quick brown fox", "hello world, this is a test", "once upon a time there",

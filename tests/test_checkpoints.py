@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flying import checkpoints
-from flying.reference import reference_text, reference_tokens, subprocess_env
+from flying_dev import checkpoints
+from flying_dev.reference import reference_text, reference_tokens, subprocess_env
 
 PROMPTS = ["The capital of France is", "Hello, how are you?", "def add(a, b):"]
 

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.errors import NotFound
 from flying_core.group import WorkerGroup
 from flying_core.types import FinishReason, RequestSpec, SamplingSpec, Split
+from flying_dev.reference import reference_tokens
 from tests.groupkit import Stream, wait_all
 
 TEXTS = ["the quick brown fox jumps over the lazy dog " * 3, "def add(a, b):\n    return a + b\n" * 4]

@@ -195,7 +195,7 @@ def test_burst_splits_the_merged_node(cluster):
 
 def test_cross_node_micro_request_over_grpc(cluster, tiny_model):
     """First segment on A holds its KV; B pulls it (ExportKV) and finishes: exact tokens."""
-    from flying.reference import reference_tokens
+    from flying_dev.reference import reference_tokens
     from tests.agentkit import collect, gen_request
     prompt = list(range(40, 110))
     ref = reference_tokens(tiny_model, [prompt], 12)[0]
@@ -218,28 +218,46 @@ def test_cross_node_micro_request_over_grpc(cluster, tiny_model):
         assert first + second == ref
 
 
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "router bug: dispatch.generate retries a request on another node only if it produced no "
+    "token yet; one that streamed tokens from the killed node fails with 503 instead of being "
+    "resumed elsewhere from its tokens (resume_request, as micro-requests already do)"))
 def test_killed_agent_fails_over_and_loses_nothing(cluster):
+    """Node B is killed while requests run on A and B: every request still completes."""
     client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
-    outcome: list = []
+    outcome: dict[int, tuple] = {}
 
     def one(i):
         try:
             r = client.completions.create(model="flying", prompt=f"fail {i} " * 4,
                                           max_tokens=200, extra_body={"ignore_eos": True})
-            outcome.append(("ok", r.usage.completion_tokens))
-        except Exception as e:  # noqa: BLE001 - a clear error is an accepted outcome
-            outcome.append(("error", getattr(e, "status_code", None)))
+            outcome[i] = ("ok", r.usage.completion_tokens)
+        except Exception as e:  # noqa: BLE001 - recorded, and the assertion below names it
+            outcome[i] = ("error", getattr(e, "status_code", None), str(e)[:200])
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
+    def on_b() -> int:
+        return sum(i.running + i.waiting for i in status(cluster)["B"].instances)
+
+    threads: list[threading.Thread] = []
+    # staggered, and more of them until B has some: the router prefers A while it has room
+    while len(threads) < 8 or (on_b() == 0 and len(threads) < 16):
+        threads.append(threading.Thread(target=one, args=(len(threads),)))
+        threads[-1].start()
+        time.sleep(0.3)
+    if on_b() == 0:   # not the known bug: the setup failed to put work on B
+        raise RuntimeError("no request ran on B when it was killed: nothing was tested")
+    time.sleep(1.0)   # B streams tokens of them
     os.kill(cluster["b"].pid, signal.SIGKILL)
     cluster["b"].wait(30)
     for t in threads:
         t.join(300)
-    assert len(outcome) == 8
-    assert all(o == ("ok", 200) or o == ("error", 503) for o in outcome), outcome
+    assert not any(t.is_alive() for t in threads)
+    assert outcome == {i: ("ok", 200) for i in range(len(threads))}, outcome
+
+
+def test_after_a_node_is_killed_new_requests_are_served(cluster):
+    assert cluster["b"].poll() is not None  # killed by the test above
+    client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
     after = [client.completions.create(model="flying", prompt="after", max_tokens=4,
                                        extra_body={"ignore_eos": True}) for _ in range(3)]
     assert all(r.usage.completion_tokens == 4 for r in after)

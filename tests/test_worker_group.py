@@ -10,12 +10,12 @@ import threading
 
 import pytest
 
-from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.errors import Aborted, FailedPrecondition, InvalidArgument
 from flying_core.group import WorkerGroup
 from flying_core.types import FinishReason, PreemptMode
-from tests.groupkit import submit, wait_all, wait_tokens
+from flying_dev.reference import reference_tokens
+from tests.groupkit import submit, wait_all, wait_tokens, wait_until
 
 TEXTS = [
     "the quick brown fox",
@@ -75,7 +75,9 @@ def test_hard_switches_move_kv_not_recompute(group, prompts, reference):
     assert [s.tokens for s in streams] == reference
     assert merge.migrated > 0 and merge.recomputed == 0 and merge.kv_bytes_moved > 0
     assert split.recomputed == 0
-    assert any(len(s.instances) > 1 or s.instances == {0} for s in streams)
+    # (1,1) -> (2,) -> (1,1) mid-generation: requests moved between instances with their KV
+    moved = [s for s in streams if len(s.instances) > 1]
+    assert moved, [s.instances for s in streams]
 
 
 def test_soft_switch_lets_work_finish_then_switches(group, prompts, reference):
@@ -181,8 +183,7 @@ def test_concurrent_reconfigure_is_aborted(group, prompts):
     wait_tokens([s], 2)
     t = threading.Thread(target=lambda: group.reconfigure((1, 1), SOFT, timeout_s=30))
     t.start()
-    while group.status().state != "switching":
-        pass
+    wait_until(lambda: group.status().state == "switching", 60, "the SOFT switch starting")
     with pytest.raises(Aborted):
         group.reconfigure((2,), HARD)
     t.join(120)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from flying.reference import reference_tokens
 from flying_core.config import GroupConfig
 from flying_core.group import WorkerGroup
-from flying_core.types import PreemptMode
-from tests.groupkit import submit, wait_all, wait_tokens
+from flying_core.types import FinishReason, PreemptMode
+from flying_dev.reference import reference_tokens
+from tests.groupkit import submit, wait_all, wait_tokens, wait_until
 
 HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
 TEXTS = ["the quick brown fox", "hello world, this is a test", "once upon a time there was",
@@ -37,10 +37,16 @@ def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
         g.reconfigure((2, 1, 1), HARD)
         pinned = submit(g, prompts[0], 200, instance=0)
         wait_tokens([pinned], 2)
-        before = len(pinned.tokens)
-        g.reconfigure((2, 2), HARD)
-        assert pinned.instances == {0} and not pinned.done.is_set() or len(pinned.tokens) > before
+        report = g.reconfigure((2, 2), HARD)   # instances 1 and 2 merge, 0 is untouched
+        assert not pinned.done.is_set()        # still running after the switch
+        assert report.migrated == report.recomputed == 0  # its KV was not moved nor recomputed
+        at_switch = len(pinned.tokens)
+        wait_until(lambda: len(pinned.tokens) >= at_switch + 8 or pinned.done.is_set(), 60,
+                   "the pinned request producing tokens after the switch")
+        assert len(pinned.tokens) >= at_switch + 8
         wait_all([pinned])
+        assert pinned.instances == {0}         # every token, before and after, on instance 0
+        assert pinned.finished.reason == FinishReason.LENGTH and len(pinned.tokens) == 200
         assert pinned.tokens[:GEN] == ref[0]
         assert [s.process_groups for s in g.worker_stats()] == groups_at_start
     finally:

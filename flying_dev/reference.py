@@ -1,8 +1,8 @@
 """Reference outputs from PLAIN vLLM, run in a fresh subprocess.
 
 Tests compare Flying's token streams with what stock vLLM generates for the same model and
-prompts. The reference engine runs in its own process (``python -m flying.reference``, JSON on
-stdin, JSON on stdout), so a test process never holds vLLM engine state, and results are
+prompts. The reference engine runs in its own process (``python -m flying_dev.reference``,
+JSON on stdin, JSON on stdout), so a test process never holds vLLM engine state, and results are
 cached under ``<model_dir>/.ref-cache/`` (the cache goes away with the model folder).
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _run(model_dir: str | Path, req: dict[str, Any], use_cache: bool) -> dict[st
         except (OSError, ValueError):
             pass  # a damaged entry: recompute
     proc = subprocess.run(
-        [sys.executable, "-m", "flying.reference"],
+        [sys.executable, "-m", "flying_dev.reference"],
         input=json.dumps(req),
         capture_output=True,
         text=True,
