@@ -24,6 +24,9 @@ class GroupConfig:
     # test hooks: extra seconds each worker sleeps before every step (skew injection)
     worker_delays: tuple[float, ...] = ()
     profile: bool = True                # measure the per-layout cost profile at warm-up
+    # False: vLLM's CPU compilation (Dynamo once + Inductor) of every TP size's view model
+    # during warm-up. Default eager until compiled TP views are proven token-exact (issue 12)
+    enforce_eager: bool = True
 
 
 @dataclass(frozen=True)

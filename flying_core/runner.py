@@ -6,6 +6,8 @@ samples; the others return nothing.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 from vllm.config import set_current_vllm_config
 from vllm.forward_context import set_forward_context
@@ -14,6 +16,7 @@ from vllm.v1.attention.backend import CommonAttentionMetadata
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadataBuilder
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
+from flying_core.batch import BatchBuffers
 from flying_core.comm_pool import tp_mode
 from flying_core.commands import SeqChunk
 from flying_core.sampling import sample
@@ -21,7 +24,8 @@ from flying_core.sampling import sample
 
 class ModelRunner:
     def __init__(self, model, cfg, group, kv_views: list[torch.Tensor], block_size: int,
-                 vocab_size: int, device: str = "cpu"):
+                 vocab_size: int, device: str = "cpu", max_tokens: int = 512,
+                 max_seqs: int = 32, max_blocks: int = 64):
         self.model, self.cfg, self.group = model, cfg, group
         self.block_size, self.vocab_size = block_size, vocab_size
         self.device = torch.device(device)
@@ -39,56 +43,46 @@ class ModelRunner:
         for name, view in zip(self.layer_names, kv_views):
             sfc[name].bind_kv_cache(view)
         self.kv_views = kv_views
+        self.buffers = BatchBuffers(block_size, max_tokens, max_seqs, max_blocks)
+        self.spans: dict[str, float] = {}   # last step's time by component (s), for profiles
 
     @property
     def is_leader(self) -> bool:
         return self.group.rank_in_group == 0
 
-    def _metadata(self, seqs: tuple[SeqChunk, ...]):
-        bs = self.block_size
-        ids, pos, slots, qsl, seq_lens = [], [], [], [0], []
-        for s in seqs:
-            p = range(s.start, s.start + len(s.token_ids))
-            ids += s.token_ids
-            pos += p
-            slots += [s.block_table[x // bs] * bs + x % bs for x in p]
-            qsl.append(qsl[-1] + len(s.token_ids))
-            seq_lens.append(s.start + len(s.token_ids))
-        width = max(len(s.block_table) for s in seqs)
-        table = torch.zeros(len(seqs), width, dtype=torch.int32)
-        for i, s in enumerate(seqs):
-            table[i, :len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
-        qsl_t = torch.tensor(qsl, dtype=torch.int32)
-        slot_t = torch.tensor(slots, dtype=torch.int64)
-        pos_t = torch.tensor(pos, dtype=torch.int64)
-        common = CommonAttentionMetadata(
-            query_start_loc=qsl_t, query_start_loc_cpu=qsl_t,
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32), num_reqs=len(seqs),
-            num_actual_tokens=len(ids), max_query_len=max(len(s.token_ids) for s in seqs),
-            max_seq_len=max(seq_lens), block_table_tensor=table, slot_mapping=slot_t,
-            causal=True, positions=pos_t)
-        return torch.tensor(ids, dtype=torch.long), pos_t, slot_t, common, qsl
-
     @torch.inference_mode()
     def step(self, seqs: tuple[SeqChunk, ...]) -> list[tuple[str, int]]:
         """Compute every chunk's KV; return (request_id, token) for chunks that sample."""
-        ids, pos, slots, common, qsl = self._metadata(seqs)
-        want = [i for i, s in enumerate(seqs) if s.sample is not None]
+        t0 = time.perf_counter()
+        b = self.buffers.fill(seqs)
+        common = CommonAttentionMetadata(
+            query_start_loc=b.query_start_loc, query_start_loc_cpu=b.query_start_loc,
+            seq_lens=b.seq_lens, num_reqs=b.num_seqs, num_actual_tokens=b.num_tokens,
+            max_query_len=b.max_query_len, max_seq_len=b.max_seq_len,
+            block_table_tensor=b.block_table, slot_mapping=b.slot_mapping, causal=True,
+            positions=b.positions)
         with set_current_vllm_config(self.cfg), tp_mode(self.group):
+            t1 = time.perf_counter()
             md = self.builder.build(0, common)
-            attn = {n: md for n in self.layer_names}
-            slot_md = {n: slots for n in self.layer_names}
-            with set_forward_context(attn, self.cfg, num_tokens=len(ids), slot_mapping=slot_md):
-                hidden = self.model(input_ids=ids.to(self.device),
-                                    positions=pos.to(self.device))
-                if not want:
+            attn = dict.fromkeys(self.layer_names, md)
+            slot_md = dict.fromkeys(self.layer_names, b.slot_mapping)
+            t2 = time.perf_counter()
+            with set_forward_context(attn, self.cfg, num_tokens=b.num_tokens,
+                                     slot_mapping=slot_md):
+                hidden = self.model(input_ids=b.input_ids.to(self.device),
+                                    positions=b.positions.to(self.device))
+                t3 = time.perf_counter()
+                if not b.sampled:
                     return []
-                last = torch.tensor([qsl[i + 1] - 1 for i in want], dtype=torch.long)
-                logits = self.model.compute_logits(hidden[last.to(self.device)])
+                logits = self.model.compute_logits(hidden[b.logits_rows.to(self.device)])
+        t4 = time.perf_counter()
         if logits is None or not self.is_leader:
             return []
         logits = logits[:, :self.vocab_size].float().cpu()
-        params = [seqs[i].sample for i in want]
-        positions = [seqs[i].start + len(seqs[i].token_ids) for i in want]
-        tokens = sample(logits, params, positions)
-        return [(seqs[i].request_id, t) for i, t in zip(want, tokens)]
+        chosen = [seqs[i] for i in b.sampled]
+        tokens = sample(logits, [s.sample for s in chosen],
+                        [s.start + len(s.token_ids) for s in chosen])
+        t5 = time.perf_counter()
+        self.spans = {"batch": t1 - t0, "metadata": t2 - t1, "forward": t3 - t2,
+                      "logits": t4 - t3, "sample": t5 - t4}
+        return [(s.request_id, t) for s, t in zip(chosen, tokens)]

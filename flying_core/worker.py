@@ -64,7 +64,7 @@ def _pin_threads(cfg: WorkerConfig) -> None:
 def _engine_config(g, tp: int):
     from vllm.engine.arg_utils import EngineArgs
     return EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
-                      enforce_eager=True, tensor_parallel_size=tp, seed=g.seed,
+                      enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
                       block_size=g.block_size, trust_remote_code=False,
                       ).create_engine_config()
 
@@ -116,8 +116,11 @@ class Worker:
         self.kv.share_with_peers(str(cfg.dist_port), cfg.rank, g.num_workers,
                                  lambda: dist.barrier(group=self.world_cpu))
         vocab = text.vocab_size
+        sizes = dict(max_tokens=g.max_batch_tokens, max_seqs=g.max_running,
+                     max_blocks=-(-g.max_model_len // g.block_size) + 1)
         self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
-                                       self.kv.layer_views(s), g.block_size, vocab, g.device)
+                                       self.kv.layer_views(s), g.block_size, vocab, g.device,
+                                       **sizes)
                         for s in self.sizes}
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -135,8 +138,9 @@ class Worker:
             rss_bytes=_rss())
 
     def _warm(self) -> None:
-        """Run every TP size once (the first tp>1 call compiles a vocab mask for seconds).
-        Writes only into the last DP block, which the driver never hands out before use."""
+        """Run every TP size once (the first tp>1 call compiles a vocab mask for seconds; without
+        enforce_eager the first call also compiles that size's view model, so no switch ever
+        compiles). Writes only into the last DP block, which the driver never hands out."""
         for s in self.sizes:
             last = (self.kv.NB - 1) * s
             for n in (9, 1):

@@ -1,0 +1,82 @@
+"""The numpy batch arrays equal the per-token Python construction the runner used before (pure)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flying_core.batch import BatchBuffers
+from flying_core.commands import SampleParams, SeqChunk
+
+BS = 32
+
+
+def reference(seqs):
+    """The runner's former `_metadata`, as plain lists."""
+    ids, pos, slots, qsl, seq_lens = [], [], [], [0], []
+    for s in seqs:
+        p = range(s.start, s.start + len(s.token_ids))
+        ids += s.token_ids
+        pos += p
+        slots += [s.block_table[x // BS] * BS + x % BS for x in p]
+        qsl.append(qsl[-1] + len(s.token_ids))
+        seq_lens.append(s.start + len(s.token_ids))
+    width = max(len(s.block_table) for s in seqs)
+    table = [list(s.block_table) + [0] * (width - len(s.block_table)) for s in seqs]
+    rows = [qsl[i + 1] - 1 for i, s in enumerate(seqs) if s.sample is not None]
+    return ids, pos, slots, qsl, seq_lens, table, rows
+
+
+def random_chunk(rng: random.Random, i: int) -> SeqChunk:
+    start = rng.choice([0, rng.randrange(0, 900)])
+    n = rng.choice([1, 1, 1, rng.randrange(1, 200)])
+    blocks = -(-(start + n) // BS) + rng.randrange(0, 3)     # a table may run ahead
+    table = tuple(rng.sample(range(4096), blocks))
+    sample = rng.choice([None, SampleParams()])
+    return SeqChunk(f"r{i}", tuple(rng.randrange(50000) for _ in range(n)), start, table,
+                    sample)
+
+
+def check(buf: BatchBuffers, seqs) -> None:
+    b = buf.fill(seqs)
+    ids, pos, slots, qsl, seq_lens, table, rows = reference(seqs)
+    assert b.input_ids.tolist() == ids
+    assert b.positions.tolist() == pos
+    assert b.slot_mapping.tolist() == slots
+    assert b.query_start_loc.tolist() == qsl
+    assert b.seq_lens.tolist() == seq_lens
+    width = len(table[0])
+    assert b.block_table[:, :width].tolist() == table
+    assert not b.block_table[:, width:].any()
+    assert b.logits_rows.tolist() == rows
+    assert b.sampled == tuple(i for i, s in enumerate(seqs) if s.sample is not None)
+    assert (b.num_tokens, b.num_seqs) == (len(ids), len(seqs))
+    assert b.max_query_len == max(len(s.token_ids) for s in seqs)
+    assert b.max_seq_len == max(seq_lens)
+    assert b.input_ids.dtype == b.positions.dtype == b.slot_mapping.dtype
+    assert str(b.query_start_loc.dtype) == str(b.block_table.dtype) == "torch.int32"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_batches_match_the_reference(seed):
+    rng = random.Random(seed)
+    buf = BatchBuffers(BS, max_tokens=256, max_seqs=8, max_blocks=16)
+    for _ in range(15):      # reused buffers: stale values from a bigger step must not leak
+        check(buf, tuple(random_chunk(rng, i) for i in range(rng.randrange(1, 40))))
+
+
+def test_decode_batch_needs_no_growth():
+    buf = BatchBuffers(BS, max_tokens=512, max_seqs=32, max_blocks=65)
+    ids_before = buf.ids
+    seqs = tuple(SeqChunk(f"r{i}", (7,), 256 + i, tuple(range(i * 10, i * 10 + 10)),
+                          SampleParams()) for i in range(32))
+    check(buf, seqs)
+    assert buf.ids is ids_before
+
+
+def test_growth_keeps_results_exact():
+    buf = BatchBuffers(BS, max_tokens=4, max_seqs=1, max_blocks=1)
+    seqs = (SeqChunk("a", tuple(range(100)), 0, (5, 9, 2, 7), None),
+            SeqChunk("b", (3,), 40, (1, 8), SampleParams()))
+    check(buf, seqs)
+    assert buf.max_tokens >= 101 and buf.max_seqs >= 2 and buf.max_blocks >= 4
