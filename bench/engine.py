@@ -215,7 +215,7 @@ class Session:
 
 def run_engine(quick: bool = False, model: str = "both", out: str = ".bench",
                log=print) -> int:
-    from flying import checkpoints
+    from flying_dev import checkpoints
     server, client = pick_cores()
     models = MODELS if model == "both" else (model,)
     b = EngineBench(Path(out), quick, ("tiny",) if quick and model == "both" else models,

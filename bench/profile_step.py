@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from flying.reference import subprocess_env
+from flying_dev.reference import subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = 256
@@ -143,28 +143,28 @@ def _group_batch(g, batch: int, steps: int, submit, wait_all) -> dict:
     pending: dict[int, dict] = {}
     rows: list[dict] = []
     last_end = [0.0]
-    for sched in d.scheds:
+    for sched in d.instances:
         tm.wrap(sched, "schedule")
         tm.wrap(sched, "chunks")
-    for conn in d.conns:
-        tm.wrap(conn, "send", "send")
+    for conn in d.seq.conns:
+        tm.wrap(conn, "send_bytes", "send")
         tm.wrap(conn, "recv", "recv")
     orig_dispatch, orig_finish = d.dispatch, d.finish_step
 
     def dispatch():
-        before, tm.cur = d.ticket, {}
+        before, tm.cur = d.seq.ticket, {}
         t = time.perf_counter()
         orig_dispatch()
-        if d.ticket != before:
-            pending[d.ticket] = dict(tm.cur, dispatch=time.perf_counter() - t,
+        if d.seq.ticket != before:
+            pending[d.seq.ticket] = dict(tm.cur, dispatch=time.perf_counter() - t,
                                      sent=time.perf_counter())
 
-    def finish_step(idx, reply):
-        _, batch_now, _ = d.inflight[idx]
+    def finish_step(sched, reply):
+        batch_now = sched.step.batch
         got = time.perf_counter()
         recv = tm.cur.get("recv", 0.0)
         t = time.perf_counter()
-        orig_finish(idx, reply)
+        orig_finish(sched, reply)
         end = time.perf_counter()
         rec = pending.pop(reply.ticket, None)
         decode = len(batch_now) == batch and all(n == 1 for _, n in batch_now)
@@ -278,7 +278,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = ap.parse_args(argv)
     if args.model in ("tiny", "smollm2"):
-        from flying.checkpoints import ensure
+        from flying_dev.checkpoints import ensure
         args.model = str(ensure(args.model))
     if args.phase:
         print(json.dumps(PHASES[args.phase](args.model, args.batches, args.steps,

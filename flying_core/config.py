@@ -27,6 +27,9 @@ class GroupConfig:
     # False: vLLM's CPU compilation (Dynamo once + Inductor) of every TP size's view model
     # during warm-up. Default eager until compiled TP views are proven token-exact (issue 12)
     enforce_eager: bool = True
+    # CPU: run linear layers through oneDNN on weights packed once per TP size at start-up, as
+    # stock vLLM does (faster; costs memory); False: F.linear on the zero-copy views
+    packed_gemm: bool = True
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ class WorkerInfo:
     kv_ptr: int                      # data pointer of its KV pool
     kv_view_ptrs: dict[int, int]     # TP size -> data pointer of that size's first layer view
     view_report: dict[int, ViewReport]
+    packed_gemm_bytes: int           # CPU: oneDNN-packed copies of the linear weights (0: none)
     groups_created: int              # process groups its communicator pool created
     load_s: float
     warm_s: float

@@ -75,7 +75,7 @@ class Worker:
         import vllm.distributed.parallel_state as ps
         from vllm.config import set_current_vllm_config
 
-        from flying_core import layout, weights
+        from flying_core import cpu_gemm, layout, weights
         from flying_core.comm_pool import CommunicatorPool
         from flying_core.kv_pool import KVPool
         from flying_core.runner import ModelRunner
@@ -108,6 +108,9 @@ class Worker:
                 self.models[s], _ = weights.build_view_model(self.configs[s], full,
                                                              self.pool.group(s))
                 self.view_report[s] = weights.storage_report(self.models[s], full)
+        self.packed_bytes = 0
+        if g.device == "cpu" and g.packed_gemm and cpu_gemm.available():
+            self.packed_bytes = sum(cpu_gemm.pack_model(m) for m in self.models.values())
         dtype = base.model_config.dtype
         head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
         num_layers = text.num_hidden_layers
@@ -133,7 +136,8 @@ class Worker:
             max_model_len=base.model_config.max_model_len, kv_pool_bytes=self.kv.nbytes,
             kv_ptr=self.kv.buf.data_ptr(),
             kv_view_ptrs={s: self.kv.layer_views(s)[0].data_ptr() for s in self.sizes},
-            view_report=self.view_report, groups_created=self.pool.created,
+            view_report=self.view_report, packed_gemm_bytes=self.packed_bytes,
+            groups_created=self.pool.created,
             load_s=round(self.load_s, 3), warm_s=round(self.warm_s, 3), pid=os.getpid(),
             rss_bytes=_rss())
 
