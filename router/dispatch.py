@@ -1,8 +1,10 @@
 """Routing one request: classify, place, wait for a merge if needed, stream, retry elsewhere.
 
-A request that produced no token yet is retried on another node when its node answers
-UNAVAILABLE (a worker died, the node is draining); one that already streamed tokens ends with
-the error. Nothing is dropped silently.
+When its node answers UNAVAILABLE (a worker or the whole node died, the node is draining), a
+request is retried on another node: from scratch if it produced no token yet, else continued
+from its tokens (every token so far as the prompt; the new node recomputes their KV), and the
+client's stream goes on. A request that cannot be retried (no token ids at the router, a
+cross-node micro-request, attempts used up) ends with the error. Nothing is dropped silently.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from router.agents import Cluster
 from router.classify import classify
-from router.micro import merge_complete, plan_split, resume_request
+from router.micro import continue_request, merge_complete, plan_split, resume_request
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
 from router.views import single_worker_tokens
@@ -138,6 +140,9 @@ class Dispatcher:
         if not req.request_id:
             req.request_id = f"rt-{time.monotonic_ns():x}"
         exclude: set[str] = set()
+        rid = req.request_id
+        carried: list[int] = []        # tokens earlier attempts streamed before their node died
+        n_prompt = 0
         for attempt in range(1, self.max_attempts + 1):
             placement, cls = await self._place(req, exclude)
             agent = self.cluster.by_name(placement.node)
@@ -162,14 +167,27 @@ class Dispatcher:
                             yield tail
                         return
                     tokens.extend(resp.chunk.token_ids)
+                    if done and carried:
+                        resp = merge_complete(resp.complete, resp.complete, n_prompt,
+                                              len(carried))
+                        resp.complete.request_id = rid
                     yield resp
                 return
             except grpc.aio.AioRpcError as e:
-                if e.code() in RETRY_CODES and not produced and attempt < self.max_attempts:
+                resumable = not produced or (
+                    remote is None and not req.HasField("split")
+                    and len(req.prompt_token_ids.ids) > 0
+                    and len(tokens) < req.sampling.max_tokens)
+                if e.code() in RETRY_CODES and resumable and attempt < self.max_attempts:
                     log.warning("retrying on another node", node=placement.node,
-                                error=e.details(), attempt=attempt, request_id=req.request_id)
+                                error=e.details(), attempt=attempt, request_id=req.request_id,
+                                tokens_so_far=len(carried) + len(tokens))
                     exclude.add(placement.node)
                     agent.healthy = False   # until its next good poll: wait, don't hammer it
+                    if tokens:
+                        n_prompt = n_prompt or len(req.prompt_token_ids.ids)
+                        carried += tokens
+                        req = continue_request(req, tokens, attempt)
                     continue
                 raise error_from_grpc(e) from None
             finally:

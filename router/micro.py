@@ -64,6 +64,19 @@ def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
     return cont
 
 
+def continue_request(req: pb.GenerateRequest, produced: list[int], attempt: int
+                     ) -> pb.GenerateRequest:
+    """The rest of a request whose node died after it streamed `produced`: every token so far
+    as the prompt, recomputed wherever it lands (no KV to pull from a dead node)."""
+    cont = pb.GenerateRequest()
+    cont.CopyFrom(req)
+    cont.request_id = f"{req.request_id.split('~')[0]}~{attempt}"
+    cont.ClearField("instance")
+    cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
+    cont.prompt_token_ids.ids.extend(produced)
+    return cont
+
+
 def merge_complete(first: pb.Complete, last: pb.Complete, n_prompt: int, produced: int
                    ) -> pb.GenerateResponse:
     out = pb.Complete()

@@ -218,12 +218,9 @@ def test_cross_node_micro_request_over_grpc(cluster, tiny_model):
         assert first + second == ref
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router bug: dispatch.generate retries a request on another node only if it produced no "
-    "token yet; one that streamed tokens from the killed node fails with 503 instead of being "
-    "resumed elsewhere from its tokens (resume_request, as micro-requests already do)"))
 def test_killed_agent_fails_over_and_loses_nothing(cluster):
-    """Node B is killed while requests run on A and B: every request still completes."""
+    """Node B is killed while requests run on A and B: every request still completes (the
+    ones B had started continue on A from the tokens they had streamed)."""
     client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
     outcome: dict[int, tuple] = {}
 
