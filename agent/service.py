@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import grpc
@@ -18,18 +19,45 @@ from flying_core.types import Finished, FinishReason, TokenEvent
 log = logs.get("flying.agent")
 
 
+class EventStream:
+    """Driver thread -> one request's gRPC stream. Events are buffered and the event loop is
+    woken once per batch (not once per token), so a stream that falls behind sends what
+    accumulated as one chunk. Hand-written: asyncio.Queue wakes the loop per item and has no
+    drain-all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.buf, self.lock = loop, [], threading.Lock()
+        self.ready = asyncio.Event()
+
+    def put(self, ev) -> None:
+        with self.lock:
+            self.buf.append(ev)
+            wake = len(self.buf) == 1
+        if wake:
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def take(self) -> list:
+        """Everything that arrived since the last take (waits for at least one event)."""
+        while True:
+            await self.ready.wait()
+            with self.lock:
+                out, self.buf = self.buf, []
+                self.ready.clear()
+            if out:
+                return out
+
+
 class AgentService(pb_grpc.AgentServicer):
     def __init__(self, node: Node):
         self.node = node
 
     async def Generate(self, request, context):
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+        events = EventStream(asyncio.get_running_loop())
         try:
             if self.node.tokenizer is None:
                 raise Unavailable(f"node is {self.node.state}")
             spec = wire.spec_from_pb(request, self.node.tokenizer)
-            sink = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
+            sink = events.put
             if request.HasField("resume"):
                 kv = await self.pull_kv(request.resume)
                 self.node.adopt(spec, kv, sink)
@@ -42,10 +70,13 @@ class AgentService(pb_grpc.AgentServicer):
         finished = False
         try:
             while True:
-                ev = await events.get()
-                if isinstance(ev, TokenEvent):
-                    track.token(len(ev.token_ids))
-                    yield wire.chunk_to_pb(ev)
+                batch = await events.take()
+                tokens = [ev for ev in batch if isinstance(ev, TokenEvent)]
+                if tokens:
+                    track.token(sum(len(ev.token_ids) for ev in tokens))
+                    yield wire.chunk_to_pb(tokens)
+                ev = batch[-1]
+                if not isinstance(ev, Finished):
                     continue
                 finished = True
                 track.done(ev)

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     batches = [int(x) for x in a.batches.split(",")]
-    batch = prompts(a.model, max(batches), a.input_len)
+    # disjoint prompts for the warm-up and every batch: no prefix-cache hit across runs
+    batch = prompts(a.model, WARMUP_BATCH + sum(batches), a.input_len)
+    start = {n: WARMUP_BATCH + sum(batches[:i]) for i, n in enumerate(batches)}
     t0 = time.perf_counter()
     generate, close = _flying(a) if a.engine == "flying" else _vllm(a, a.engine == "vllm-eager")
     startup = time.perf_counter() - t0
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in batches:
             t = time.perf_counter()
-            tokens = generate(batch[:n], a.output_len)
+            tokens = generate(batch[start[n]:start[n] + n], a.output_len)
             wall = time.perf_counter() - t
             rows.append({"batch": n, "output_tokens": tokens, "wall_s": wall,
                          "output_tok_s": tokens / wall})

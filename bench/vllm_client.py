@@ -136,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     async def same_prompts(base_url, model_id, input_requests, ssl_context=None):
         return input_requests
     serve._align_prompts_to_server_tokenizer = same_prompts
-    for entry in sweep.split(","):
+    for index, entry in enumerate(sweep.split(",")):
         c, n, out = (int(x) for x in entry.split(":"))
         result, lag = run_files(Path(out_dir), tag, c, out)
         args = argparse.Namespace(**vars(base))        # vLLM's main edits its args
         args.max_concurrency, args.num_prompts, args.random_output_len = c, n, out
+        # a seed per run: no prompt repeats across the runs of a sweep, so a server with
+        # prefix caching (stock vLLM's default) gets no hit the other server cannot have
+        args.seed = base.seed + index
         args.save_result, args.result_dir, args.result_filename = True, out_dir, result.name
         probe = LagProbe()
         ASYNC_REQUEST_FUNCS[base.backend] = probe.wrap(send)

@@ -87,8 +87,11 @@ def request_to_pb(request_id: str, sampling: SamplingSpec, *, prompt: str | None
 # ---------------------------------------------------------------- responses
 
 
-def chunk_to_pb(ev: TokenEvent) -> pb.GenerateResponse:
-    return pb.GenerateResponse(chunk=pb.Chunk(token_ids=list(ev.token_ids), text=ev.text))
+def chunk_to_pb(events: list[TokenEvent]) -> pb.GenerateResponse:
+    """One chunk for the tokens a request produced since its last chunk (one per step when
+    the stream keeps up; several when it fell behind)."""
+    return pb.GenerateResponse(chunk=pb.Chunk(
+        token_ids=[t for ev in events for t in ev.token_ids], text="".join(ev.text for ev in events)))
 
 
 def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:
