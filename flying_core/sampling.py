@@ -6,7 +6,7 @@ worker produces each step, and across any number of layout switches.
 `sample` is one vectorised pass over the batch (temperature, top-k, top-p per row). The draw
 is torch's own `multinomial(probs, 1)` algorithm written out — argmax(probs / q), q ~ Exp(1)
 drawn from the row's (seed, position) generator — so it picks exactly the token the per-row
-`torch.multinomial` call did (`sample_rowwise`, kept as the reference the tests hold it to);
+`torch.multinomial` call did (tests/test_sampling.py holds it to that per-row reference);
 only filling q needs one generator per row.
 """
 from __future__ import annotations
@@ -53,23 +53,3 @@ def sample(logits: torch.Tensor, params: list[SampleParams], positions: list[int
     out[rows] = (probs / q).argmax(dim=-1)
     return out.tolist()
 
-
-def sample_rowwise(logits: torch.Tensor, params: list[SampleParams],
-                   positions: list[int]) -> list[int]:
-    """The per-row form (one torch.multinomial per row): the reference `sample` must equal."""
-    out = logits.argmax(dim=-1).tolist()
-    for i, p in enumerate(params):
-        if p.temperature <= 0.0:
-            continue
-        row = logits[i].float() / p.temperature
-        if p.top_k and 0 < p.top_k < row.numel():
-            kth = torch.topk(row, p.top_k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        probs = torch.softmax(row, dim=-1)
-        if p.top_p < 1.0:
-            sorted_p, idx = torch.sort(probs, descending=True)
-            drop = sorted_p.cumsum(0) - sorted_p > p.top_p
-            sorted_p[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, idx, sorted_p)
-        out[i] = int(torch.multinomial(probs, 1, generator=_generator(p.seed, positions[i])))
-    return out

@@ -7,7 +7,28 @@ import pytest
 import torch
 
 from flying_core.commands import SampleParams
-from flying_core.sampling import sample, sample_rowwise
+from flying_core.sampling import _generator, sample
+
+
+def sample_rowwise(logits: torch.Tensor, params: list[SampleParams],
+                   positions: list[int]) -> list[int]:
+    """The per-row form (one torch.multinomial per row): the reference `sample` must equal."""
+    out = logits.argmax(dim=-1).tolist()
+    for i, p in enumerate(params):
+        if p.temperature <= 0.0:
+            continue
+        row = logits[i].float() / p.temperature
+        if p.top_k and 0 < p.top_k < row.numel():
+            kth = torch.topk(row, p.top_k).values[-1]
+            row = row.masked_fill(row < kth, float("-inf"))
+        probs = torch.softmax(row, dim=-1)
+        if p.top_p < 1.0:
+            sorted_p, idx = torch.sort(probs, descending=True)
+            drop = sorted_p.cumsum(0) - sorted_p > p.top_p
+            sorted_p[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, idx, sorted_p)
+        out[i] = int(torch.multinomial(probs, 1, generator=_generator(p.seed, positions[i])))
+    return out
 
 
 def random_params(rng: random.Random) -> SampleParams:
