@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from flying import logs
 from flying_core.block_pool import BlockPool
@@ -41,7 +42,7 @@ from flying_core.scheduler import Budget, InstanceScheduler, Step
 from flying_core.sequencer import Sequencer
 from flying_core.switch import Switcher
 from flying_core.transfer import Transfers
-from flying_core.types import FinishReason, GroupStatus, WorkerInfo
+from flying_core.types import Event, FinishReason, GroupStatus, WorkerInfo
 
 
 class Driver:
@@ -62,6 +63,7 @@ class Driver:
         self.transfers = Transfers(seq, self.pool, self.instances, info, cfg.block_size,
                                    self.handoff_stats)
         self.requests: dict[str, Request] = {}
+        self.outbox: list[tuple[Callable[[Event], None], Event]] = []
         self.inbox: queue.Queue[Posted] = queue.Queue()
         self.stats_wait: tuple[CollectStats, list] | None = None
         self.stopping = False
@@ -109,6 +111,7 @@ class Driver:
                 return
             match cmd:
                 case Submit(req):
+                    req.outbox = self.outbox
                     self.requests[req.id] = req
                     self.instances.place(req, switching=self.switcher.pending is not None)
                 case Abort(request_id):
@@ -118,6 +121,7 @@ class Driver:
                 case Export(request_id, result):
                     self.transfers.start_export(request_id, result)
                 case Adopt(req, kv):
+                    req.outbox = self.outbox
                     self.requests[req.id] = req
                     if not self.transfers.adopt(req, kv, self.switcher.pending is not None):
                         self.instances.place(req, switching=self.switcher.pending is not None)
@@ -229,8 +233,14 @@ class Driver:
             self.stats_wait = None
 
     def publish(self) -> None:
+        """Publish the status, then hand out the events the turn produced: whoever sees a
+        token or a finished request and then asks for the status sees one at least as new
+        (the KV a running request holds, the KV a finished one gave back)."""
         state = "failed" if self.failed else "switching" if self.switcher.pending else "serving"
         status = self.instances.snapshot(state, self.max_model_len, self.info.sizes,
                                          self.costs.snapshot(), self.switcher.count)
         with self._status_lock:
             self._status = status
+        events, self.outbox[:] = self.outbox[:], []
+        for on_event, event in events:
+            on_event(event)

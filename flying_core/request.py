@@ -30,6 +30,7 @@ class Request:
     done: bool = False
     preemptions: int = 0
     handed_off: bool = False         # micro-request: its second segment has started
+    outbox: list | None = None       # the driver's: events wait there for its next status
 
     @property
     def handoff_pending(self) -> bool:
@@ -80,7 +81,7 @@ class Request:
             reason = FinishReason.LENGTH
         if reason is not None and not stopped:
             text += self.detok.flush()
-        self.on_event(TokenEvent(self.id, (token,), instance, text))
+        self._emit(TokenEvent(self.id, (token,), instance, text))
         return reason
 
     def finish(self, reason: FinishReason, instance: int, error: str = "") -> None:
@@ -90,5 +91,11 @@ class Request:
         now = time.perf_counter()
         ttft = ((self.first_token or now) - self.arrival) * 1e3
         queue = ((self.started or now) - self.arrival) * 1e3
-        self.on_event(Finished(self.id, reason, self.num_prompt, self.num_output, ttft, queue,
-                               instance, error))
+        self._emit(Finished(self.id, reason, self.num_prompt, self.num_output, ttft, queue,
+                            instance, error))
+
+    def _emit(self, event: Event) -> None:
+        if self.outbox is None:
+            self.on_event(event)
+        else:
+            self.outbox.append((self.on_event, event))
