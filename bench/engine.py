@@ -3,8 +3,9 @@
 Per model (the tiny Llama, SmolLM2-135M), one system at a time, each whole server (every
 process it starts) under ``taskset -c S`` on the same core S:
 
-- ``flying``: ``flying agent --workers 1`` + ``flying router --no-policy`` (bench.systems'
-  Testbed); the worker pins itself to the first core of the agent's CPU set, one torch thread.
+- ``flying``: ``flying agent --workers 1`` (compiled, its default) + ``flying router
+  --no-policy`` (bench.systems' Testbed); the worker pins itself to the first core of the
+  agent's CPU set, one torch thread.
 - ``vllm``: ``vllm serve`` TP=1, ``--api-server-count 1``, vLLM's default (compiled) mode, its
   OMP threads bound to S (``VLLM_CPU_OMP_THREADS_BIND=S``); ``vllm-eager``: the same with
   ``--enforce-eager``.

@@ -7,8 +7,8 @@ the last token. A short warm-up batch runs first. Each engine runs in its own pr
 ``taskset -c <server core>`` (``python -m bench.offline``, JSON to ``--out``): the group's
 worker pins itself to that core with one torch thread; ``vllm.LLM`` (its defaults: engine core
 in a child process) gets ``VLLM_CPU_OMP_THREADS_BIND=<that core>``. Same dtype, max model
-length and KV bytes (``kv_bytes`` / ``kv_cache_memory_bytes``) as the serving runs. vLLM runs
-eager here, as Flying's runner does (``--engine vllm`` runs it compiled, by hand).
+length and KV bytes (``kv_bytes`` / ``kv_cache_memory_bytes``) as the serving runs. Both run
+compiled, their default (``--engine flying-eager`` / ``vllm-eager`` run them eagerly, by hand).
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-ENGINES = ("flying", "vllm", "vllm-eager")
-RUN = ("flying", "vllm-eager")     # both eager (Flying's runner is); the serving runs have both
-                                   # vLLM modes, and compiling costs a minute per model
+ENGINES = ("flying", "flying-eager", "vllm", "vllm-eager")
+RUN = ("flying", "vllm")           # both compiled, each engine's default (the serving runs
+                                   # also have vLLM eager)
 WARMUP_BATCH, WARMUP_TOKENS = 2, 8
 TIMEOUT_S = 1200.0
 
@@ -78,7 +78,7 @@ def _flying(a):
     from flying_core.types import Finished, RequestSpec, SamplingSpec, TokenEvent
     group = WorkerGroup(GroupConfig(model=a.model, num_workers=1, dtype=a.dtype,
                                     kv_bytes=a.kv_bytes, max_model_len=a.max_model_len,
-                                    profile=False))
+                                    profile=False, enforce_eager=a.engine == "flying-eager"))
     group.start()
     ids = iter(range(1 << 30))
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = prompts(a.model, WARMUP_BATCH + sum(batches), a.input_len)
     start = {n: WARMUP_BATCH + sum(batches[:i]) for i, n in enumerate(batches)}
     t0 = time.perf_counter()
-    generate, close = _flying(a) if a.engine == "flying" else _vllm(a, a.engine == "vllm-eager")
+    generate, close = _flying(a) if a.engine.startswith("flying") else _vllm(a, a.engine == "vllm-eager")
     startup = time.perf_counter() - t0
     try:
         generate(batch[:WARMUP_BATCH], WARMUP_TOKENS)

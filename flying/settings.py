@@ -79,6 +79,8 @@ class AgentSettings(_Section):
                            "('': host:port)")
     grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
     seed: int = Field(0, description="sampling seed")
+    enforce_eager: bool = Field(False, description="run the model eagerly: no compilation "
+                                "at start-up (starts minutes faster, steps slower)")
 
 
 class RouterSettings(_Section):

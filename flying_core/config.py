@@ -24,9 +24,9 @@ class GroupConfig:
     # test hooks: extra seconds each worker sleeps before every step (skew injection)
     worker_delays: tuple[float, ...] = ()
     profile: bool = True                # measure the per-layout cost profile at warm-up
-    # False: vLLM's CPU compilation (Dynamo once + Inductor) of every TP size's view model
-    # during warm-up. Default eager until compiled TP views are proven token-exact (issue 12)
-    enforce_eager: bool = True
+    # False (as vLLM): every TP size's view model is compiled (vLLM's CPU mode: Dynamo traced
+    # once, Inductor) during warm-up, so no switch compiles; True: eager, a faster start
+    enforce_eager: bool = False
     # CPU: run linear layers through oneDNN on weights packed once per TP size at start-up, as
     # stock vLLM does (faster; costs memory); False: F.linear on the zero-copy views
     packed_gemm: bool = True

@@ -24,6 +24,8 @@ class InProcessAgent:
     """agent.main.serve() on its own event loop thread."""
 
     def __init__(self, settings: AgentSettings, **group_overrides):
+        if "enforce_eager" not in settings.model_fields_set:   # tests start eager (conftest)
+            settings = settings.model_copy(update={"enforce_eager": True})
         self.settings, self.overrides = settings, group_overrides
         self.loop = asyncio.new_event_loop()
         self.stop_event: asyncio.Event | None = None

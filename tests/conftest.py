@@ -6,6 +6,9 @@ import os
 import pytest
 
 os.environ.setdefault("FLYING_LOG_LEVEL", "WARNING")
+# agents started by tests run eagerly (compiling costs minutes per start on 2 cores);
+# tests/test_compiled.py covers the compiled path
+os.environ.setdefault("FLYING_AGENT_ENFORCE_EAGER", "1")
 
 
 def pytest_addoption(parser):

@@ -20,9 +20,9 @@ GEN = 16
 @pytest.fixture(scope="module")
 def nodes(tiny_model):
     a = WorkerGroup(GroupConfig(model=tiny_model, num_workers=2, layout=(2,), dtype="float32",
-                                kv_bytes=8 << 20, max_batch_tokens=16, profile=False))
+                                enforce_eager=True, kv_bytes=8 << 20, max_batch_tokens=16, profile=False))
     b = WorkerGroup(GroupConfig(model=tiny_model, num_workers=1, dtype="float32",
-                                kv_bytes=8 << 20, profile=False))
+                                enforce_eager=True, kv_bytes=8 << 20, profile=False))
     a.start()
     b.start()
     yield a, b

@@ -18,7 +18,7 @@ GEN = 20
 @pytest.fixture(scope="module")
 def group(tiny_model):
     g = WorkerGroup(GroupConfig(model=tiny_model, num_workers=2, dtype="float32",
-                                kv_bytes=8 << 20, max_batch_tokens=16, profile=False))
+                                enforce_eager=True, kv_bytes=8 << 20, max_batch_tokens=16, profile=False))
     g.start()
     yield g
     g.shutdown()

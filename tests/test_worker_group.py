@@ -32,7 +32,7 @@ HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
 @pytest.fixture(scope="module")
 def group(tiny_model):
     g = WorkerGroup(GroupConfig(model=tiny_model, num_workers=2, dtype="float32",
-                                kv_bytes=8 << 20, max_batch_tokens=64,
+                                enforce_eager=True, kv_bytes=8 << 20, max_batch_tokens=64,
                                 worker_delays=(0.0, 0.004)))
     g.start()
     yield g

@@ -19,7 +19,7 @@ GEN = 20
 @pytest.mark.slow
 def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
     g = WorkerGroup(GroupConfig(model=tiny_model, num_workers=4, dtype="float32",
-                                kv_bytes=8 << 20, worker_delays=(0.0, 0.003, 0.0, 0.006)))
+                                enforce_eager=True, kv_bytes=8 << 20, worker_delays=(0.0, 0.003, 0.0, 0.006)))
     g.start()
     try:
         groups_at_start = [s.process_groups for s in g.worker_stats()]
@@ -56,7 +56,7 @@ def test_four_workers_mixed_layouts_match_plain_vllm(tiny_model):
 @pytest.mark.slow
 def test_smollm2_three_workers_same_text_in_both_layouts(smollm2_model):
     g = WorkerGroup(GroupConfig(model=smollm2_model, num_workers=3, dtype="float32",
-                                kv_bytes=32 << 20))
+                                enforce_eager=True, kv_bytes=32 << 20))
     g.start()
     try:
         assert g.status().possible_tp_sizes == (1, 3)
