@@ -14,6 +14,7 @@ from agent.node import Node
 from agent.service import AgentService
 from flying import logs, sdnotify
 from flying.settings import AgentSettings
+from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
 
 SERVICE = flying_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
@@ -30,6 +31,7 @@ def resolve_model(settings: AgentSettings) -> str:
 async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
                 group_overrides: dict | None = None) -> int:
     stop = stop or asyncio.Event()
+    tls = TLSFiles.load(settings.tls_cert, settings.tls_key, settings.tls_ca, "agent")
     health_svc = health.aio.HealthServicer()
     status = health_pb2.HealthCheckResponse
 
@@ -43,14 +45,15 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
     node = Node(settings, resolve_model(settings), metrics,
                 on_state=lambda s: loop.create_task(set_health(s == "serving")),
                 group_overrides=group_overrides)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    flying_pb2_grpc.add_AgentServicer_to_server(AgentService(node), server)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      *server_options(settings.max_request_bytes)])
+    flying_pb2_grpc.add_AgentServicer_to_server(AgentService(node, tls), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME,
                                          health_pb2.DESCRIPTOR.services_by_name["Health"]
                                          .full_name), server)
     address = f"{settings.host}:{settings.port}"
-    if server.add_insecure_port(address) == 0:
+    if tls.add_port(server, address) == 0:
         log.error("cannot bind", address=address)
         return 1
     await set_health(False)
@@ -63,6 +66,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
         except (NotImplementedError, RuntimeError):
             pass
     log.info("agent listening; warming the worker group", address=address, model=node.model,
+             tls=tls.serving, mutual_tls=tls.ca is not None,
              workers=settings.workers, layout=list(node.layout))
     sdnotify.status("warming worker group")
     try:

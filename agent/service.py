@@ -11,11 +11,14 @@ import structlog
 from agent.node import Node
 from flying import logs, wire
 from flying.errors import grpc_status, unary_errors
+from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, Unavailable
 from flying_core.types import Finished, FinishReason, TokenEvent
 
+# one KV block per message: a large model's block is MiBs (the 4 MiB default is too small)
+KV_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 256 << 20),)
 log = logs.get("flying.agent")
 
 
@@ -48,8 +51,8 @@ class EventStream:
 
 
 class AgentService(pb_grpc.AgentServicer):
-    def __init__(self, node: Node):
-        self.node = node
+    def __init__(self, node: Node, tls: TLSFiles = TLSFiles()):
+        self.node, self.tls = node, tls
 
     async def Generate(self, request, context):
         events = EventStream(asyncio.get_running_loop())
@@ -128,7 +131,7 @@ class AgentService(pb_grpc.AgentServicer):
     async def pull_kv(self, resume: pb.Resume):
         """The first segment's KV from its agent, checked; None (recompute) if it fails."""
         try:
-            async with grpc.aio.insecure_channel(resume.from_agent) as ch:
+            async with self.tls.aio_channel(resume.from_agent, KV_CHANNEL_OPTIONS) as ch:
                 stub = pb_grpc.AgentStub(ch)
                 chunks = [c async for c in stub.ExportKV(
                     pb.ExportKVRequest(request_id=resume.request_id), timeout=60)]

@@ -81,6 +81,13 @@ class AgentSettings(_Section):
     seed: int = Field(0, description="sampling seed")
     enforce_eager: bool = Field(False, description="run the model eagerly: no compilation "
                                 "at start-up (starts minutes faster, steps slower)")
+    tls_cert: str = Field("", description="PEM certificate: serve gRPC over TLS (and present "
+                          "it when pulling KV from another agent)")
+    tls_key: str = Field("", description="PEM private key of tls_cert")
+    tls_ca: str = Field("", description="PEM CA: clients (router, agents) must present a "
+                        "certificate it signed (mutual TLS); verifies agents this one dials")
+    max_request_bytes: int = Field(4 << 20, description="largest gRPC request message "
+                                   "accepted (RESOURCE_EXHAUSTED above)")
 
 
 class RouterSettings(_Section):
@@ -96,6 +103,13 @@ class RouterSettings(_Section):
     policy_interval_s: float = Field(0.5, description="how often the policy looks at the nodes")
     grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
     model_name: str = Field("flying", description="the model id the OpenAI API shows")
+    tls_cert: str = Field("", description="PEM certificate: serve gRPC and REST over TLS "
+                          "(and present it to agents)")
+    tls_key: str = Field("", description="PEM private key of tls_cert")
+    tls_ca: str = Field("", description="PEM CA of the agents' certificates: dial agents "
+                        "over (mutual) TLS")
+    max_request_bytes: int = Field(4 << 20, description="largest request accepted: gRPC "
+                                   "message (RESOURCE_EXHAUSTED) or HTTP body (413)")
     micro_requests: Literal["off", "adaptive", "disagg"] = Field(
         "off", description="split requests into two segments (DynaServe): adaptive split "
         "points, or disagg (prefill on instance 0, decode on instance 1)")

@@ -7,6 +7,7 @@ import time
 import grpc
 
 from flying import logs
+from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying.wire import status_from_pb
@@ -16,9 +17,10 @@ log = logs.get("flying.router.agents")
 
 
 class AgentClient:
-    def __init__(self, address: str, poll_s: float = 0.25, rpc_timeout_s: float = 2.0):
+    def __init__(self, address: str, poll_s: float = 0.25, rpc_timeout_s: float = 2.0,
+                 tls: TLSFiles = TLSFiles()):
         self.address, self.poll_s, self.rpc_timeout_s = address, poll_s, rpc_timeout_s
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = tls.aio_channel(address)
         self.stub = pb_grpc.AgentStub(self.channel)
         self.status_pb: pb.NodeStatus | None = None
         self.healthy = False
@@ -57,9 +59,9 @@ class AgentClient:
 
 
 class Cluster:
-    def __init__(self, addresses, poll_s: float = 0.25):
+    def __init__(self, addresses, poll_s: float = 0.25, tls: TLSFiles = TLSFiles()):
         self.poll_s = poll_s
-        self.agents = [AgentClient(a, poll_s) for a in addresses]
+        self.agents = [AgentClient(a, poll_s, tls=tls) for a in addresses]
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:

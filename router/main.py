@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 
 from flying import logs, sdnotify
 from flying.settings import RouterSettings
+from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
 from router.agents import Cluster
 from router.control import Controller
 from router.dispatch import Dispatcher
+from router.limits import BodyLimit
 from router.policy import PolicyConfig
 from router.rest import create_app
 from router.service import DispatchBackend, RouterService
@@ -43,20 +45,23 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
                 policy_cfg: PolicyConfig = PolicyConfig()) -> int:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    cluster = Cluster(settings.agents)
+    tls = TLSFiles.load(settings.tls_cert, settings.tls_key, settings.tls_ca, "router")
+    cluster = Cluster(settings.agents, tls=tls)
     await cluster.start()
     tokenizer = load_tokenizer(cluster)
     dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests)
     controller = Controller(cluster, dispatcher, settings.policy, settings.policy_interval_s,
                             policy_cfg)
     health_svc = health.aio.HealthServicer()
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=server_options(settings.max_request_bytes))
     flying_pb2_grpc.add_RouterServicer_to_server(RouterService(dispatcher, controller), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     reflection.enable_server_reflection(
         (SERVICE, reflection.SERVICE_NAME,
          health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
-    if server.add_insecure_port(f"{settings.host}:{settings.grpc_port}") == 0:
+    # the router's certificate serves its own clients (no client certificates asked)
+    if dataclasses.replace(tls, ca=None).add_port(
+            server, f"{settings.host}:{settings.grpc_port}") == 0:
         log.error("cannot bind gRPC", port=settings.grpc_port)
         return 1
     await server.start()
@@ -68,8 +73,9 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
         """Every layout switch the router made or was asked to make (benchmark timelines)."""
         return [dataclasses.asdict(e) for e in controller.events]
 
-    web = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.http_port,
-                                        log_level="warning", lifespan="off"))
+    web = uvicorn.Server(uvicorn.Config(
+        BodyLimit(app, settings.max_request_bytes), host=settings.host, port=settings.http_port, log_level="warning", lifespan="off",
+        ssl_certfile=tls.cert_path or None, ssl_keyfile=tls.key_path or None))
     web.install_signal_handlers = lambda: None
     tasks = [loop.create_task(web.serve()), loop.create_task(controller.run())]
 
@@ -93,6 +99,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
             pass
     sdnotify.ready()
     log.info("router serving", grpc=settings.grpc_port, http=settings.http_port,
+             tls=tls.serving, agents_tls=tls.ca is not None,
              agents=list(settings.agents), policy=settings.policy)
     await stop.wait()
     sdnotify.stopping()
