@@ -10,7 +10,7 @@ import structlog
 
 from agent.node import Node
 from flying import logs, wire
-from flying.errors import grpc_status, unary_errors
+from flying.errors import abort, unary_errors
 from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
@@ -67,7 +67,7 @@ class AgentService(pb_grpc.AgentServicer):
             else:
                 self.node.submit(spec, sink)
         except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
+            await abort(context, e)
         structlog.contextvars.bind_contextvars(request_id=spec.request_id)
         track = _Track(self.node.metrics)
         finished = False
@@ -124,7 +124,7 @@ class AgentService(pb_grpc.AgentServicer):
         try:
             kv = await asyncio.to_thread(self.node.export_kv, request.request_id)
         except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
+            await abort(context, e)
         for chunk in wire.kv_to_chunks(kv):
             yield chunk
 

@@ -19,6 +19,9 @@ STATUS_TABLE: dict[str, tuple[grpc.StatusCode, int, str]] = {
     "INTERNAL": (grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
 
+# how long a client should wait before retrying (HTTP Retry-After; gRPC retry-after trailer)
+RETRY_AFTER_S: dict[str, int] = {"RESOURCE_EXHAUSTED": 1, "UNAVAILABLE": 5}
+
 _BY_GRPC = {g: code for code, (g, _, _) in STATUS_TABLE.items()}
 
 
@@ -56,6 +59,17 @@ def error_from_grpc(exc: grpc.RpcError) -> FlyingError:
     return err
 
 
+def retry_after(code: str) -> int | None:
+    return RETRY_AFTER_S.get(code)
+
+
+async def abort(context, e: FlyingError) -> None:
+    """End a grpc.aio call with the error's status (and a retry-after trailer when it has one)."""
+    wait = retry_after(e.code)
+    trailer = (("retry-after", str(wait)),) if wait is not None else ()
+    await context.abort(grpc_status(e.code), e.message, trailing_metadata=trailer)
+
+
 def unary_errors(handler):
     """Decorate a grpc.aio unary handler: a FlyingError ends the call with its status."""
     import functools
@@ -65,5 +79,5 @@ def unary_errors(handler):
         try:
             return await handler(self, request, context)
         except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
+            await abort(context, e)
     return wrapper

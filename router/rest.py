@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flying import logs
-from flying.errors import STATUS_TABLE, http_status, openai_type
+from flying.errors import STATUS_TABLE, http_status, openai_type, retry_after
 from flying.settings import RouterSettings
 from flying_core.errors import FlyingError, Internal, NotFound, Unavailable
 from router import chat
@@ -38,7 +38,9 @@ def error_body(code: str, message: str) -> dict:
 
 
 def error_response(code: str, message: str) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=http_status(code))
+    wait = retry_after(code)
+    return JSONResponse(error_body(code, message), status_code=http_status(code),
+                        headers={"Retry-After": str(wait)} if wait is not None else None)
 
 
 def _sse(obj: Any) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from flying import wire
-from flying.errors import grpc_status, unary_errors
+from flying.errors import abort, unary_errors
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, InvalidArgument
@@ -22,7 +22,7 @@ class RouterService(pb_grpc.RouterServicer):
             async for resp in self.dispatcher.generate(request):
                 yield resp
         except FlyingError as e:
-            await context.abort(grpc_status(e.code), e.message)
+            await abort(context, e)
 
     @unary_errors
     async def GetClusterStatus(self, request, context):

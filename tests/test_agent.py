@@ -146,14 +146,16 @@ def test_concurrent_reconfigure_is_aborted(stub, prompts):
 def test_queue_full_is_resource_exhausted(stub, prompts):
     streams = [stub.Generate(gen_request(ids=prompts[0], max_tokens=1000), timeout=120)
                for _ in range(20)]
-    codes = []
+    codes, trailers = [], []
     for s in streams:
         try:
             next(s)
             codes.append("ok")
         except grpc.RpcError as e:
             codes.append(e.code())
+            trailers.append(dict(e.trailing_metadata() or ()))
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and "ok" in codes
+    assert all(t.get("retry-after") == "1" for t in trailers), trailers   # when to come back
     for s in streams:
         s.cancel()
     _wait(lambda: kv_used(stub) == 0)

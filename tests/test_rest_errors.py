@@ -58,10 +58,13 @@ def test_chat_n2_and_bad_json_are_400(url):
 @pytest.mark.parametrize("stream", [False, True])
 def test_backend_errors_map_to_http(url, stream):
     body = {"prompt": "rate-limit", "stream": stream}
-    assert _error(_post(url, "/v1/completions", body), 429, "rate_limit_error")["code"] == \
-        "RESOURCE_EXHAUSTED"
+    r = _post(url, "/v1/completions", body)
+    assert _error(r, 429, "rate_limit_error")["code"] == "RESOURCE_EXHAUSTED"
+    assert r.headers["retry-after"] == "1"       # when to come back
     body = {"prompt": "unavailable", "stream": stream}
-    _error(_post(url, "/v1/completions", body), 503, "service_unavailable")
+    r = _post(url, "/v1/completions", body)
+    _error(r, 503, "service_unavailable")
+    assert int(r.headers["retry-after"]) > 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
