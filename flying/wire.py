@@ -63,12 +63,15 @@ def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
         raise InvalidArgument("prompt is empty")
     if not req.HasField("sampling") or req.sampling.max_tokens <= 0:
         raise InvalidArgument("sampling.max_tokens must be > 0")
+    if not 0 <= req.continued_tokens < len(ids):
+        raise InvalidArgument(f"continued_tokens must be in [0, {len(ids)}) (the prompt's "
+                              f"length), got {req.continued_tokens}")
     return RequestSpec(
         request_id=req.request_id or f"req-{uuid.uuid4().hex[:16]}",
         prompt_token_ids=ids, sampling=sampling_from_pb(req.sampling), priority=req.priority,
         instance=req.instance if req.HasField("instance") else None,
         split=Split(req.split.handoff_at, req.split.to_instance, req.split.remote)
-        if req.HasField("split") else None)
+        if req.HasField("split") else None, continued=req.continued_tokens)
 
 
 def request_to_pb(request_id: str, sampling: SamplingSpec, *, prompt: str | None = None,

@@ -16,6 +16,8 @@ since the last text are decoded here (``_tail``), in the context of the token be
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tokenizers.decoders import DecodeStream
 
 
@@ -26,7 +28,8 @@ class Detokenizer:
     None: then no text is made and no stop is ever hit.
     """
 
-    def __init__(self, tokenizer, stops: tuple[str, ...]):
+    def __init__(self, tokenizer, stops: tuple[str, ...], prompt: Sequence[int] = (),
+                 continued: int = 0):
         self.tok, self.stops = tokenizer, stops
         self.ids: list[int] = []
         self.hold = max((len(s) for s in stops), default=1) - 1
@@ -37,6 +40,26 @@ class Detokenizer:
         self._base = 0        # absolute offset of self._text[0]
         self.sent = 0         # absolute number of characters emitted
         self._last = -1       # index in ids of the token that last produced text
+        if self._backend is not None:
+            own = len(prompt) - continued
+            self._prime(prompt[:own])
+            for token in prompt[own:]:   # output of an earlier segment: its text went out
+                self.add(token)
+
+    def _prime(self, prompt: Sequence[int]) -> None:
+        """Start the stream in the prompt's context, as vLLM does: the first output token's
+        text then keeps what it has only after other text (SentencePiece's leading space).
+        The suffix used is the shortest of 4..23 tokens that decodes to whole characters."""
+        prime = list(prompt)
+        if len(prime) > 4:
+            for i in range(4, min(len(prime) + 1, 24)):
+                if "\ufffd" not in self._backend.decode(prime[-i:], skip_special_tokens=True):
+                    prime = prime[-i:]
+                    break
+        for token in prime:
+            self.ids.append(token)
+            self._step(token)
+        self._last = len(self.ids) - 1
 
     def add(self, token: int) -> tuple[str, bool]:
         """(new text to emit, hit a stop string)."""

@@ -208,6 +208,8 @@ class WorkerGroup:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
         if spec.instance is not None and spec.instance < 0:
             raise InvalidArgument("instance must be >= 0")
+        if not 0 <= spec.continued < len(spec.prompt_token_ids):
+            raise InvalidArgument("continued must be in [0, prompt length)")
         if spec.split is not None and not (0 < spec.split.handoff_at < total and (
                 spec.split.remote or spec.split.to_instance >= 0)):
             raise InvalidArgument(f"split.handoff_at must be in [1, {total - 1}] and "
@@ -227,13 +229,15 @@ class WorkerGroup:
     def _seed(spec: RequestSpec) -> int:
         return spec.sampling.seed if spec.sampling.seed is not None else random.getrandbits(63)
 
-    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
+    def _request(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> Request:
         self._check_submit(spec)
         if spec.sampling.top_k == -1:
             spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
-        req = Request(spec, on_event, self._seed(spec),
-                      Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(Submit(req))
+        return Request(spec, on_event, self._seed(spec), Detokenizer(
+            self._tokenizer, spec.sampling.stop, spec.prompt_token_ids, spec.continued))
+
+    def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
+        self.driver.post(Submit(self._request(spec, on_event)))
 
     def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
         """The KV a cross-node first segment left held here (once; the blocks are freed)."""
@@ -243,10 +247,7 @@ class WorkerGroup:
               on_event: Callable[[Event], None]) -> None:
         """Run the second segment of a request whose first ran on another node. spec's prompt
         is every token so far; kv (or None: recompute) holds the KV of all but the last."""
-        self._check_submit(spec)
-        req = Request(spec, on_event, self._seed(spec),
-                      Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(Adopt(req, kv))
+        self.driver.post(Adopt(self._request(spec, on_event), kv))
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:

@@ -58,6 +58,10 @@ class RequestSpec:
     priority: int = 0           # lower runs first (vLLM's convention)
     instance: int | None = None  # pin to an instance of the current layout; None: the group picks
     split: Split | None = None
+    # the last `continued` prompt tokens are the request's own output from an earlier segment
+    # (a cross-node second segment, a continuation after a failover): their text was already
+    # sent; the detokenizer replays them so held-back text and stops carry across the boundary
+    continued: int = 0
 
 
 # ---------------------------------------------------------------- events to the caller

@@ -59,6 +59,7 @@ def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
     cont.sampling.CopyFrom(req.sampling)
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
     cont.prompt_token_ids.ids.extend([*req.prompt_token_ids.ids, *produced])
+    cont.continued_tokens = req.continued_tokens + len(produced)
     cont.resume.from_agent = from_agent
     cont.resume.request_id = req.request_id
     return cont
@@ -74,6 +75,7 @@ def continue_request(req: pb.GenerateRequest, produced: list[int], attempt: int
     cont.ClearField("instance")
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
     cont.prompt_token_ids.ids.extend(produced)
+    cont.continued_tokens = req.continued_tokens + len(produced)
     return cont
 
 

@@ -3,6 +3,7 @@ worker) adopts it and finishes; tokens equal the unsplit plain-vLLM reference (f
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -40,6 +41,14 @@ def reference(tiny_model, prompts):
     return reference_tokens(tiny_model, prompts, GEN)
 
 
+def whole_text(group, prompt) -> str:
+    s = Stream(f"whole-{len(prompt)}-{time.monotonic_ns()}", tuple(prompt))
+    group.submit(RequestSpec(s.request_id, tuple(prompt), SamplingSpec(
+        max_tokens=GEN, temperature=0.0, ignore_eos=True)), s.on_event)
+    wait_all([s])
+    return s.text
+
+
 def first_segment(group, prompt, handoff_at, name):
     s = Stream(name, tuple(prompt))
     group.submit(RequestSpec(name, tuple(prompt), SamplingSpec(max_tokens=GEN, temperature=0.0,
@@ -54,7 +63,8 @@ def second_segment(group, prompt, first, kv, name):
     tokens = tuple(prompt) + tuple(first.tokens)
     s = Stream(name, tokens)
     spec = RequestSpec(name, tokens, SamplingSpec(max_tokens=GEN - len(first.tokens),
-                                                  temperature=0.0, ignore_eos=True))
+                                                  temperature=0.0, ignore_eos=True),
+                       continued=len(first.tokens))
     group.adopt(spec, kv, s.on_event)
     wait_all([s])
     return s
@@ -71,6 +81,7 @@ def test_cross_node_split_across_tp_sizes_matches_reference(nodes, prompts, refe
         assert kv.num_computed == at and len(kv.blocks) == -(-at // 32)
         s2 = second_segment(b, p, s1, kv, f"y-{where}-{i}")
         assert s1.tokens + s2.tokens == reference[i]
+        assert s1.text + s2.text == whole_text(b, p), "text lost at the hand-off"
         with pytest.raises(NotFound):
             a.export_kv(s1.request_id)            # exported once, then freed
     assert b.handoff_stats().imported == before.imported + len(prompts)

@@ -197,3 +197,52 @@ def test_decoding_work_per_token_does_not_grow(tok, stops):
     for t in ids[:50]:
         old.add(t)
     assert calls[-1] == 50  # what the old one did: the measure sees the difference
+
+
+@pytest.fixture(scope="module")
+def metaspace():
+    """A SentencePiece-style tokenizer (Metaspace: '▁' marks a space, the first one of a
+    sequence is dropped when decoding), trained here on TEXTS: Llama's and Mistral's kind."""
+    from tokenizers import models, pre_tokenizers, trainers
+    t = Tokenizer(models.BPE(unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    t.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    t.train_from_iterator(TEXTS * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=[
+        "<unk>", "<s>"], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=t, unk_token="<unk>", bos_token="<s>")
+
+
+def test_output_text_keeps_its_context_as_vllm_does(metaspace):
+    """Primed with the prompt, the first output token keeps its leading space (alone it
+    would decode without it), and the text is the prompt+output decode after the prompt's."""
+    tok = metaspace
+    prompt = tok.encode("Hello world, héllo", add_special_tokens=False)
+    out = tok.encode("Hello world, héllo wörld! Ünïcödé", add_special_tokens=False)[len(prompt):]
+    assert tok.decode(out[:1]).startswith("w")               # alone: the space is lost
+    want = tok.decode(prompt + out)[len(tok.decode(prompt)):]
+    assert want.startswith(" w")
+    assert streamed(Detokenizer(tok, (), prompt), out) == want
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2", "metaspace"])
+@pytest.mark.parametrize("stops", [(), ("ll",), ("é f", "zz"), ("wörld! Ü",)])
+def test_text_carries_across_a_continuation(request, which, stops):
+    """A request continued elsewhere after k output tokens (a cross-node second segment, a
+    failover): the first part's text (held-back text not flushed: the request goes on) and the
+    continuation's, whose prompt ends with those k tokens, make exactly the uninterrupted
+    text, stops spanning the boundary included."""
+    tok = request.getfixturevalue("metaspace") if which == "metaspace" else \
+        AutoTokenizer.from_pretrained(request.getfixturevalue(f"{which}_model"))
+    prompt = tok.encode("Hello", add_special_tokens=False)
+    for text in TEXTS[:3]:
+        out = tok.encode("Hello " + text, add_special_tokens=False)[len(prompt):]
+        whole_steps, whole_rest = run(Detokenizer(tok, stops, prompt), out)
+        whole = "".join(t for t, _ in whole_steps) + whole_rest
+        stopped = whole_steps[-1][1]
+        for k in range(1, len(whole_steps)):
+            first = Detokenizer(tok, stops, prompt)
+            head = "".join(first.add(t)[0] for t in out[:k])
+            second = Detokenizer(tok, stops, tuple(prompt) + tuple(out[:k]), continued=k)
+            steps, rest = run(second, out[k:])
+            assert head + "".join(t for t, _ in steps) + rest == whole, (k, text)
+            assert bool(steps) and steps[-1][1] == stopped
