@@ -110,6 +110,10 @@ class RouterSettings(_Section):
                         "over (mutual) TLS")
     max_request_bytes: int = Field(4 << 20, description="largest request accepted: gRPC "
                                    "message (RESOURCE_EXHAUSTED) or HTTP body (413)")
+    leader_lock: str = Field("", description="routers sharing agents: the one holding an "
+                             "exclusive lock on this file runs the layout policy")
+    leader_lease: str = Field("", description="in Kubernetes: NAMESPACE/NAME of the Lease "
+                              "whose holder runs the layout policy")
     micro_requests: Literal["off", "adaptive", "disagg"] = Field(
         "off", description="split requests into two segments (DynaServe): adaptive split "
         "points, or disagg (prefill on instance 0, decode on instance 1)")

@@ -13,6 +13,7 @@ from flying_core.errors import NotFound
 from flying_core.types import PreemptMode, SwitchReport
 from router.agents import Cluster
 from router.dispatch import Dispatcher
+from router.leader import Always
 from router.policy import Policy, PolicyConfig, Reconfigure
 
 log = logs.get("flying.router.policy")
@@ -31,8 +32,10 @@ class SwitchEvent:
 
 class Controller:
     def __init__(self, cluster: Cluster, dispatcher: Dispatcher, enabled: bool,
-                 interval_s: float, policy_cfg: PolicyConfig = PolicyConfig()):
+                 interval_s: float, policy_cfg: PolicyConfig = PolicyConfig(),
+                 leader=None):
         self.cluster, self.dispatcher = cluster, dispatcher
+        self.leader = leader if leader is not None else Always()
         self.enabled, self.interval_s = enabled, interval_s
         self.policy = Policy(policy_cfg)
         self.events: list[SwitchEvent] = []
@@ -45,7 +48,7 @@ class Controller:
             except TimeoutError:
                 pass
             self.dispatcher.kick.clear()
-            if not self.enabled:
+            if not self.enabled or not self.leader.is_leader:
                 continue
             views = self.cluster.views()
             decisions = self.policy.evaluate(views, self.dispatcher.signals(), time.monotonic(),

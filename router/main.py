@@ -15,6 +15,7 @@ from flying import logs, sdnotify
 from flying.settings import RouterSettings
 from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
+from router import leader as leadership
 from router.agents import Cluster
 from router.control import Controller
 from router.dispatch import Dispatcher
@@ -50,8 +51,9 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
     await cluster.start()
     tokenizer = load_tokenizer(cluster)
     dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests)
+    leader = leadership.from_settings(settings.leader_lock, settings.leader_lease)
     controller = Controller(cluster, dispatcher, settings.policy, settings.policy_interval_s,
-                            policy_cfg)
+                            policy_cfg, leader)
     health_svc = health.aio.HealthServicer()
     server = grpc.aio.server(options=server_options(settings.max_request_bytes))
     flying_pb2_grpc.add_RouterServicer_to_server(RouterService(dispatcher, controller), server)
@@ -67,6 +69,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
     await server.start()
     app = create_app(DispatchBackend(dispatcher, settings.model_name), settings, tokenizer)
     app.state.controller = controller
+    app.state.metrics.policy_leader.set_function(lambda: float(leader.is_leader))
 
     @app.get("/flying/events")
     async def switch_events() -> list[dict]:
@@ -77,7 +80,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
         BodyLimit(app, settings.max_request_bytes), host=settings.host, port=settings.http_port, log_level="warning", lifespan="off",
         ssl_certfile=tls.cert_path or None, ssl_keyfile=tls.key_path or None))
     web.install_signal_handlers = lambda: None
-    tasks = [loop.create_task(web.serve()), loop.create_task(controller.run())]
+    tasks = [loop.create_task(web.serve()), loop.create_task(controller.run()),
+             loop.create_task(leader.run())]
 
     async def track_health() -> None:
         serving = None
@@ -112,6 +116,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await cluster.stop()
+    leader.close()
     return 0
 
 

@@ -27,6 +27,9 @@ class RouterMetrics:
             "client went away).", ["status"], registry=r)
         self.running = Gauge(
             "flying_router_requests_running", "Generation requests in flight.", registry=r)
+        self.policy_leader = Gauge(
+            "flying_router_policy_leader", "1 when this router runs the layout policy (leader "
+            "of the routers sharing the agents).", registry=r)
         self.prompt_tokens = Counter(
             "flying_router_prompt_tokens", "Prompt tokens of finished requests.", registry=r)
         self.generation_tokens = Counter(

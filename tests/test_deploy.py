@@ -398,7 +398,14 @@ def test_router_deployment_and_service(config_file):
     pod = dep["spec"]["template"]
     c = container(dep)
     settings = st.load("router", config_file, env={})
-    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["replicas"] == 2         # one leads the policy (a Lease)
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["FLYING_ROUTER_LEADER_LEASE"] == "flying/flying-router-policy"
+    assert pod["spec"]["serviceAccountName"] == "flying-router"
+    rules = find("Role", "flying-router-leader")["rules"]
+    assert {"get", "create", "update"} <= set(rules[0]["verbs"]) and rules[0]["resources"] == [
+        "leases"]
+    assert find("RoleBinding", "flying-router-leader")["subjects"][0]["name"] == "flying-router"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": settings.http_port, "grpc": settings.grpc_port}
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
