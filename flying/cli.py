@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=50051)
     p.add_argument("--agent-port", type=int, default=50061)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="no compilation at start-up: serving in seconds, slower steps")
     p.add_argument("--demo", action="store_true",
                    help="send a few requests and a layout switch, then exit")
 

@@ -49,12 +49,14 @@ def run_up(ns) -> int:
     model = ns.model or _default_model()
     workers = ns.workers or (DEFAULT_WORKERS if not ns.model else 2)
     agent = _spawn(["agent", "--model", model, "--workers", str(workers),
-                    "--port", str(ns.agent_port), "--node-name", "local", "--dtype", "float32"])
+                    "--port", str(ns.agent_port), "--node-name", "local", "--dtype", "float32",
+                    *(["--enforce-eager"] if ns.enforce_eager else [])])
     procs = [agent]
     try:
-        print(f"flying up: warming {workers} workers on {model} (first start builds every "
-              "layout; about a minute here)", flush=True)
-        _wait_health(f"127.0.0.1:{ns.agent_port}", agent, "agent", 900)
+        print(f"flying up: warming {workers} workers on {model} (loads the model and compiles "
+              "every layout: minutes on a small CPU box; --enforce-eager starts in about a "
+              "minute)", flush=True)
+        _wait_health(f"127.0.0.1:{ns.agent_port}", agent, "agent", 1800)
         router = _spawn(["router", "--agent", f"127.0.0.1:{ns.agent_port}",
                          "--grpc-port", str(ns.grpc_port), "--http-port", str(ns.http_port)])
         procs.append(router)
