@@ -49,10 +49,11 @@ def _die_with_parent() -> None:
 def _pin_threads(cfg: WorkerConfig) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-    # vLLM's AOT artifact of a compiled model is keyed by parallel_config.rank, 0 in every view
-    # model's config here: the workers of a node would share one file, and its key does not see
-    # our packed GEMMs. Dynamo traces at each start instead; Inductor's own cache (keyed by the
-    # graph) still spares recompiling kernels.
+    # No vLLM AOT artifacts: on CPU (vLLM 0.32) they are saved but never load ("'function'
+    # object has no attribute 'finalize_loading'", then it compiles again), and their key holds
+    # parallel_config.rank, 0 in every view model's config here (the workers of a node would
+    # write one file) and not our packed GEMMs. Dynamo traces at each start; Inductor's own
+    # cache (keyed by the graph) spares recompiling kernels: a second start is ~2x faster.
     os.environ["VLLM_USE_AOT_COMPILE"] = "0"
     os.environ["VLLM_DIST_IDENT"] = f"flying{cfg.dist_port}"  # names shm segments per node
     n = cfg.group.threads_per_worker
