@@ -47,7 +47,7 @@ from flying_core.errors import (
     Unavailable,
 )
 from flying_core.handoff import HandoffStats
-from flying_core.request import Detokenizer, Request
+from flying_core.request import Detokenizer, Request, check_sampling
 from flying_core.sequencer import Sequencer
 from flying_core.types import (
     Event,
@@ -206,6 +206,7 @@ class WorkerGroup:
                                   f"({largest} tokens)")
         if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < -1:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
+        check_sampling(s, vocab)
         if spec.instance is not None and spec.instance < 0:
             raise InvalidArgument("instance must be >= 0")
         if spec.split is not None and not (0 < spec.split.handoff_at < total and (
@@ -231,9 +232,7 @@ class WorkerGroup:
         self._check_submit(spec)
         if spec.sampling.top_k == -1:
             spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
-        req = Request(spec, on_event, self._seed(spec),
-                      Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(Submit(req))
+        self.driver.post(Submit(self._request(spec, on_event)))
 
     def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
         """The KV a cross-node first segment left held here (once; the blocks are freed)."""
@@ -244,9 +243,13 @@ class WorkerGroup:
         """Run the second segment of a request whose first ran on another node. spec's prompt
         is every token so far; kv (or None: recompute) holds the KV of all but the last."""
         self._check_submit(spec)
-        req = Request(spec, on_event, self._seed(spec),
-                      Detokenizer(self._tokenizer, spec.sampling.stop))
-        self.driver.post(Adopt(req, kv))
+        self.driver.post(Adopt(self._request(spec, on_event), kv))
+
+    def _request(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> Request:
+        s = spec.sampling
+        detok = Detokenizer(self._tokenizer, s.stop, include_stop=s.include_stop_str_in_output,
+                            skip_special=s.skip_special_tokens)
+        return Request(spec, on_event, self._seed(spec), detok, eos_ids=self.driver.eos_ids)
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:
