@@ -10,6 +10,7 @@ from flying_core.commands import SampleParams
 from flying_core.detokenizer import Detokenizer
 from flying_core.errors import InvalidArgument
 from flying_core.types import (
+    MAX_LOGPROBS,
     Event,
     Finished,
     FinishReason,
@@ -18,9 +19,6 @@ from flying_core.types import (
     TokenEvent,
     TokenLogprob,
 )
-
-MAX_LOGPROBS = 20   # vLLM's default max_logprobs
-
 
 def check_sampling(s: SamplingSpec, vocab: int) -> None:
     """vLLM's bounds (SamplingParams._verify_args) on the parameters beyond temperature and

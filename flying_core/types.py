@@ -24,6 +24,9 @@ class FinishReason(enum.StrEnum):
     HANDOFF = "handoff"  # first segment of a cross-node micro-request: KV held for export
 
 
+MAX_LOGPROBS = 20   # vLLM's default max_logprobs: top-k logprobs per token at most
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     max_tokens: int = 16

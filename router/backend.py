@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from flying_core.types import SamplingSpec
+from flying_core.types import SamplingSpec, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class GatewayRequest:
 class TextDelta:
     text: str                             # may be "" (e.g. text held back for stop matching)
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()   # one per token id when the request asked
 
 
 @dataclass(frozen=True)
