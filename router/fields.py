@@ -64,6 +64,7 @@ CHAT_NEUTRAL: dict[str, tuple] = {
     "chat_template_kwargs": _EMPTY,
     "media_io_kwargs": _EMPTY,
     "mm_processor_kwargs": _EMPTY,
+    "return_prompt_text": (None, False),
 }
 COMPLETION_NEUTRAL: dict[str, tuple] = {
     "echo": (None, False),                            # prompt logprobs: not yet

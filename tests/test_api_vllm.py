@@ -15,7 +15,7 @@ from flying_dev.reference import reference_outputs
 from tests.agentkit import InProcessAgent, free_port
 from tests.test_router import InProcessRouter
 
-PROMPTS = [[1, 415, 2936, 9060, 285, 1142], [1, 22, 7, 901, 64, 3, 3, 88, 12, 530, 17]]
+PROMPTS = [[1, 415, 936, 1060, 285, 1142], [1, 22, 7, 901, 64, 3, 3, 88, 12, 530, 17]]
 GEN = 12
 TOP = 5
 EXTRAS = dict(presence_penalty=0.5, frequency_penalty=0.25, repetition_penalty=1.25,

@@ -1,0 +1,127 @@
+# ruff: noqa: F811  (the gateway fixtures are imported from tests.test_rest)
+"""No silent drops: every field of the installed vLLM's OpenAI request models is implemented,
+refused unless neutral (400 naming it), or ignored on purpose; an unknown field is ignored
+with a warning. Driven with httpx against the scripted backend of test_rest.py."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from flying_core.types import SamplingSpec
+from router import fields
+from router.chat import ChatRequest, CompletionRequest
+from tests.test_rest import ScriptedBackend, backend, gateway, serve, url  # noqa: F401
+
+CHAT_BODY = {"messages": [{"role": "user", "content": "hi"}]}
+COMPLETION_BODY = {"prompt": "hi"}
+ODD = "not-a-neutral-value"
+
+
+def vllm_fields(chat: bool) -> dict:
+    if chat:
+        from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest as M
+    else:
+        from vllm.entrypoints.openai.completion.protocol import CompletionRequest as M
+    return M.model_fields
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["chat", "completions"])
+def endpoint(request):
+    chat = request.param
+    return (chat, "/v1/chat/completions" if chat else "/v1/completions",
+            CHAT_BODY if chat else COMPLETION_BODY, ChatRequest if chat else CompletionRequest,
+            vllm_fields(chat))
+
+
+def test_every_vllm_field_is_implemented_refused_or_ignored(endpoint):
+    chat, _, _, ours, theirs = endpoint
+    table = fields.neutral_table(chat)
+    for name in theirs:
+        kinds = [name in ours.model_fields, name in table, name in fields.IGNORED]
+        assert sum(kinds) == 1, f"{name}: implemented/refused/ignored = {kinds}"
+    # the neutral values include vLLM's own default for each refused field
+    for name, accepted in table.items():
+        if name in theirs:
+            f = theirs[name]
+            default = f.default_factory() if f.default_factory is not None else f.default
+            assert any(fields._same(default, ok) for ok in accepted), (name, default)
+
+
+def test_refused_fields_are_400_naming_them_and_neutral_values_pass(url, endpoint):
+    chat, path, body, _, theirs = endpoint
+    refused = [n for n in fields.neutral_table(chat) if n in theirs]
+    assert len(refused) > 20
+    for name in refused:
+        r = httpx.post(url + path, json={**body, name: ODD}, timeout=10)
+        assert r.status_code == 400, (name, r.text)
+        assert f"'{name}'" in r.json()["error"]["message"]
+        for ok in fields.neutral_table(chat)[name]:
+            r = httpx.post(url + path, json={**body, name: ok}, timeout=10)
+            assert r.status_code == 200, (name, ok, r.text)
+
+
+class _Log:
+    def __init__(self):
+        self.warnings: list[dict] = []
+
+    def warning(self, msg: str, **kw) -> None:
+        self.warnings.append({"msg": msg, **kw})
+
+
+def test_ignored_and_unknown_fields_pass(url, endpoint, monkeypatch):
+    chat, path, body, _, _ = endpoint
+    log = _Log()
+    monkeypatch.setattr(fields, "log", log)
+    for name in fields.IGNORED:
+        assert httpx.post(url + path, json={**body, name: "x"}, timeout=10).status_code == 200
+    assert log.warnings == []
+    r = httpx.post(url + path, json={**body, "frobnicate": 3}, timeout=10)
+    assert r.status_code == 200
+    assert [w["fields"] for w in log.warnings] == [["frobnicate"]]   # the warning names it
+
+
+def test_benchmark_client_neutral_values_pass(url):
+    """What vLLM's own benchmark client sends."""
+    body = {**COMPLETION_BODY, "repetition_penalty": 1.0, "logprobs": None, "best_of": 1,
+            "use_beam_search": False, "temperature": 0.0, "ignore_eos": True}
+    assert httpx.post(url + "/v1/completions", json=body, timeout=10).status_code == 200
+
+
+def test_implemented_fields_reach_the_backend(gateway):
+    url, backend = gateway
+    r = httpx.post(url + "/v1/chat/completions", timeout=10, json={
+        **CHAT_BODY, "max_completion_tokens": 3, "min_p": 0.25, "presence_penalty": 0.5,
+        "frequency_penalty": -0.5, "repetition_penalty": 1.5, "logit_bias": {"5": -100},
+        "min_tokens": 1, "stop_token_ids": [9], "include_stop_str_in_output": True,
+        "skip_special_tokens": False, "seed": 11, "logprobs": True, "top_logprobs": 2,
+        "top_k": -1})
+    assert r.status_code == 200, r.text
+    s = backend.requests[-1].sampling
+    assert s == SamplingSpec(max_tokens=3, temperature=1.0, top_k=0, seed=11, logprobs=2,
+                             min_p=0.25, presence_penalty=0.5, frequency_penalty=-0.5,
+                             repetition_penalty=1.5, logit_bias=((5, -100.0),), min_tokens=1,
+                             stop_token_ids=(9,), include_stop_str_in_output=True,
+                             skip_special_tokens=False)
+    assert r.json()["choices"][0]["logprobs"] == {"content": []}   # the script has none
+
+
+def test_n_choices_each_a_request_with_seed_plus_index(gateway):
+    url, backend = gateway
+    before = len(backend.requests)
+    r = httpx.post(url + "/v1/completions", timeout=10,
+                   json={**COMPLETION_BODY, "n": 3, "seed": 5, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [c["index"] for c in out["choices"]] == [0, 1, 2]
+    assert all(c["text"] == "Hello," for c in out["choices"])
+    assert out["usage"]["completion_tokens"] == 6 and out["usage"]["prompt_tokens"] == 1
+    reqs = backend.requests[before:]
+    assert sorted(q.sampling.seed for q in reqs) == [5, 6, 7]
+    assert len({q.request_id for q in reqs}) == 3
+    with httpx.stream("POST", url + "/v1/chat/completions", timeout=10,
+                      json={**CHAT_BODY, "n": 2, "stream": True}) as s:
+        lines = [x for x in s.iter_lines() if x.startswith("data: {")]
+    import json
+    finishes = [c["index"] for x in lines for c in json.loads(x[6:])["choices"]
+                if c["finish_reason"]]
+    assert sorted(finishes) == [0, 1]
