@@ -3,8 +3,10 @@
 response objects."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +29,18 @@ MAX_N = 16   # choices per request (each runs as its own request)
 NEUTRAL_DEFAULTS = {"repetition_penalty": 1.0, "presence_penalty": 0.0,
                     "frequency_penalty": 0.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
                     "min_p": 0.0}
+
+
+def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
+    """The sampling defaults of a model folder's generation_config.json, as vLLM takes them
+    (ModelConfig.get_diff_sampling_param with generation_config="auto"): the keys of
+    NEUTRAL_DEFAULTS that the file sets; {} when it has none or there is no file."""
+    path = Path(model_dir) / "generation_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: config[k] for k in NEUTRAL_DEFAULTS if config.get(k) is not None}
 
 
 class _Common(BaseModel):

@@ -55,9 +55,7 @@ def check_logprobs(got_tokens: list[str], got_lps: list[float], got_top: list[di
         sampled_id, sampled_lp, _ = step[0]
         assert got_tokens[i] == tok.decode([sampled_id])
         assert abs(got_lps[i] - sampled_lp) < 1e-4, (i, got_lps[i], sampled_lp)
-        want = {}
-        for t, lp, _ in step:
-            want.setdefault(tok.decode([t]), lp)
+        want = {tok.decode([t]): lp for t, lp, _ in step}   # vLLM's dict: the last wins
         assert got_top[i].keys() == want.keys()
         assert all(abs(got_top[i][k] - v) < 1e-4 for k, v in want.items())
 

@@ -125,3 +125,28 @@ def test_n_choices_each_a_request_with_seed_plus_index(gateway):
     finishes = [c["index"] for x in lines for c in json.loads(x[6:])["choices"]
                 if c["finish_reason"]]
     assert sorted(finishes) == [0, 1]
+
+
+def test_generation_config_defaults_apply_to_omitted_fields(tmp_path):
+    from prometheus_client import CollectorRegistry
+
+    from flying.settings import RouterSettings
+    from flying_dev.checkpoints import write_sampling_defaults
+    from router.chat import sampling_defaults
+    from router.rest import create_app
+    assert sampling_defaults(tmp_path) == {}
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 2, "top_k": 40}')
+    write_sampling_defaults(tmp_path)          # what `flying model smollm2` writes
+    defaults = sampling_defaults(tmp_path)
+    assert defaults == {"temperature": 0.2, "top_p": 0.9, "top_k": 40}
+    backend = ScriptedBackend()
+    app = create_app(backend, RouterSettings(model_name="flying"),
+                     metrics_registry=CollectorRegistry(), sampling_defaults=defaults)
+    with serve(app) as url:
+        assert httpx.post(url + "/v1/completions", json=COMPLETION_BODY).status_code == 200
+        s = backend.requests[-1].sampling
+        assert (s.temperature, s.top_p, s.top_k) == (0.2, 0.9, 40)
+        body = {**CHAT_BODY, "temperature": 0, "top_p": 1, "top_k": -1}
+        assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
+        s = backend.requests[-1].sampling
+        assert (s.temperature, s.top_p, s.top_k) == (0.0, 1.0, 0)
