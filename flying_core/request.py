@@ -20,6 +20,7 @@ from flying_core.types import (
     TokenLogprob,
 )
 
+
 def check_sampling(s: SamplingSpec, vocab: int) -> None:
     """vLLM's bounds (SamplingParams._verify_args) on the parameters beyond temperature and
     top-p/k; InvalidArgument naming the first one out of them."""

@@ -4,7 +4,6 @@ response objects."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flying_core.errors import InvalidArgument
 from flying_core.types import MAX_LOGPROBS, SamplingSpec
 from router import fields
-from router.backend import Done, GatewayRequest
+from router.backend import GatewayRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
