@@ -23,6 +23,7 @@ from flying_core.types import (
     RequestSpec,
     SamplingSpec,
     Split,
+    StructuredSpec,
     SwitchReport,
     TokenEvent,
     TokenLogprob,
@@ -46,7 +47,9 @@ def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
         stop_token_ids=tuple(s.stop_token_ids),
         include_stop_str_in_output=s.include_stop_str_in_output,
         skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens")
-        else True)
+        else True,
+        structured=StructuredSpec(s.structured.kind, s.structured.spec)
+        if s.HasField("structured") else None)
 
 
 def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
@@ -63,6 +66,8 @@ def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
         out.seed = s.seed
     if s.logprobs is not None:
         out.logprobs = s.logprobs
+    if s.structured is not None:
+        out.structured.kind, out.structured.spec = s.structured.kind, s.structured.spec
     return out
 
 

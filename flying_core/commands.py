@@ -86,6 +86,7 @@ class SampleParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     banned: tuple[int, ...] = ()        # masked this step (EOS and stop tokens before min_tokens)
+    allowed: bytes = b""                # structured output: bitmask of the tokens allowed now
     logprobs: int | None = None         # top-k raw logprobs to return; None: none
     prompt_ids: tuple[int, ...] = ()
     output_ids: tuple[int, ...] = ()

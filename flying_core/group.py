@@ -83,6 +83,7 @@ class WorkerGroup:
         self._thread: threading.Thread | None = None
         self._switch_lock = threading.Lock()
         self._tokenizer = None
+        self._grammars = None        # flying_core.grammar.Grammars, on the first structured request
         self.seq: Sequencer | None = None
         self.info: WorkerInfo | None = None
         self.worker_info: list[WorkerInfo] = []
@@ -249,7 +250,15 @@ class WorkerGroup:
         s = spec.sampling
         detok = Detokenizer(self._tokenizer, s.stop, include_stop=s.include_stop_str_in_output,
                             skip_special=s.skip_special_tokens)
-        return Request(spec, on_event, self._seed(spec), detok, eos_ids=self.driver.eos_ids)
+        grammar = None
+        if s.structured is not None:
+            if self._grammars is None:
+                from flying_core.grammar import Grammars
+                self._grammars = Grammars(self._tokenizer, self.info.vocab_size,
+                                          self.driver.eos_ids)
+            grammar = self._grammars.state(s.structured)
+        return Request(spec, on_event, self._seed(spec), detok, eos_ids=self.driver.eos_ids,
+                       grammar=grammar)
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:

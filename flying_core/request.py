@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flying_core.block_pool import Home
 from flying_core.commands import SampleParams
@@ -66,6 +67,7 @@ class Request:
     handed_off: bool = False         # micro-request: its second segment has started
     outbox: list | None = None       # the driver's: events wait there for its next status
     eos_ids: frozenset[int] = frozenset()   # the model's EOS tokens (banned before min_tokens)
+    grammar: Any = None              # flying_core.grammar.GrammarState of a structured output
 
     @property
     def handoff_pending(self) -> bool:
@@ -110,6 +112,7 @@ class Request:
             presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
             repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias, banned=banned,
             logprobs=s.logprobs,
+            allowed=self.grammar.allowed() if self.grammar is not None else b"",
             prompt_ids=self.spec.prompt_token_ids if history else (),
             output_ids=tuple(self.tokens[self.num_prompt:]) if history else ())
 
@@ -122,6 +125,8 @@ class Request:
         now = time.perf_counter()
         self.first_token = self.first_token or now
         self.tokens.append(token)
+        if self.grammar is not None:
+            self.grammar.accept(token)
         s = self.spec.sampling
         may_stop = self.num_output >= s.min_tokens
         stop_token = may_stop and (token in s.stop_token_ids or (
@@ -131,7 +136,7 @@ class Request:
         else:
             text, stopped = self.detok.add(token, check_stops=may_stop)
         reason = None
-        if stopped or stop_token:
+        if stopped or stop_token or (self.grammar is not None and self.grammar.done):
             reason = FinishReason.STOP
         elif self.num_output >= s.max_tokens or len(self.tokens) >= max_model_len:
             reason = FinishReason.LENGTH

@@ -56,9 +56,27 @@ def _penalize(x: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
     return x
 
 
-def process(logits: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
-    """The logits after the argmax-changing steps (banned tokens, logit_bias, penalties)."""
+def constrain(logits: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
+    """Structured outputs: -inf outside each row's grammar bitmask (as vLLM applies it to the
+    logits before its sampler, so its raw logprobs see it too)."""
     x = logits.float()
+    rows = [i for i, p in enumerate(params) if p.allowed]
+    if not rows:
+        return x
+    x = x.clone()
+    vocab = x.shape[-1]
+    shifts = torch.arange(32, dtype=torch.int32)
+    for i in rows:
+        words = torch.frombuffer(bytearray(params[i].allowed), dtype=torch.int32)
+        bits = ((words.unsqueeze(-1) >> shifts) & 1).flatten()[:vocab].bool()
+        x[i, :bits.numel()].masked_fill_(~bits, float("-inf"))
+    return x
+
+
+def process(logits: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
+    """The logits after the argmax-changing steps (grammar, banned tokens, logit_bias,
+    penalties)."""
+    x = constrain(logits, params)
     if not any(p.banned or p.logit_bias or p.presence_penalty or p.frequency_penalty
                or p.repetition_penalty != 1.0 for p in params):
         return x
@@ -116,7 +134,7 @@ def token_logprobs(logits: torch.Tensor, params: list[SampleParams],
     out: list[TokenLogprob | None] = [None] * len(params)
     if not rows:
         return out
-    lp = logits[rows].float().log_softmax(dim=-1)
+    lp = constrain(logits, params)[rows].log_softmax(dim=-1)
     chosen = torch.tensor([[tokens[i]] for i in rows], dtype=torch.int64)
     chosen_lp = lp.gather(1, chosen)
     ranks = (lp >= chosen_lp).sum(dim=-1).tolist()

@@ -24,6 +24,14 @@ class FinishReason(enum.StrEnum):
     HANDOFF = "handoff"  # first segment of a cross-node micro-request: KV held for export
 
 
+@dataclass(frozen=True)
+class StructuredSpec:
+    """A structured-output constraint: kind json_object (any JSON object), json_schema (spec:
+    the schema as JSON text), regex, choice (spec: a JSON list of strings) or grammar (EBNF)."""
+    kind: str
+    spec: str = ""
+
+
 MAX_LOGPROBS = 20   # vLLM's default max_logprobs: top-k logprobs per token at most
 
 
@@ -47,6 +55,7 @@ class SamplingSpec:
     stop_token_ids: tuple[int, ...] = ()
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    structured: StructuredSpec | None = None
 
     @property
     def greedy(self) -> bool:

@@ -174,6 +174,9 @@ def _child(req: dict[str, Any]) -> dict[str, Any]:
     extra = dict(req.get("sampling") or {})
     if "logit_bias" in extra:   # JSON keys are strings
         extra["logit_bias"] = {int(k): v for k, v in extra["logit_bias"].items()}
+    if "structured_outputs" in extra:
+        from vllm.sampling_params import StructuredOutputsParams
+        extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
     params = SamplingParams(
         max_tokens=req["max_tokens"],
         temperature=req["temperature"],

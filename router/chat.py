@@ -14,6 +14,7 @@ from flying_core.errors import InvalidArgument
 from flying_core.types import MAX_LOGPROBS, SamplingSpec
 from router import fields
 from router.backend import GatewayRequest
+from router.structured import structured_spec
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -67,6 +68,8 @@ class _Common(BaseModel):
     min_tokens: int | None = Field(0, ge=0)
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
@@ -88,9 +91,12 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
 
 
 def _sampling(body: _Common, max_tokens: int, logprobs: int | None,
-              defaults: dict[str, Any]) -> SamplingSpec:
+              defaults: dict[str, Any], rid: str, chat: bool) -> SamplingSpec:
     """The request's sampling; an omitted parameter takes the model's generation_config
     default (`defaults`), else vLLM's neutral one: user -> model -> vLLM, as vLLM does."""
+    structured = structured_spec(body.response_format, body.structured_outputs,
+                                 body.model_extra)
+    fields.check(body.model_extra, chat, rid)
     if body.stream_options is not None and not body.stream:
         raise InvalidArgument("'stream_options' is only allowed when 'stream' is true")
     if (body.min_tokens or 0) > max_tokens:
@@ -111,7 +117,7 @@ def _sampling(body: _Common, max_tokens: int, logprobs: int | None,
         logit_bias=tuple(sorted((int(t), float(b)) for t, b in (body.logit_bias or {}).items())),
         min_tokens=body.min_tokens or 0, stop_token_ids=tuple(body.stop_token_ids or ()),
         include_stop_str_in_output=bool(body.include_stop_str_in_output),
-        skip_special_tokens=body.skip_special_tokens is not False)
+        skip_special_tokens=body.skip_special_tokens is not False, structured=structured)
 
 
 def choices(req: GatewayRequest, n: int) -> list[GatewayRequest]:
@@ -222,19 +228,17 @@ def build_prompt(messages: Any, tokenizer: Any = None) -> tuple[str, list[int] |
 def completion_request(body: CompletionRequest, rid: str,
                        defaults: dict[str, Any]) -> list[GatewayRequest]:
     """One GatewayRequest per choice."""
-    fields.check(body.model_extra, False, rid)
     prompt, ids = _prompt(body.prompt)
-    sampling = _sampling(body, body.max_tokens or 16, body.logprobs, defaults)
+    sampling = _sampling(body, body.max_tokens or 16, body.logprobs, defaults, rid, False)
     return choices(GatewayRequest(rid, prompt, ids, sampling, body.priority or 0), body.n or 1)
 
 
 def chat_request(body: ChatRequest, rid: str, tokenizer: Any, default_max_tokens: int,
                  defaults: dict[str, Any]) -> list[GatewayRequest]:
     """One GatewayRequest per choice."""
-    fields.check(body.model_extra, True, rid)
     text, ids = build_prompt(body.messages, tokenizer)
     max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
     sampling = _sampling(body, max_tokens, body.top_logprobs or 0 if body.logprobs else None,
-                         defaults)
+                         defaults, rid, True)
     return choices(GatewayRequest(rid, None if ids else text, ids, sampling,
                                   body.priority or 0), body.n or 1)

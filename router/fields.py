@@ -34,8 +34,6 @@ NEUTRAL: dict[str, tuple] = {
     "logprob_token_ids": _EMPTY,
     "allowed_token_ids": _EMPTY,
     "bad_words": _EMPTY,
-    "response_format": (None, {"type": "text"}),      # structured outputs: not yet
-    "structured_outputs": _NONE,
     "return_token_ids": (None, False),
     "routed_experts_prompt_start": (None, 0),
     "return_token_offsets": (None, False),

@@ -53,10 +53,12 @@ def plan_split(req: pb.GenerateRequest, views: list[NodeView], node: str, instan
 
 
 def penalized(s: pb.SamplingParams) -> bool:
-    """vLLM's presence/frequency penalties count output tokens only: a segment that carries
-    the output so far as its prompt would count them differently, so such requests are not
-    split across nodes (repetition_penalty counts prompt and output alike: no matter)."""
-    return s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+    """Requests whose sampling depends on which tokens are output, not prompt: vLLM's
+    presence/frequency penalties count output tokens only, and a structured output's grammar
+    state lives with the request. A segment that carries the output so far as its prompt
+    would lose that, so such requests are not split across nodes (repetition_penalty counts
+    prompt and output alike: no matter)."""
+    return s.presence_penalty != 0.0 or s.frequency_penalty != 0.0 or s.HasField("structured")
 
 
 def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str

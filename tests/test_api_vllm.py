@@ -97,19 +97,24 @@ def test_logprobs_equal_plain_vllm(gateway, tiny_model, layout):
 
 @pytest.mark.parametrize("layout", [[1, 1], [2]], ids=["dp", "tp"])
 def test_penalties_and_logit_bias_equal_plain_vllm(gateway, tiny_model, layout):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
     set_layout(gateway, layout)
     plain = reference_outputs(tiny_model, PROMPTS, GEN)
     bias = {str(plain[0]["token_ids"][0]): -100.0, "77": 5.0}
-    ref = reference_outputs(tiny_model, PROMPTS, GEN, logit_bias=bias, **EXTRAS)
+    ref = reference_outputs(tiny_model, PROMPTS, GEN, logprobs=0, logit_bias=bias, **EXTRAS)
     assert [r["token_ids"] for r in ref] != [p["token_ids"] for p in plain]  # they do act
     c = client(gateway)
     for prompt, want in zip(PROMPTS, ref):
         out = c.completions.create(model="flying", prompt=prompt, max_tokens=GEN,
                                    temperature=0, logit_bias=bias, presence_penalty=0.5,
-                                   frequency_penalty=0.25,
+                                   frequency_penalty=0.25, logprobs=0,
                                    extra_body={"ignore_eos": True, "repetition_penalty": 1.25,
                                                "min_tokens": 4, "return_token_ids": None})
-        assert out.choices[0].text == want["text"]
+        lp = out.choices[0].logprobs
+        assert lp.tokens == [tok.decode([t]) for t in want["token_ids"]]
+        assert lp.token_logprobs == pytest.approx([s[0][1] for s in want["logprobs"]],
+                                                  abs=1e-4)
 
 
 def test_stop_token_ids_and_min_tokens(gateway, tiny_model):
@@ -147,3 +152,38 @@ def test_n_choices_are_seeded_and_reproducible(gateway):
     chat = c.chat.completions.create(model="flying", messages=msgs, n=3, max_tokens=6,
                                      seed=3, extra_body={"ignore_eos": True})
     assert [ch.index for ch in chat.choices] == [0, 1, 2]
+
+
+SCHEMA = {"type": "object", "properties": {
+    "answer": {"type": "string", "enum": ["yes", "no", "maybe"]},
+    "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["answer", "n"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("layout", [[1, 1], [2]], ids=["dp", "tp"])
+def test_structured_outputs_equal_plain_vllm(gateway, tiny_model, layout):
+    """Greedy under a grammar: plain vLLM's tokens (xgrammar both sides), and the JSON
+    validates against the schema."""
+    import json
+
+    import jsonschema
+    set_layout(gateway, layout)
+    c = client(gateway)
+    cases = [({"json": SCHEMA}, {"response_format": {"type": "json_schema", "json_schema": {
+                 "name": "a", "schema": SCHEMA}}}),
+             ({"regex": "[a-d]{3}-[0-9]{2}"}, {"structured_outputs": {"regex":
+                                                                    "[a-d]{3}-[0-9]{2}"}}),
+             ({"choice": ["red", "green", "blue"]},
+              {"guided_choice": ["red", "green", "blue"]})]
+    for theirs, ours in cases:
+        (want,) = reference_outputs(tiny_model, PROMPTS[:1], 60, logprobs=0,
+                                    structured_outputs=theirs, ignore_eos=False)
+        out = c.completions.create(model="flying", prompt=PROMPTS[0], max_tokens=60,
+                                   temperature=0, logprobs=0, extra_body=ours)
+        got = out.choices[0]
+        assert got.finish_reason == want["finish_reason"], (theirs, got.text, want["text"])
+        assert got.logprobs.token_logprobs == pytest.approx(
+            [s[0][1] for s in want["logprobs"]], abs=1e-4)
+        assert got.text == want["text"]
+        if "json" in theirs and got.finish_reason == "stop":
+            jsonschema.validate(json.loads(got.text), SCHEMA)

@@ -4,6 +4,8 @@ refused unless neutral (400 naming it), or ignored on purpose; an unknown field 
 with a warning. Driven with httpx against the scripted backend of test_rest.py."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -121,7 +123,6 @@ def test_n_choices_each_a_request_with_seed_plus_index(gateway):
     with httpx.stream("POST", url + "/v1/chat/completions", timeout=10,
                       json={**CHAT_BODY, "n": 2, "stream": True}) as s:
         lines = [x for x in s.iter_lines() if x.startswith("data: {")]
-    import json
     finishes = [c["index"] for x in lines for c in json.loads(x[6:])["choices"]
                 if c["finish_reason"]]
     assert sorted(finishes) == [0, 1]
@@ -150,3 +151,34 @@ def test_generation_config_defaults_apply_to_omitted_fields(tmp_path):
         assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 200
         s = backend.requests[-1].sampling
         assert (s.temperature, s.top_p, s.top_k) == (0.0, 1.0, 0)
+
+
+def test_structured_output_fields_reach_the_backend(gateway):
+    from flying_core.types import StructuredSpec
+    url, backend = gateway
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    cases = [
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                     "schema": schema}}},
+         StructuredSpec("json_schema", json.dumps(schema))),
+        ({"response_format": {"type": "json_object"}}, StructuredSpec("json_object")),
+        ({"response_format": {"type": "text"}}, None),
+        ({"structured_outputs": {"regex": "[0-9]+"}}, StructuredSpec("regex", "[0-9]+")),
+        ({"structured_outputs": {"choice": ["a", "b"]}},
+         StructuredSpec("choice", '["a", "b"]')),
+        ({"guided_grammar": 'root ::= "x"'}, StructuredSpec("grammar", 'root ::= "x"')),
+        ({"guided_json": schema}, StructuredSpec("json_schema", json.dumps(schema))),
+    ]
+    for extra, want in cases:
+        for path, body in (("/v1/chat/completions", CHAT_BODY),
+                           ("/v1/completions", COMPLETION_BODY)):
+            r = httpx.post(url + path, json={**body, **extra}, timeout=10)
+            assert r.status_code == 200, (extra, r.text)
+            assert backend.requests[-1].sampling.structured == want
+    for bad in [{"response_format": {"type": "json_schema"}},
+                {"response_format": {"type": "yaml"}},
+                {"structured_outputs": {"regex": "a", "choice": ["b"]}},
+                {"structured_outputs": {"structural_tag": "x"}},
+                {"response_format": {"type": "json_object"}, "guided_regex": "a"}]:
+        r = httpx.post(url + "/v1/completions", json={**COMPLETION_BODY, **bad}, timeout=10)
+        assert r.status_code == 400, (bad, r.text)
