@@ -26,8 +26,8 @@ class Grammars:
         c = self.compiler
         try:
             match spec.kind:
-                case "json_object":
-                    return c.compile_builtin_json_grammar()
+                case "json_object":   # as vLLM's xgrammar backend: any JSON object
+                    return c.compile_json_schema('{"type": "object"}')
                 case "json_schema":
                     return c.compile_json_schema(spec.spec)
                 case "regex":
