@@ -1,6 +1,7 @@
 """What the REST gateway needs from whatever serves its requests (the router's gRPC client).
 
-The gateway builds one `GatewayRequest` per HTTP request, iterates `Backend.generate` and turns
+The gateway builds one `GatewayRequest` per choice of an HTTP request (`n` of them, see
+`router.fanout`), iterates `Backend.generate` and turns
 the `TextDelta`s and the final `Done` into OpenAI responses. Stop strings travel in
 `SamplingSpec.stop` and are applied on the backend side; `TextDelta.text` is already the text to
 show. Errors are `flying_core.errors.FlyingError` subclasses; the gateway maps their `.code`
