@@ -182,3 +182,15 @@ def test_structured_output_fields_reach_the_backend(gateway):
                 {"response_format": {"type": "json_object"}, "guided_regex": "a"}]:
         r = httpx.post(url + "/v1/completions", json={**COMPLETION_BODY, **bad}, timeout=10)
         assert r.status_code == 400, (bad, r.text)
+
+
+def test_a_gone_client_aborts_every_choice(gateway):
+    url, backend = gateway
+    before = len(backend.requests)
+    with httpx.stream("POST", url + "/v1/completions", timeout=10,
+                      json={"prompt": "endless", "n": 3, "stream": True}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+    ids = [q.request_id for q in backend.requests[before:]]
+    assert len(ids) == 3
+    assert all(backend.wait_ended(rid) in ("cancelled", "closed") for rid in ids)
