@@ -91,7 +91,7 @@ def phase_runner(model: str, batches: list[int], steps: int, eager: bool) -> dic
             t = time.perf_counter()
             res = runner.step(seqs)
             total = time.perf_counter() - t
-            last = [tok for _, tok in res]
+            last = [tok for _, tok, _ in res]
             spans = dict(getattr(runner, "spans", {}))
             spans["other"] = total - sum(spans.values())
             spans.update(total=total, pickle_cmd=pk, cmd_bytes=len(blob) / 1e3)

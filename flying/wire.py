@@ -23,8 +23,10 @@ from flying_core.types import (
     RequestSpec,
     SamplingSpec,
     Split,
+    StructuredSpec,
     SwitchReport,
     TokenEvent,
+    TokenLogprob,
 )
 
 # ---------------------------------------------------------------- requests
@@ -37,15 +39,46 @@ def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
         top_p=s.top_p if s.HasField("top_p") else 1.0,
         top_k=s.top_k if s.HasField("top_k") else 0,
         seed=s.seed if s.HasField("seed") else None,
-        stop=tuple(s.stop), ignore_eos=s.ignore_eos)
+        stop=tuple(s.stop), ignore_eos=s.ignore_eos,
+        logprobs=s.logprobs if s.HasField("logprobs") else None, min_p=s.min_p,
+        presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+        logit_bias=tuple(sorted(s.logit_bias.items())), min_tokens=s.min_tokens,
+        stop_token_ids=tuple(s.stop_token_ids),
+        include_stop_str_in_output=s.include_stop_str_in_output,
+        skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens")
+        else True,
+        structured=StructuredSpec(s.structured.kind, s.structured.spec)
+        if s.HasField("structured") else None)
 
 
 def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
     out = pb.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                            top_k=s.top_k, stop=list(s.stop), ignore_eos=s.ignore_eos)
+                            top_k=s.top_k, stop=list(s.stop), ignore_eos=s.ignore_eos,
+                            min_p=s.min_p, presence_penalty=s.presence_penalty,
+                            frequency_penalty=s.frequency_penalty,
+                            repetition_penalty=s.repetition_penalty,
+                            logit_bias=dict(s.logit_bias), min_tokens=s.min_tokens,
+                            stop_token_ids=list(s.stop_token_ids),
+                            include_stop_str_in_output=s.include_stop_str_in_output,
+                            skip_special_tokens=s.skip_special_tokens)
     if s.seed is not None:
         out.seed = s.seed
+    if s.logprobs is not None:
+        out.logprobs = s.logprobs
+    if s.structured is not None:
+        out.structured.kind, out.structured.spec = s.structured.kind, s.structured.spec
     return out
+
+
+def logprob_to_pb(lp: TokenLogprob) -> pb.TokenLogprob:
+    return pb.TokenLogprob(token_id=lp.token_id, logprob=lp.logprob, rank=lp.rank,
+                           top_ids=[t for t, _ in lp.top], top_logprobs=[v for _, v in lp.top])
+
+
+def logprob_from_pb(lp: pb.TokenLogprob) -> TokenLogprob:
+    return TokenLogprob(lp.token_id, lp.logprob, lp.rank,
+                        tuple(zip(lp.top_ids, lp.top_logprobs)))
 
 
 def spec_from_pb(req: pb.GenerateRequest, tokenizer) -> RequestSpec:
@@ -94,7 +127,9 @@ def chunk_to_pb(events: list[TokenEvent]) -> pb.GenerateResponse:
     """One chunk for the tokens a request produced since its last chunk (one per step when
     the stream keeps up; several when it fell behind)."""
     return pb.GenerateResponse(chunk=pb.Chunk(
-        token_ids=[t for ev in events for t in ev.token_ids], text="".join(ev.text for ev in events)))
+        token_ids=[t for ev in events for t in ev.token_ids],
+        text="".join(ev.text for ev in events),
+        logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.logprobs]))
 
 
 def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:

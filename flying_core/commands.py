@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from flying_core.types import KVExport, PreemptMode, WorkerInfo, WorkerStats
+from flying_core.types import KVExport, PreemptMode, TokenLogprob, WorkerInfo, WorkerStats
 
 if TYPE_CHECKING:
     from flying_core.request import Request
@@ -73,10 +73,23 @@ Posted = Submit | Abort | Switch | Export | Adopt | CollectStats | Stop
 
 @dataclass(frozen=True)
 class SampleParams:
+    """How the leader picks a chunk's next token. Stateless: the token depends only on these
+    and the logits, so any instance can sample any step of a request. The token history rides
+    along only for vLLM's penalties (`prompt_ids`/`output_ids` empty otherwise)."""
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    banned: tuple[int, ...] = ()        # masked this step (EOS and stop tokens before min_tokens)
+    allowed: bytes = b""                # structured output: bitmask of the tokens allowed now
+    logprobs: int | None = None         # top-k raw logprobs to return; None: none
+    prompt_ids: tuple[int, ...] = ()
+    output_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,8 +171,9 @@ class Ready(Reply):
 
 @dataclass(frozen=True)
 class StepDone(Reply):
-    """Only an instance's leader replies to a step; tokens for the chunks that sampled."""
-    tokens: tuple[tuple[str, int], ...]
+    """Only an instance's leader replies to a step: (request id, token, its logprobs or None)
+    for the chunks that sampled."""
+    tokens: tuple[tuple[str, int, TokenLogprob | None], ...]
     ms: float
 
 

@@ -25,21 +25,25 @@ class Detokenizer:
     """Feed output tokens one by one; ``add`` returns (text to emit, hit a stop string).
 
     ``tokenizer`` is a ``transformers`` fast tokenizer (its ``backend_tokenizer`` is used), or
-    None: then no text is made and no stop is ever hit.
+    None: then no text is made and no stop is ever hit. ``include_stop``: a stop string hit
+    is emitted too (vLLM's include_stop_str_in_output); ``skip_special``: special tokens make
+    no text (vLLM's skip_special_tokens).
     """
 
     def __init__(self, tokenizer, stops: tuple[str, ...], prompt: Sequence[int] = (),
-                 continued: int = 0):
+                 continued: int = 0, *, include_stop: bool = False, skip_special: bool = True):
         self.tok, self.stops = tokenizer, stops
+        self.include_stop, self.skip_special = include_stop, skip_special
         self.ids: list[int] = []
         self.hold = max((len(s) for s in stops), default=1) - 1
         self._look = self.hold + 1          # sent characters a stop may still start in
         self._backend = None if tokenizer is None else _backend_of(tokenizer)
-        self._stream: DecodeStream | None = DecodeStream(skip_special_tokens=True)
+        self._stream: DecodeStream | None = DecodeStream(skip_special_tokens=skip_special)
         self._text = ""       # decoded text from absolute offset self._base on
         self._base = 0        # absolute offset of self._text[0]
         self.sent = 0         # absolute number of characters emitted
         self._last = -1       # index in ids of the token that last produced text
+        self._check = True    # match stops in the current token's text
         if self._backend is not None:
             own = len(prompt) - continued
             self._prime(prompt[:own])
@@ -53,7 +57,8 @@ class Detokenizer:
         prime = list(prompt)
         if len(prime) > 4:
             for i in range(4, min(len(prime) + 1, 24)):
-                if "\ufffd" not in self._backend.decode(prime[-i:], skip_special_tokens=True):
+                text = self._backend.decode(prime[-i:], skip_special_tokens=self.skip_special)
+                if "\ufffd" not in text:
                     prime = prime[-i:]
                     break
         for token in prime:
@@ -61,8 +66,10 @@ class Detokenizer:
             self._step(token)
         self._last = len(self.ids) - 1
 
-    def add(self, token: int) -> tuple[str, bool]:
-        """(new text to emit, hit a stop string)."""
+    def add(self, token: int, check_stops: bool = True) -> tuple[str, bool]:
+        """(new text to emit, hit a stop string). ``check_stops`` False: no stop is matched
+        in this token's text (vLLM's min_tokens)."""
+        self._check = check_stops
         self.ids.append(token)
         if self._backend is None:
             return "", False
@@ -90,11 +97,12 @@ class Detokenizer:
     def _emit(self, text: str) -> tuple[str, bool]:
         """Emit from ``text`` (decoded from ``self._base``) what can no longer become a stop."""
         sent = self.sent - self._base
-        for stop in self.stops:
+        for stop in self.stops if self._check else ():
             at = text.find(stop, max(0, sent - len(stop)))
             if at >= 0:
-                out = text[sent:at] if at > sent else ""
-                self.sent = self._base + max(sent, at)
+                end = at + len(stop) if self.include_stop else at
+                out = text[sent:end] if end > sent else ""
+                self.sent = self._base + max(sent, end)
                 return out, True
         if text.endswith("\ufffd"):
             return "", False
@@ -130,8 +138,9 @@ class Detokenizer:
         rest = self.ids[self._last + 1:]
         if not rest:
             return ""
-        full = self._backend.decode(ctx + rest, skip_special_tokens=True)
-        return full[len(self._backend.decode(ctx, skip_special_tokens=True)):] if ctx else full
+        skip = self.skip_special
+        full = self._backend.decode(ctx + rest, skip_special_tokens=skip)
+        return full[len(self._backend.decode(ctx, skip_special_tokens=skip)):] if ctx else full
 
 
 def _backend_of(tokenizer):

@@ -179,7 +179,7 @@ class Driver:
     def finish_step(self, sched: InstanceScheduler, reply: StepDone) -> None:
         step, sched.step = sched.step, None
         self.costs.observe(sched.inst.size, step.batch, reply.ms)
-        tokens = dict(reply.tokens)
+        tokens = {rid: (token, lp) for rid, token, lp in reply.tokens}
         for req, n in step.batch:
             req.in_flight = False
             req.num_computed += n
@@ -187,8 +187,8 @@ class Driver:
             if req.aborted:
                 reason = FinishReason.ABORT
             elif req.id in tokens:
-                reason = req.emit_token(tokens[req.id], sched.inst.index, self.eos_ids,
-                                        self.max_model_len)
+                reason = req.emit_token(tokens[req.id][0], sched.inst.index, self.eos_ids,
+                                        self.max_model_len, tokens[req.id][1])
             if reason is not None:
                 self.retire(req, reason)
 

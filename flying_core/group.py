@@ -47,7 +47,7 @@ from flying_core.errors import (
     Unavailable,
 )
 from flying_core.handoff import HandoffStats
-from flying_core.request import Detokenizer, Request
+from flying_core.request import Detokenizer, Request, check_sampling
 from flying_core.sequencer import Sequencer
 from flying_core.types import (
     Event,
@@ -83,6 +83,7 @@ class WorkerGroup:
         self._thread: threading.Thread | None = None
         self._switch_lock = threading.Lock()
         self._tokenizer = None
+        self._grammars = None        # flying_core.grammar.Grammars, on the first structured request
         self.seq: Sequencer | None = None
         self.info: WorkerInfo | None = None
         self.worker_info: list[WorkerInfo] = []
@@ -206,6 +207,7 @@ class WorkerGroup:
                                   f"({largest} tokens)")
         if s.temperature < 0 or not 0 < s.top_p <= 1 or s.top_k < -1:
             raise InvalidArgument("temperature must be >= 0, top_p in (0, 1], top_k >= -1")
+        check_sampling(s, vocab)
         if spec.instance is not None and spec.instance < 0:
             raise InvalidArgument("instance must be >= 0")
         if not 0 <= spec.continued < len(spec.prompt_token_ids):
@@ -229,13 +231,6 @@ class WorkerGroup:
     def _seed(spec: RequestSpec) -> int:
         return spec.sampling.seed if spec.sampling.seed is not None else random.getrandbits(63)
 
-    def _request(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> Request:
-        self._check_submit(spec)
-        if spec.sampling.top_k == -1:
-            spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
-        return Request(spec, on_event, self._seed(spec), Detokenizer(
-            self._tokenizer, spec.sampling.stop, spec.prompt_token_ids, spec.continued))
-
     def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
         self.driver.post(Submit(self._request(spec, on_event)))
 
@@ -248,6 +243,24 @@ class WorkerGroup:
         """Run the second segment of a request whose first ran on another node. spec's prompt
         is every token so far; kv (or None: recompute) holds the KV of all but the last."""
         self.driver.post(Adopt(self._request(spec, on_event), kv))
+
+    def _request(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> Request:
+        self._check_submit(spec)
+        if spec.sampling.top_k == -1:
+            spec = dataclasses.replace(spec, sampling=dataclasses.replace(spec.sampling, top_k=0))
+        s = spec.sampling
+        detok = Detokenizer(self._tokenizer, s.stop, spec.prompt_token_ids, spec.continued,
+                            include_stop=s.include_stop_str_in_output,
+                            skip_special=s.skip_special_tokens)
+        grammar = None
+        if s.structured is not None:
+            if self._grammars is None:
+                from flying_core.grammar import Grammars
+                self._grammars = Grammars(self._tokenizer, self.info.vocab_size,
+                                          self.driver.eos_ids)
+            grammar = self._grammars.state(s.structured)
+        return Request(spec, on_event, self._seed(spec), detok, eos_ids=self.driver.eos_ids,
+                       grammar=grammar)
 
     def abort(self, request_id: str) -> bool:
         if self.driver is None or request_id not in self.driver.requests:

@@ -4,11 +4,46 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flying_core.block_pool import Home
 from flying_core.commands import SampleParams
 from flying_core.detokenizer import Detokenizer
-from flying_core.types import Event, Finished, FinishReason, RequestSpec, TokenEvent
+from flying_core.errors import InvalidArgument
+from flying_core.types import (
+    MAX_LOGPROBS,
+    Event,
+    Finished,
+    FinishReason,
+    RequestSpec,
+    SamplingSpec,
+    TokenEvent,
+    TokenLogprob,
+)
+
+
+def check_sampling(s: SamplingSpec, vocab: int) -> None:
+    """vLLM's bounds (SamplingParams._verify_args) on the parameters beyond temperature and
+    top-p/k; InvalidArgument naming the first one out of them."""
+    if not -2.0 <= s.presence_penalty <= 2.0:
+        raise InvalidArgument(f"presence_penalty must be in [-2, 2], got {s.presence_penalty}")
+    if not -2.0 <= s.frequency_penalty <= 2.0:
+        raise InvalidArgument(f"frequency_penalty must be in [-2, 2], got {s.frequency_penalty}")
+    if not 0.0 < s.repetition_penalty < float("inf"):
+        raise InvalidArgument(f"repetition_penalty must be > 0, got {s.repetition_penalty}")
+    if not 0.0 <= s.min_p <= 1.0:
+        raise InvalidArgument(f"min_p must be in [0, 1], got {s.min_p}")
+    if not 0 <= s.min_tokens <= s.max_tokens:
+        raise InvalidArgument(f"min_tokens must be in [0, max_tokens={s.max_tokens}], "
+                              f"got {s.min_tokens}")
+    if s.logprobs is not None and not 0 <= s.logprobs <= MAX_LOGPROBS:
+        raise InvalidArgument(f"logprobs must be in [0, {MAX_LOGPROBS}], got {s.logprobs}")
+    bad = [t for t, _ in s.logit_bias if not 0 <= t < vocab]
+    if bad:
+        raise InvalidArgument(f"logit_bias token ids must be in [0, {vocab}), got {bad[0]}")
+    bad = [t for t in s.stop_token_ids if not 0 <= t < vocab]
+    if bad:
+        raise InvalidArgument(f"stop_token_ids must be in [0, {vocab}), got {bad[0]}")
 
 
 @dataclass(eq=False)
@@ -31,6 +66,8 @@ class Request:
     preemptions: int = 0
     handed_off: bool = False         # micro-request: its second segment has started
     outbox: list | None = None       # the driver's: events wait there for its next status
+    eos_ids: frozenset[int] = frozenset()   # the model's EOS tokens (banned before min_tokens)
+    grammar: Any = None              # flying_core.grammar.GrammarState of a structured output
 
     @property
     def handoff_pending(self) -> bool:
@@ -65,23 +102,48 @@ class Request:
 
     def sample_params(self) -> SampleParams:
         s = self.spec.sampling
-        return SampleParams(s.temperature, s.top_p, s.top_k, self.seed)
+        banned: tuple[int, ...] = ()
+        if self.num_output < s.min_tokens:   # vLLM's min_tokens: EOS and stop tokens masked
+            banned = tuple(sorted(set(s.stop_token_ids) | (
+                set() if s.ignore_eos else set(self.eos_ids))))
+        history = s.penalized
+        return SampleParams(
+            s.temperature, s.top_p, s.top_k, self.seed, min_p=s.min_p,
+            presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+            repetition_penalty=s.repetition_penalty, logit_bias=s.logit_bias, banned=banned,
+            logprobs=s.logprobs,
+            allowed=self.grammar.allowed() if self.grammar is not None else b"",
+            prompt_ids=self.spec.prompt_token_ids if history else (),
+            output_ids=tuple(self.tokens[self.num_prompt:]) if history else ())
 
     def emit_token(self, token: int, instance: int, eos_ids: frozenset[int],
-                   max_model_len: int) -> FinishReason | None:
+                   max_model_len: int, logprob: TokenLogprob | None = None
+                   ) -> FinishReason | None:
+        """Append a sampled token; its event; the finish reason if it ends the request.
+        As vLLM: no stop of any kind before min_tokens, and a stop token's own text (EOS
+        or stop_token_ids) is left out unless include_stop_str_in_output."""
         now = time.perf_counter()
         self.first_token = self.first_token or now
         self.tokens.append(token)
-        text, stopped = self.detok.add(token)
+        if self.grammar is not None:
+            self.grammar.accept(token)
         s = self.spec.sampling
+        may_stop = self.num_output >= s.min_tokens
+        stop_token = may_stop and (token in s.stop_token_ids or (
+            token in eos_ids and not s.ignore_eos))
+        if stop_token and not s.include_stop_str_in_output:
+            text, stopped = "", False
+        else:
+            text, stopped = self.detok.add(token, check_stops=may_stop)
         reason = None
-        if stopped or (token in eos_ids and not s.ignore_eos):
+        if stopped or stop_token or (self.grammar is not None and self.grammar.done):
             reason = FinishReason.STOP
         elif self.num_output >= s.max_tokens or len(self.tokens) >= max_model_len:
             reason = FinishReason.LENGTH
         if reason is not None and not stopped:
             text += self.detok.flush()
-        self._emit(TokenEvent(self.id, (token,), instance, text))
+        self._emit(TokenEvent(self.id, (token,), instance, text,
+                              () if logprob is None else (logprob,)))
         return reason
 
     def finish(self, reason: FinishReason, instance: int, error: str = "") -> None:

@@ -19,7 +19,8 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec
 from flying_core.batch import BatchBuffers
 from flying_core.comm_pool import tp_mode
 from flying_core.commands import SeqChunk
-from flying_core.sampling import sample
+from flying_core.sampling import sample, token_logprobs
+from flying_core.types import TokenLogprob
 
 
 class ModelRunner:
@@ -51,8 +52,9 @@ class ModelRunner:
         return self.group.rank_in_group == 0
 
     @torch.inference_mode()
-    def step(self, seqs: tuple[SeqChunk, ...]) -> list[tuple[str, int]]:
-        """Compute every chunk's KV; return (request_id, token) for chunks that sample."""
+    def step(self, seqs: tuple[SeqChunk, ...]) -> list[tuple[str, int, TokenLogprob | None]]:
+        """Compute every chunk's KV; return (request_id, token, its logprobs or None) for the
+        chunks that sample."""
         t0 = time.perf_counter()
         b = self.buffers.fill(seqs)
         common = CommonAttentionMetadata(
@@ -80,9 +82,10 @@ class ModelRunner:
             return []
         logits = logits[:, :self.vocab_size].float().cpu()
         chosen = [seqs[i] for i in b.sampled]
-        tokens = sample(logits, [s.sample for s in chosen],
-                        [s.start + len(s.token_ids) for s in chosen])
+        params = [s.sample for s in chosen]
+        tokens = sample(logits, params, [s.start + len(s.token_ids) for s in chosen])
+        lps = token_logprobs(logits, params, tokens)
         t5 = time.perf_counter()
         self.spans = {"batch": t1 - t0, "metadata": t2 - t1, "forward": t3 - t2,
                       "logits": t4 - t3, "sample": t5 - t4}
-        return [(s.request_id, t) for s, t in zip(chosen, tokens)]
+        return [(s.request_id, t, lp) for s, t, lp in zip(chosen, tokens, lps)]

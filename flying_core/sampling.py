@@ -3,17 +3,24 @@
 So a request sampled with temperature > 0 gives the same tokens whichever instance, TP size or
 worker produces each step, and across any number of layout switches.
 
-`sample` is one vectorised pass over the batch (temperature, top-k, top-p per row). The draw
-is torch's own `multinomial(probs, 1)` algorithm written out — argmax(probs / q), q ~ Exp(1)
-drawn from the row's (seed, position) generator — so it picks exactly the token the per-row
+`sample` is one vectorised pass over the batch, in vLLM's order (vllm/v1/sample/sampler.py):
+logits processors that change the argmax (min_tokens' banned stop tokens, logit_bias), then
+the penalties (repetition, frequency, presence: vLLM's own `apply_penalties`), greedy argmax;
+for random rows temperature, min_p, top-k, top-p. The draw is torch's own
+`multinomial(probs, 1)` algorithm written out — argmax(probs / q), q ~ Exp(1) drawn from the
+row's (seed, position) generator — so it picks exactly the token the per-row
 `torch.multinomial` call did (tests/test_sampling.py holds it to that per-row reference);
 only filling q needs one generator per row.
+
+`token_logprobs` reports what vLLM reports by default (`logprobs_mode="raw_logprobs"`): the
+log_softmax of the raw logits, before any of the processing above.
 """
 from __future__ import annotations
 
 import torch
 
 from flying_core.commands import SampleParams
+from flying_core.types import TokenLogprob
 
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 63) - 1
@@ -25,15 +32,79 @@ def _generator(seed: int, position: int) -> torch.Generator:
     return g
 
 
+def _penalize(x: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
+    """vLLM's presence/frequency/repetition penalties on the rows that have any (in place)."""
+    rows = [i for i, p in enumerate(params) if p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0]
+    if not rows:
+        return x
+    from vllm.model_executor.layers.utils import apply_penalties
+    vocab = x.shape[-1]
+
+    def padded(seqs: list[tuple[int, ...]]) -> torch.Tensor:
+        width = max(1, max(len(s) for s in seqs))
+        return torch.tensor([list(s) + [vocab] * (width - len(s)) for s in seqs],
+                            dtype=torch.int64)
+
+    ps = [params[i] for i in rows]
+    sub = x[rows]
+    apply_penalties(sub, padded([p.prompt_ids for p in ps]), padded([p.output_ids for p in ps]),
+                    torch.tensor([p.presence_penalty for p in ps], dtype=torch.float32),
+                    torch.tensor([p.frequency_penalty for p in ps], dtype=torch.float32),
+                    torch.tensor([p.repetition_penalty for p in ps], dtype=torch.float32))
+    x[rows] = sub
+    return x
+
+
+def constrain(logits: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
+    """Structured outputs: -inf outside each row's grammar bitmask (as vLLM applies it to the
+    logits before its sampler, so its raw logprobs see it too)."""
+    x = logits.float()
+    rows = [i for i, p in enumerate(params) if p.allowed]
+    if not rows:
+        return x
+    x = x.clone()
+    vocab = x.shape[-1]
+    shifts = torch.arange(32, dtype=torch.int32)
+    for i in rows:
+        words = torch.frombuffer(bytearray(params[i].allowed), dtype=torch.int32)
+        bits = ((words.unsqueeze(-1) >> shifts) & 1).flatten()[:vocab].bool()
+        x[i, :bits.numel()].masked_fill_(~bits, float("-inf"))
+    return x
+
+
+def process(logits: torch.Tensor, params: list[SampleParams]) -> torch.Tensor:
+    """The logits after the argmax-changing steps (grammar, banned tokens, logit_bias,
+    penalties)."""
+    x = constrain(logits, params)
+    if not any(p.banned or p.logit_bias or p.presence_penalty or p.frequency_penalty
+               or p.repetition_penalty != 1.0 for p in params):
+        return x
+    x = x.clone()
+    vocab = x.shape[-1]
+    for i, p in enumerate(params):
+        if p.banned:
+            x[i, [t for t in p.banned if 0 <= t < vocab]] = float("-inf")
+        for t, bias in p.logit_bias:
+            if 0 <= t < vocab:
+                x[i, t] += bias
+    return _penalize(x, params)
+
+
 def sample(logits: torch.Tensor, params: list[SampleParams], positions: list[int]) -> list[int]:
     """logits: [n, vocab] (float); one token per row. Greedy rows are argmax."""
+    logits = process(logits, params)
     out = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
     if not rows:
         return out.tolist()
     ps = [params[i] for i in rows]
     vocab = logits.shape[-1]
-    x = logits[rows].float() / torch.tensor([[p.temperature] for p in ps], dtype=torch.float32)
+    x = logits[rows] / torch.tensor([[p.temperature] for p in ps], dtype=torch.float32)
+    min_p = torch.tensor([[p.min_p] for p in ps], dtype=torch.float32)
+    if bool((min_p > 0.0).any()):
+        probs = torch.softmax(x, dim=-1)
+        x = x.masked_fill(probs < probs.amax(dim=-1, keepdim=True) * min_p, float("-inf"))
     ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in ps]
     if any(ks):
         kth = torch.topk(x, max(ks), dim=-1).values
@@ -53,3 +124,24 @@ def sample(logits: torch.Tensor, params: list[SampleParams], positions: list[int
     out[rows] = (probs / q).argmax(dim=-1)
     return out.tolist()
 
+
+def token_logprobs(logits: torch.Tensor, params: list[SampleParams],
+                   tokens: list[int]) -> list[TokenLogprob | None]:
+    """Raw logprobs of each row's chosen token, its rank and the row's top-k (None for rows
+    that asked for none). As vLLM's `Sampler.gather_logprobs`: rank = how many tokens have a
+    logprob >= the chosen one's."""
+    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+    out: list[TokenLogprob | None] = [None] * len(params)
+    if not rows:
+        return out
+    lp = constrain(logits, params)[rows].log_softmax(dim=-1)
+    chosen = torch.tensor([[tokens[i]] for i in rows], dtype=torch.int64)
+    chosen_lp = lp.gather(1, chosen)
+    ranks = (lp >= chosen_lp).sum(dim=-1).tolist()
+    k = max(params[i].logprobs for i in rows)
+    top_lp, top_ids = torch.topk(lp, min(k, lp.shape[-1]), dim=-1) if k else (None, None)
+    for j, i in enumerate(rows):
+        ki = params[i].logprobs
+        top = tuple(zip(top_ids[j, :ki].tolist(), top_lp[j, :ki].tolist())) if ki else ()
+        out[i] = TokenLogprob(tokens[i], float(chosen_lp[j, 0]), int(ranks[j]), top)
+    return out

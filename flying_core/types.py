@@ -25,6 +25,17 @@ class FinishReason(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class StructuredSpec:
+    """A structured-output constraint: kind json_object (any JSON object), json_schema (spec:
+    the schema as JSON text), regex, choice (spec: a JSON list of strings) or grammar (EBNF)."""
+    kind: str
+    spec: str = ""
+
+
+MAX_LOGPROBS = 20   # vLLM's default max_logprobs: top-k logprobs per token at most
+
+
+@dataclass(frozen=True)
 class SamplingSpec:
     max_tokens: int = 16
     temperature: float = 1.0
@@ -33,10 +44,28 @@ class SamplingSpec:
     seed: int | None = None  # None: the group draws one, so replays stay exact across switches
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    # vLLM's further sampling parameters, with its neutral defaults
+    logprobs: int | None = None     # top-k logprobs per output token (0: the sampled one only)
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias added to its logit)
+    min_tokens: int = 0             # no EOS / stop token / stop string before this many
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    structured: StructuredSpec | None = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+    @property
+    def penalized(self) -> bool:
+        """Whether sampling needs the request's token history (vLLM's penalties)."""
+        return (self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+                or self.repetition_penalty != 1.0)
 
 
 @dataclass(frozen=True)
@@ -68,11 +97,23 @@ class RequestSpec:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """The logprob of one output token in the model's raw distribution (vLLM's default
+    `raw_logprobs`: log_softmax of the logits before temperature, penalties, top-k/p),
+    its rank there (1 = most likely) and the top-k (token id, logprob), most likely first."""
+    token_id: int
+    logprob: float
+    rank: int
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     request_id: str
     token_ids: tuple[int, ...]
     instance: int
     text: str = ""          # incremental text (stop strings already applied)
+    logprobs: tuple[TokenLogprob, ...] = ()   # one per token when the request asked for them
 
 
 @dataclass(frozen=True)

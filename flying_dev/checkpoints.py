@@ -26,6 +26,7 @@ KINDS = ("tiny", "smollm2")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / ".models"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SAMPLING = {"temperature": 0.2, "top_p": 0.9}   # the model card's recommendation
 
 # tiny model shape: TP-friendly (8 heads / 4 KV heads split over 1, 2 or 4 ranks)
 TINY_SHAPE = dict(
@@ -75,12 +76,31 @@ def build(kind: str, out: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def write_sampling_defaults(out: Path) -> None:
+    """SmolLM2-Instruct's recommended sampling (its model card: temperature 0.2, top_p 0.9)
+    into generation_config.json, where vLLM and Flying's gateway take request defaults from;
+    the GGUF conversion loses them. Atomic: readers see the old file or the new one."""
+    path = Path(out) / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    if all(config.get(k) == v for k, v in SMOLLM2_SAMPLING.items()):
+        return
+    config.update(SMOLLM2_SAMPLING)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(config, fh, indent=2)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def ensure(kind: str) -> Path:
-    """Return ``<repo>/.models/<kind>``, building it first if it is not there yet."""
+    """Return ``<repo>/.models/<kind>``, building it first if it is not there yet (a SmolLM2
+    folder built before its sampling defaults were written gets them)."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r} (known: {', '.join(KINDS)})")
     final = MODELS_DIR / kind
     if _complete(final):
+        if kind == "smollm2":
+            write_sampling_defaults(final)
         return final
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
     with _file_lock(MODELS_DIR / f".{kind}.lock"):
@@ -300,3 +320,4 @@ def _build_smollm2(out: Path) -> None:
         raise RuntimeError(f"SmolLM2 conversion: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    write_sampling_defaults(out)

@@ -44,6 +44,32 @@ def reference_tokens(
     return _run(model_dir, req, use_cache)["outputs"]
 
 
+def reference_outputs(
+    model_dir: str | Path,
+    prompts: list[list[int]],
+    max_tokens: int,
+    logprobs: int | None = None,
+    dtype: str = "float32",
+    use_cache: bool = True,
+    **sampling: Any,
+) -> list[dict[str, Any]]:
+    """Plain vLLM's outputs with any further vLLM SamplingParams (`sampling`: penalties,
+    logit_bias, min_tokens, stop_token_ids, ... ; greedy and ignore_eos unless given): per
+    prompt {"token_ids": [...], "text": str, "finish_reason": str, "logprobs": None or, per
+    output token, [[token_id, logprob, rank], ...] in vLLM's order (sampled token first)}."""
+    req = {
+        "mode": "outputs",
+        "prompts": [[int(t) for t in p] for p in prompts],
+        "max_tokens": int(max_tokens),
+        "dtype": dtype,
+        "temperature": float(sampling.pop("temperature", 0.0)),
+        "seed": sampling.pop("seed", None),
+        "logprobs": logprobs,
+        "sampling": {"ignore_eos": True, **sampling},
+    }
+    return _run(model_dir, req, use_cache)["outputs"]
+
+
 def reference_text(
     model_dir: str | Path,
     chat_messages: list[dict[str, str]],
@@ -145,21 +171,40 @@ def _child(req: dict[str, Any]) -> dict[str, Any]:
         seed=0,
         kv_cache_memory_bytes=KV_CACHE_BYTES,
     )
+    extra = dict(req.get("sampling") or {})
+    if "logit_bias" in extra:   # JSON keys are strings
+        extra["logit_bias"] = {int(k): v for k, v in extra["logit_bias"].items()}
+    if "structured_outputs" in extra:
+        from vllm.sampling_params import StructuredOutputsParams
+        extra["structured_outputs"] = StructuredOutputsParams(**extra["structured_outputs"])
     params = SamplingParams(
         max_tokens=req["max_tokens"],
         temperature=req["temperature"],
         seed=req["seed"],
-        ignore_eos=req["mode"] == "tokens",
+        logprobs=req.get("logprobs"),
+        **{"ignore_eos": req["mode"] == "tokens", **extra},
     )
     if req["mode"] == "tokens":
         outs = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params,
                             use_tqdm=False)
         return {"outputs": [list(o.outputs[0].token_ids) for o in outs]}
+    if req["mode"] == "outputs":
+        outs = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params,
+                            use_tqdm=False)
+        return {"outputs": [_output(o.outputs[0]) for o in outs]}
     if req["mode"] == "chat":
         outs = llm.chat(req["messages"], params, use_tqdm=False)
         out = outs[0].outputs[0]
         return {"text": out.text, "token_ids": list(out.token_ids)}
     raise ValueError(f"unknown mode {req['mode']!r}")
+
+
+def _output(out) -> dict[str, Any]:
+    lps = None if out.logprobs is None else [
+        [[int(t), float(lp.logprob), int(lp.rank)] for t, lp in step.items()]
+        for step in out.logprobs]
+    return {"token_ids": list(out.token_ids), "text": out.text,
+            "finish_reason": out.finish_reason, "logprobs": lps}
 
 
 def main() -> int:

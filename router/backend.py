@@ -1,6 +1,7 @@
 """What the REST gateway needs from whatever serves its requests (the router's gRPC client).
 
-The gateway builds one `GatewayRequest` per HTTP request, iterates `Backend.generate` and turns
+The gateway builds one `GatewayRequest` per choice of an HTTP request (`n` of them, see
+`router.fanout`), iterates `Backend.generate` and turns
 the `TextDelta`s and the final `Done` into OpenAI responses. Stop strings travel in
 `SamplingSpec.stop` and are applied on the backend side; `TextDelta.text` is already the text to
 show. Errors are `flying_core.errors.FlyingError` subclasses; the gateway maps their `.code`
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from flying_core.types import SamplingSpec
+from flying_core.types import SamplingSpec, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class GatewayRequest:
 class TextDelta:
     text: str                             # may be "" (e.g. text held back for stop matching)
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()   # one per token id when the request asked
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,18 @@
 response objects."""
 from __future__ import annotations
 
-import time
+import json
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from flying_core.errors import InvalidArgument
-from flying_core.types import SamplingSpec
-from router.backend import Done, GatewayRequest
+from flying_core.types import MAX_LOGPROBS, SamplingSpec
+from router import fields
+from router.backend import GatewayRequest
+from router.structured import structured_spec
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -19,36 +23,66 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+MAX_N = 16   # choices per request (each runs as its own request)
+# vLLM's defaults for what a request omits, unless the model folder's generation_config.json
+# names its own (`sampling_defaults`): vLLM's ChatCompletionRequest._DEFAULT_SAMPLING_PARAMS
+NEUTRAL_DEFAULTS = {"repetition_penalty": 1.0, "presence_penalty": 0.0,
+                    "frequency_penalty": 0.0, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                    "min_p": 0.0}
+
+
+def sampling_defaults(model_dir: str | Path) -> dict[str, Any]:
+    """The sampling defaults of a model folder's generation_config.json, as vLLM takes them
+    (ModelConfig.get_diff_sampling_param with generation_config="auto"): the keys of
+    NEUTRAL_DEFAULTS that the file sets; {} when it has none or there is no file."""
+    path = Path(model_dir) / "generation_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: config[k] for k in NEUTRAL_DEFAULTS if config.get(k) is not None}
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """The fields Flying implements; every other field lands in `model_extra` and goes
+    through `router.fields.check` (refused, ignored on purpose, or unknown)."""
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)       # vLLM: -1 or 0 = off
+    min_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
+    stop_token_ids: list[int] | None = None
+    n: int | None = Field(1, ge=1, le=MAX_N)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
-    priority: int = 0
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    ignore_eos: bool | None = False
+    priority: int | None = 0
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    logit_bias: dict[int, float] | None = None
+    min_tokens: int | None = Field(0, ge=0)
+    include_stop_str_in_output: bool | None = False
+    skip_special_tokens: bool | None = True
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
 
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
 class ChatRequest(_Common):
     messages: list[Any]
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    tools: list[Any] | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(0, ge=0, le=MAX_LOGPROBS)
+
 
 def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
@@ -56,19 +90,44 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
 
 
-def _sampling(body: _Common, max_tokens: int) -> SamplingSpec:
-    if body.n != 1:
-        raise InvalidArgument(f"n={body.n} is not supported; only n=1")
+def _sampling(body: _Common, max_tokens: int, logprobs: int | None,
+              defaults: dict[str, Any], rid: str, chat: bool) -> SamplingSpec:
+    """The request's sampling; an omitted parameter takes the model's generation_config
+    default (`defaults`), else vLLM's neutral one: user -> model -> vLLM, as vLLM does."""
+    structured = structured_spec(body.response_format, body.structured_outputs,
+                                 body.model_extra)
+    fields.check(body.model_extra, chat, rid)
     if body.stream_options is not None and not body.stream:
         raise InvalidArgument("'stream_options' is only allowed when 'stream' is true")
-    if body.presence_penalty or body.frequency_penalty:
-        raise InvalidArgument("presence_penalty and frequency_penalty are not supported")
+    if (body.min_tokens or 0) > max_tokens:
+        raise InvalidArgument(f"min_tokens ({body.min_tokens}) must be <= max_tokens "
+                              f"({max_tokens})")
+
+    def pick(name: str) -> Any:
+        value = getattr(body, name)
+        return value if value is not None else defaults.get(name, NEUTRAL_DEFAULTS[name])
+
     return SamplingSpec(
-        max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(body.top_k or 0, 0), seed=body.seed, stop=_stop(body.stop),
-        ignore_eos=body.ignore_eos)
+        max_tokens=max_tokens, temperature=float(pick("temperature")),
+        top_p=float(pick("top_p")), top_k=max(int(pick("top_k")), 0), seed=body.seed,
+        stop=_stop(body.stop), ignore_eos=bool(body.ignore_eos), logprobs=logprobs,
+        min_p=float(pick("min_p")), presence_penalty=float(pick("presence_penalty")),
+        frequency_penalty=float(pick("frequency_penalty")),
+        repetition_penalty=float(pick("repetition_penalty")),
+        logit_bias=tuple(sorted((int(t), float(b)) for t, b in (body.logit_bias or {}).items())),
+        min_tokens=body.min_tokens or 0, stop_token_ids=tuple(body.stop_token_ids or ()),
+        include_stop_str_in_output=bool(body.include_stop_str_in_output),
+        skip_special_tokens=body.skip_special_tokens is not False, structured=structured)
+
+
+def choices(req: GatewayRequest, n: int) -> list[GatewayRequest]:
+    """`n` independent requests for a request's n choices. With a seed, choice i samples
+    with seed + i (as vLLM's parallel sampling): the same request gives the same n texts."""
+    if n == 1:
+        return [req]
+    s = req.sampling
+    return [replace(req, request_id=f"{req.request_id}-{i}", sampling=replace(
+        s, seed=None if s.seed is None else s.seed + i)) for i in range(n)]
 
 
 def _prompt(prompt: str | list) -> tuple[str | None, list[int] | None]:
@@ -166,59 +225,20 @@ def build_prompt(messages: Any, tokenizer: Any = None) -> tuple[str, list[int] |
     return text, None
 
 
-def completion_request(body: CompletionRequest, rid: str) -> GatewayRequest:
-    if body.echo or body.logprobs is not None or (body.best_of or 1) != 1:
-        raise InvalidArgument("echo, logprobs and best_of are not supported")
+def completion_request(body: CompletionRequest, rid: str,
+                       defaults: dict[str, Any]) -> list[GatewayRequest]:
+    """One GatewayRequest per choice."""
     prompt, ids = _prompt(body.prompt)
-    return GatewayRequest(rid, prompt, ids, _sampling(body, body.max_tokens or 16),
-                          body.priority)
+    sampling = _sampling(body, body.max_tokens or 16, body.logprobs, defaults, rid, False)
+    return choices(GatewayRequest(rid, prompt, ids, sampling, body.priority or 0), body.n or 1)
 
 
-def chat_request(body: ChatRequest, rid: str, tokenizer: Any,
-                 default_max_tokens: int) -> GatewayRequest:
-    if body.logprobs or body.tools:
-        raise InvalidArgument("logprobs and tools are not supported")
+def chat_request(body: ChatRequest, rid: str, tokenizer: Any, default_max_tokens: int,
+                 defaults: dict[str, Any]) -> list[GatewayRequest]:
+    """One GatewayRequest per choice."""
     text, ids = build_prompt(body.messages, tokenizer)
     max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
-    return GatewayRequest(rid, None if ids else text, ids, _sampling(body, max_tokens),
-                          body.priority)
-
-
-class Shape:
-    """The OpenAI JSON objects of one completion or chat completion."""
-
-    def __init__(self, chat_: bool, rid: str, model: str):
-        self.chat, self.rid, self.model, self.created = chat_, rid, model, int(time.time())
-
-    def _obj(self, choices: list, stream: bool) -> dict:
-        kind = ("chat.completion" if self.chat else "text_completion") + (
-            ".chunk" if stream and self.chat else "")
-        return {"id": self.rid, "object": kind, "created": self.created, "model": self.model,
-                "choices": choices}
-
-    def choice(self, text: str | None, finish: str | None, stream: bool) -> dict:
-        out: dict[str, Any] = {"index": 0}
-        if not self.chat:
-            out["text"] = text or ""
-        elif stream:
-            out["delta"] = {} if text is None else {"content": text}
-        else:
-            out["message"] = {"role": "assistant", "content": text}
-        return {**out, "logprobs": None, "finish_reason": finish}
-
-    def role_choice(self) -> dict:
-        return {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                "finish_reason": None}
-
-    def full(self, text: str, done: Done) -> dict:
-        return {**self._obj([self.choice(text, done.finish_reason, False)], False),
-                "usage": usage(done)}
-
-    def chunk(self, choices: list, usage_: Any = ...) -> dict:
-        obj = self._obj(choices, True)
-        return obj if usage_ is ... else {**obj, "usage": usage_}
-
-
-def usage(done: Done) -> dict:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
+    sampling = _sampling(body, max_tokens, body.top_logprobs or 0 if body.logprobs else None,
+                         defaults, rid, True)
+    return choices(GatewayRequest(rid, None if ids else text, ids, sampling,
+                                  body.priority or 0), body.n or 1)

@@ -21,7 +21,13 @@ from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument, ResourceExhausted, Unavailable
 from router.agents import Cluster
 from router.classify import classify
-from router.micro import continue_request, merge_complete, plan_split, resume_request
+from router.micro import (
+    continue_request,
+    merge_complete,
+    penalized,
+    plan_split,
+    resume_request,
+)
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
 from router.views import single_worker_tokens
@@ -106,6 +112,8 @@ class Dispatcher:
 
     def _split(self, req: pb.GenerateRequest, placement) -> str | None:
         if self.micro_requests == "adaptive":
+            if penalized(req.sampling):
+                return None
             return plan_split(req, self.cluster.views(), placement.node, placement.instance)
         if self.micro_requests == "disagg":
             view = next((v for v in self.cluster.views() if v.name == placement.node), None)

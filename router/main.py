@@ -15,6 +15,7 @@ from flying import logs, sdnotify
 from flying.settings import RouterSettings
 from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
+from router import chat
 from router import leader as leadership
 from router.agents import Cluster
 from router.control import Controller
@@ -42,6 +43,18 @@ def load_tokenizer(cluster: Cluster):
     return None
 
 
+def load_sampling_defaults(cluster: Cluster) -> dict:
+    """The agents' model's generation_config.json sampling defaults, when its folder exists on
+    this machine (else vLLM's neutral ones apply)."""
+    for a in cluster.agents:
+        path = a.status_pb.model if a.status_pb is not None else ""
+        if path and Path(path).is_dir():
+            defaults = chat.sampling_defaults(path)
+            log.info("sampling defaults from the model folder", path=path, **defaults)
+            return defaults
+    return {}
+
+
 async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
                 policy_cfg: PolicyConfig = PolicyConfig()) -> int:
     stop = stop or asyncio.Event()
@@ -67,7 +80,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
         log.error("cannot bind gRPC", port=settings.grpc_port)
         return 1
     await server.start()
-    app = create_app(DispatchBackend(dispatcher, settings.model_name), settings, tokenizer)
+    app = create_app(DispatchBackend(dispatcher, settings.model_name), settings, tokenizer,
+                     sampling_defaults=load_sampling_defaults(cluster))
     app.state.controller = controller
     app.state.metrics.policy_leader.set_function(lambda: float(leader.is_leader))
 

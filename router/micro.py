@@ -52,12 +52,22 @@ def plan_split(req: pb.GenerateRequest, views: list[NodeView], node: str, instan
     return target
 
 
+def penalized(s: pb.SamplingParams) -> bool:
+    """Requests whose sampling depends on which tokens are output, not prompt: vLLM's
+    presence/frequency penalties count output tokens only, and a structured output's grammar
+    state lives with the request. A segment that carries the output so far as its prompt
+    would lose that, so such requests are not split across nodes (repetition_penalty counts
+    prompt and output alike: no matter)."""
+    return s.presence_penalty != 0.0 or s.frequency_penalty != 0.0 or s.HasField("structured")
+
+
 def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
                    ) -> pb.GenerateRequest:
     """The second segment: every token so far as the prompt, A's KV pulled by B."""
     cont = pb.GenerateRequest(request_id=f"{req.request_id}-b", priority=req.priority)
     cont.sampling.CopyFrom(req.sampling)
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
+    cont.sampling.min_tokens = max(0, req.sampling.min_tokens - len(produced))
     cont.prompt_token_ids.ids.extend([*req.prompt_token_ids.ids, *produced])
     cont.continued_tokens = req.continued_tokens + len(produced)
     cont.resume.from_agent = from_agent
@@ -74,6 +84,7 @@ def continue_request(req: pb.GenerateRequest, produced: list[int], attempt: int
     cont.request_id = f"{req.request_id.split('~')[0]}~{attempt}"
     cont.ClearField("instance")
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
+    cont.sampling.min_tokens = max(0, req.sampling.min_tokens - len(produced))
     cont.prompt_token_ids.ids.extend(produced)
     cont.continued_tokens = req.continued_tokens + len(produced)
     return cont

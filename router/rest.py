@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
-import re
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -19,97 +14,21 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flying import logs
-from flying.errors import STATUS_TABLE, http_status, openai_type, retry_after
+from flying.errors import STATUS_TABLE, http_status
 from flying.settings import RouterSettings
 from flying_core.errors import FlyingError, Internal, NotFound, Unavailable
-from router import chat
+from router import chat, fanout
 from router.backend import Backend, Done, GatewayRequest, TextDelta
+from router.edge import Edge, error_body, error_response, sse
 from router.metrics import RequestTrack, RouterMetrics
+from router.shapes import Shape, usage
 
 log = logs.get("flying.router.rest")
-GENERATE_PATHS = {"/v1/completions": "cmpl-", "/v1/chat/completions": "chatcmpl-"}
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 SSE_DONE = {"data": "[DONE]"}
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"message": message, "type": openai_type(code), "param": None,
-                      "code": code}}
-
-
-def error_response(code: str, message: str) -> JSONResponse:
-    wait = retry_after(code)
-    return JSONResponse(error_body(code, message), status_code=http_status(code),
-                        headers={"Retry-After": str(wait)} if wait is not None else None)
-
-
-def _sse(obj: Any) -> dict:
-    """One OpenAI stream event for EventSourceResponse: `data: {json}` and a blank line."""
-    return {"data": json.dumps(obj, ensure_ascii=False)}
 
 
 class _ClientGone(Exception):
     pass
-
-
-class _Edge:
-    """Outermost app layer: request ids, API keys, one log line per request, the request
-    counter, and a 500 with the request id for anything unexpected.
-
-    Hand-written ASGI rather than asgi-correlation-id plus FastAPI's HTTPBearer: those split
-    this over three places, and only the outermost layer sees a stream's final outcome (499
-    when the client left mid-stream) for the counter and the log line."""
-
-    def __init__(self, app, keys: tuple[str, ...], metrics: RouterMetrics):
-        self.app, self.keys, self.metrics = app, keys, metrics
-
-    def _authorized(self, scope) -> bool:
-        auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, key = auth.partition(" ")
-        return scheme.lower() == "bearer" and any(
-            hmac.compare_digest(key.strip().encode(), k.encode()) for k in self.keys)
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        client_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        # a client's X-Request-Id is kept as a prefix; the suffix keeps ids unique upstream
-        base = (f"{client_id}-{uuid.uuid4().hex[:8]}" if _CLIENT_ID.match(client_id)
-                else uuid.uuid4().hex)
-        rid = GENERATE_PATHS.get(path, "req-") + base
-        state = scope.setdefault("state", {})
-        state["request_id"], state["log"] = rid, {}
-        sent: dict[str, int] = {}
-
-        async def send_with_id(msg) -> None:
-            if msg["type"] == "http.response.start":
-                sent["status"] = msg["status"]
-                msg = {**msg, "headers": [*msg.get("headers", []),
-                                          (b"x-request-id", rid.encode())]}
-            await send(msg)
-
-        t0 = time.perf_counter()
-        try:
-            if path.startswith("/v1/") and self.keys and not self._authorized(scope):
-                resp = error_response("UNAUTHENTICATED", "missing or invalid API key "
-                                      "(send 'Authorization: Bearer <key>')")
-                await resp(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
-        except Exception:
-            log.exception("unhandled", request_id=rid, path=path)
-            state["log"]["outcome"] = "500"
-            if "status" not in sent:
-                resp = error_response("INTERNAL", f"internal error (request id {rid})")
-                await resp(scope, receive, send_with_id)
-        finally:
-            outcome = state["log"].pop("outcome", None) or str(sent.get("status", 499))
-            if path in GENERATE_PATHS:
-                self.metrics.requests.labels(status=outcome).inc()
-            emit = log.info if path.startswith("/v1/") else log.debug   # not probes at info
-            emit("request", request_id=rid, method=scope["method"], path=path, status=outcome,
-                 ms=round((time.perf_counter() - t0) * 1e3, 2), **state["log"])
 
 
 async def _until_disconnect(request: Request, aw: Awaitable) -> Any:
@@ -144,13 +63,16 @@ async def _aclose(it: AsyncIterator) -> None:
 
 
 def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None,
-               metrics_registry: Any = None, *, chat_max_tokens: int = 1024) -> FastAPI:
-    """The gateway app. `tokenizer`: the model's HF tokenizer (for chat templates), or None.
-    `chat_max_tokens`: max_tokens of a chat request that names none (the agent also stops at
-    the context length)."""
+               metrics_registry: Any = None, *, chat_max_tokens: int = 1024,
+               sampling_defaults: dict[str, Any] | None = None) -> FastAPI:
+    """The gateway app. `tokenizer`: the model's HF tokenizer (for chat templates and the
+    tokens of logprobs), or None. `chat_max_tokens`: max_tokens of a chat request that names
+    none (the agent also stops at the context length). `sampling_defaults`: the model's
+    generation_config.json defaults (`chat.sampling_defaults`), for what a request omits."""
+    defaults = dict(sampling_defaults or {})
     metrics = RouterMetrics(metrics_registry)
     app = FastAPI(title="Flying", docs_url=None, redoc_url=None)
-    app.add_middleware(_Edge, keys=tuple(settings.api_keys), metrics=metrics)
+    app.add_middleware(Edge, keys=tuple(settings.api_keys), metrics=metrics)
     app.state.metrics = metrics
 
     @app.exception_handler(FlyingError)
@@ -177,14 +99,14 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
             raise NotFound(f"The model '{name}' does not exist (served: {', '.join(known)})")
         return name or settings.model_name
 
-    async def serve(request: Request, req: GatewayRequest, shape: chat.Shape, body: Any):
+    async def serve(request: Request, reqs: list[GatewayRequest], shape: Shape, body: Any):
         state, track = request.state.log, metrics.track()
         it, streaming = None, False
         try:
-            it = backend.generate(req)
+            it = fanout.merge([backend.generate(r) for r in reqs])
             if not body.stream:
-                text, done = await _until_disconnect(request, collect(it, track, state))
-                return JSONResponse(shape.full(text, done))
+                results = await _until_disconnect(request, collect(it, len(reqs), track, state))
+                return JSONResponse(shape.full(results))
             first = await _until_disconnect(request, anext(it, None))
             streaming = True
         except _ClientGone:
@@ -199,51 +121,74 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
         # sse-starlette watches for the client going away and then cancels or closes events(),
         # whose `finally` closes the backend iterator: the request is aborted upstream. No
         # keep-alive comments (OpenAI's wire has none); on shutdown streams get the grace period.
-        return EventSourceResponse(events(it, first, shape, include_usage, track, state),
+        return EventSourceResponse(events(it, first, len(reqs), shape, include_usage, track,
+                                          state),
                                    headers={"Cache-Control": "no-cache"}, sep="\n", ping=0,
                                    shutdown_grace_period=settings.grace_s)
 
-    def finish(done: Done, track: RequestTrack, state: dict) -> Done:
-        state.update(finish_reason=done.finish_reason, prompt_tokens=done.prompt_tokens,
-                     completion_tokens=done.completion_tokens,
+    def finish(dones: list[Done], track: RequestTrack, state: dict) -> None:
+        """Log and count a request once all its choices are done."""
+        state.update(finish_reason=",".join(d.finish_reason for d in dones),
+                     prompt_tokens=dones[0].prompt_tokens,
+                     completion_tokens=sum(d.completion_tokens for d in dones),
                      ttft_ms=None if track.ttft_s is None else round(track.ttft_s * 1e3, 2))
+        track.done(dones[0].prompt_tokens)
+
+    def check_done(done: Done) -> Done:
         if done.finish_reason == "error":
             raise Unavailable("the worker serving this request failed; retry")
-        track.done(done.prompt_tokens)
         return done
 
-    async def collect(it: AsyncIterator, track: RequestTrack, state: dict) -> tuple[str, Done]:
-        texts: list[str] = []
+    async def collect(it: AsyncIterator, n: int, track: RequestTrack,
+                      state: dict) -> list[tuple[str, Done, tuple]]:
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list] = [[] for _ in range(n)]
+        dones: dict[int, Done] = {}
         try:
-            async for ev in it:
+            async for i, ev in it:
                 if isinstance(ev, TextDelta):
                     track.tokens(len(ev.token_ids))
-                    texts.append(ev.text)
+                    texts[i].append(ev.text)
+                    lps[i].extend(ev.logprobs)
                 elif isinstance(ev, Done):
-                    return "".join(texts), finish(ev, track, state)
+                    dones[i] = check_done(ev)
+                    if len(dones) == n:
+                        finish([dones[j] for j in range(n)], track, state)
+                        return [("".join(texts[j]), dones[j], tuple(lps[j]))
+                                for j in range(n)]
             raise Internal("the backend ended the stream without a result")
         finally:
             await _aclose(it)
             track.close()
 
-    async def events(it: AsyncIterator, ev: Any, shape: chat.Shape, include_usage: bool,
+    async def events(it: AsyncIterator, first: Any, n: int, shape: Shape, include_usage: bool,
                      track: RequestTrack, state: dict) -> AsyncIterator[dict]:
         u: Any = None if include_usage else ...
         ended = False
+        dones: dict[int, Done] = {}
+        item = first
         try:
             if shape.chat:
-                yield _sse(shape.chunk([shape.role_choice()], u))
-            while not isinstance(ev, Done):
-                if ev is None:
+                for i in range(n):
+                    yield sse(shape.chunk([shape.role_choice(i)], u))
+            while len(dones) < n:
+                if item is None:
                     raise Internal("the backend ended the stream without a result")
-                track.tokens(len(ev.token_ids))
-                if ev.text:
-                    yield _sse(shape.chunk([shape.choice(ev.text, None, True)], u))
-                ev = await anext(it, None)
-            done = finish(ev, track, state)
-            yield _sse(shape.chunk([shape.choice(None, done.finish_reason, True)], u))
+                i, ev = item
+                if isinstance(ev, Done):
+                    dones[i] = check_done(ev)
+                    yield sse(shape.chunk([shape.choice(i, None, ev.finish_reason, True)], u))
+                else:
+                    track.tokens(len(ev.token_ids))
+                    if ev.text or ev.logprobs:
+                        yield sse(shape.chunk([shape.choice(i, ev.text, None, True,
+                                                             ev.logprobs)], u))
+                if len(dones) < n:
+                    item = await anext(it, None)
+            ordered = [dones[j] for j in range(n)]
+            finish(ordered, track, state)
             if include_usage:
-                yield _sse(shape.chunk([], chat.usage(done)))
+                yield sse(shape.chunk([], usage(ordered)))
             ended = True
             yield SSE_DONE
         except Exception as e:
@@ -254,7 +199,7 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
                 log.exception("stream failed", request_id=shape.rid)
             state.update(outcome=str(http_status(code)), error=msg)
             ended = True
-            yield _sse(error_body(code, msg))
+            yield sse(error_body(code, msg))
             yield SSE_DONE
         finally:
             if not ended:
@@ -265,15 +210,17 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
     @app.post("/v1/completions")
     async def completions(body: chat.CompletionRequest, request: Request):
         rid = request.state.request_id
-        req = chat.completion_request(body, rid)
-        return await serve(request, req, chat.Shape(False, rid, model_for(body.model)), body)
+        reqs = chat.completion_request(body, rid, defaults)
+        shape = Shape(False, rid, model_for(body.model), tokenizer, body.logprobs)
+        return await serve(request, reqs, shape, body)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: chat.ChatRequest, request: Request):
         rid = request.state.request_id
         model = model_for(body.model)
-        req = chat.chat_request(body, rid, tokenizer, chat_max_tokens)
-        return await serve(request, req, chat.Shape(True, rid, model), body)
+        reqs = chat.chat_request(body, rid, tokenizer, chat_max_tokens, defaults)
+        k = (body.top_logprobs or 0) if body.logprobs else None
+        return await serve(request, reqs, Shape(True, rid, model, tokenizer, k), body)
 
     @app.get("/v1/models")
     async def models() -> dict:

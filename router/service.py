@@ -53,7 +53,8 @@ class DispatchBackend:
         try:
             async for resp in stream:
                 if resp.HasField("chunk"):
-                    yield TextDelta(resp.chunk.text, tuple(resp.chunk.token_ids))
+                    yield TextDelta(resp.chunk.text, tuple(resp.chunk.token_ids),
+                                    tuple(map(wire.logprob_from_pb, resp.chunk.logprobs)))
                 else:
                     c = resp.complete
                     yield Done(c.finish_reason, c.usage.prompt_tokens,

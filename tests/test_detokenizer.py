@@ -246,3 +246,28 @@ def test_text_carries_across_a_continuation(request, which, stops):
             steps, rest = run(second, out[k:])
             assert head + "".join(t for t, _ in steps) + rest == whole, (k, text)
             assert bool(steps) and steps[-1][1] == stopped
+
+
+def _run(d: Detokenizer, ids, check_from: int = 0) -> tuple[str, bool]:
+    out = ""
+    for i, t in enumerate(ids):
+        piece, stopped = d.add(t, check_stops=i >= check_from)
+        out += piece
+        if stopped:
+            return out, True
+    return out + d.flush(), False
+
+
+def test_include_stop_skip_special_and_stops_held_off(tok):
+    """vLLM's include_stop_str_in_output, skip_special_tokens and min_tokens (no stop matched
+    in the text of the first tokens)."""
+    text = "one two stop three stop four"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert _run(Detokenizer(tok, ("stop",)), ids) == ("one two ", True)
+    assert _run(Detokenizer(tok, ("stop",), include_stop=True), ids) == ("one two stop", True)
+    first = len(tok.encode("one two stop three", add_special_tokens=False))
+    assert _run(Detokenizer(tok, ("stop",)), ids, first) == ("one two stop three ", True)
+    special = [tok.eos_token_id, *ids[:2]]
+    assert _run(Detokenizer(tok, ()), special)[0] == tok.decode(ids[:2])
+    assert _run(Detokenizer(tok, (), skip_special=False), special)[0] == \
+        tok.decode(special, skip_special_tokens=False)

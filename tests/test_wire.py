@@ -78,3 +78,20 @@ def test_kv_chunks_round_trip_and_corruption():
         wire.kv_from_chunks(chunks)
     with pytest.raises(ValueError):
         wire.kv_from_chunks([])
+
+
+def test_vllm_sampling_fields_and_logprobs_round_trip():
+    from flying_core.types import StructuredSpec, TokenEvent, TokenLogprob
+    s = SamplingSpec(max_tokens=9, temperature=0.5, logprobs=3, min_p=0.25,
+                     presence_penalty=0.5, frequency_penalty=-0.75, repetition_penalty=1.25,
+                     logit_bias=((5, -100.0), (7, 2.5)), min_tokens=2, stop_token_ids=(9, 4),
+                     include_stop_str_in_output=True, skip_special_tokens=False,
+                     structured=StructuredSpec("regex", "[a-z]+"))
+    back = wire.sampling_from_pb(pb.SamplingParams.FromString(
+        wire.sampling_to_pb(s).SerializeToString()))
+    assert back == s
+    zero = wire.sampling_from_pb(wire.sampling_to_pb(SamplingSpec(logprobs=0)))
+    assert zero.logprobs == 0 and zero.repetition_penalty == 1.0 and zero.skip_special_tokens
+    lp = TokenLogprob(7, -0.5, 2, ((3, -0.25), (7, -0.5)))
+    msg = wire.chunk_to_pb([TokenEvent("r", (7,), 0, "x", (lp,))])
+    assert [wire.logprob_from_pb(x) for x in msg.chunk.logprobs] == [lp]
