@@ -4,6 +4,12 @@ Start-up (the same order on every rank): join the torch.distributed world, build
 communicator pool, load the full weights, build a zero-copy view model per pool TP size,
 allocate the one KV pool, make a runner per TP size, warm every layout, report ready.
 Then it executes commands from its FIFO pipe in the order the driver's sequencer sent them.
+
+On CUDA (written against vLLM 0.32's CUDA code, not yet run on a GPU; device.check refuses
+machines without the CUDA builds first): the worker owns `cuda:{rank}`, the world is NCCL, each
+TP size's group is named "tp" (custom all-reduce), the KV pool is sized from
+`torch.cuda.mem_get_info()` once weights and communicators exist, and the pools are shared
+with the peers through CUDA IPC for HARD switches and hand-offs.
 """
 from __future__ import annotations
 
@@ -66,12 +72,38 @@ def _pin_threads(cfg: WorkerConfig) -> None:
     torch.set_num_threads(n)
 
 
-def _engine_config(g, tp: int):
+def _engine_config(g, tp: int, attention_backend: str | None = None):
     from vllm.engine.arg_utils import EngineArgs
     return EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
                       enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
                       block_size=g.block_size, trust_remote_code=False,
-                      ).create_engine_config()
+                      attention_backend=attention_backend).create_engine_config()
+
+
+def _device(cfg: WorkerConfig) -> str:
+    """This worker's torch device: the CPU, or its own GPU (`cuda:{rank}`, made current)."""
+    if cfg.group.device == "cpu":
+        return "cpu"
+    import torch
+    torch.cuda.set_device(cfg.rank)
+    return f"cuda:{cfg.rank}"
+
+
+def _kv_bytes(g, device: str) -> int:
+    """The KV pool's size: `kv_bytes` on CPU; on a GPU at most that, from what is free now
+    (after weights, view models and communicators), refused if nothing is left."""
+    if device == "cpu":
+        return g.kv_bytes
+    import torch
+
+    from flying_core.device import cuda_kv_bytes
+    from flying_core.errors import FailedPrecondition
+    free, total = torch.cuda.mem_get_info(device)
+    n = cuda_kv_bytes(free, total, g.kv_bytes)
+    if n <= 0:
+        raise FailedPrecondition(f"{device}: {free >> 20} MiB free of {total >> 20} MiB after "
+                                 "loading the weights; no room for a KV cache")
+    return n
 
 
 class Worker:
@@ -81,17 +113,22 @@ class Worker:
         from vllm.config import set_current_vllm_config
 
         from flying_core import cpu_gemm, layout, weights
+        from flying_core.attn_backend import attention_backend, pinned
         from flying_core.comm_pool import CommunicatorPool
+        from flying_core.kv_format import row_format
         from flying_core.kv_pool import KVPool
         from flying_core.runner import ModelRunner
 
         g = cfg.group
         if g.device == "cpu":
             import vllm.v1.worker.cpu.shm  # noqa: F401  (the torch patches vLLM's CPU worker applies)
+            weights.keep_plain_cpu_weights()
         self.cfg, self.rank = cfg, cfg.rank
+        self.device = _device(cfg)
         t0 = time.perf_counter()
-        weights.keep_plain_cpu_weights()
-        base = _engine_config(g, 1)
+        # one attention backend for every TP size, from the resolved dtype ("auto" resolved)
+        backend_name = attention_backend(g.device, _engine_config(g, 1).model_config.dtype)
+        base = _engine_config(g, 1, backend_name)
         hf = base.model_config.hf_config
         text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
         heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
@@ -102,9 +139,10 @@ class Worker:
                 world_size=g.num_workers, rank=cfg.rank, local_rank=cfg.rank, backend=backend,
                 distributed_init_method=f"tcp://127.0.0.1:{cfg.dist_port}")
             ps.initialize_model_parallel(tensor_model_parallel_size=1)
-            self.pool = CommunicatorPool(g.num_workers, cfg.rank, self.sizes, backend)
+            self.pool = CommunicatorPool(g.num_workers, cfg.rank, self.sizes, backend, g.device)
         self.world_cpu = ps.get_world_group().cpu_group
-        self.configs = {1: base, **{s: _engine_config(g, s) for s in self.sizes if s > 1}}
+        self.configs = {1: base, **{s: _engine_config(g, s, backend_name)
+                                    for s in self.sizes if s > 1}}
         full = weights.load_full_model(base, self.pool.group(1))
         self.models = {1: full}
         self.view_report = {}
@@ -119,17 +157,19 @@ class Worker:
         dtype = base.model_config.dtype
         head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
         num_layers = text.num_hidden_layers
-        nb = KVPool.blocks_for(g.kv_bytes, num_layers, kv_heads, g.block_size, head_size, dtype)
-        self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, g.device)
+        nb = KVPool.blocks_for(_kv_bytes(g, self.device), num_layers, kv_heads, g.block_size,
+                               head_size, dtype)
+        self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, self.device)
         self.kv.share_with_peers(str(cfg.dist_port), cfg.rank, g.num_workers,
-                                 lambda: dist.barrier(group=self.world_cpu))
+                                 lambda: dist.barrier(group=self.world_cpu), self.world_cpu)
         vocab = text.vocab_size
         sizes = dict(max_tokens=g.max_batch_tokens, max_seqs=g.max_running,
                      max_blocks=-(-g.max_model_len // g.block_size) + 1)
         self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
-                                       self.kv.layer_views(s), g.block_size, vocab, g.device,
+                                       self.kv.layer_views(s), g.block_size, vocab, self.device,
                                        **sizes)
                         for s in self.sizes}
+        self.backend = pinned({s: r.backend_name for s, r in self.runners.items()})
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._warm()
@@ -142,6 +182,7 @@ class Worker:
             kv_ptr=self.kv.buf.data_ptr(),
             kv_view_ptrs={s: self.kv.layer_views(s)[0].data_ptr() for s in self.sizes},
             view_report=self.view_report, packed_gemm_bytes=self.packed_bytes,
+            attention_backend=self.backend, kv_row=row_format(g.device),
             groups_created=self.pool.created,
             load_s=round(self.load_s, 3), warm_s=round(self.warm_s, 3), pid=os.getpid(),
             rss_bytes=_rss())
