@@ -17,9 +17,9 @@ from agent.topology import discover
 from flying import logs, sdnotify
 from flying.settings import AgentSettings
 from flying.tls import TLSFiles, server_options
+from flying.v1 import flying_pb2, flying_pb2_grpc
 from flying_core import device as device_check
 from flying_core.errors import FailedPrecondition
-from flying.v1 import flying_pb2, flying_pb2_grpc
 
 SERVICE = flying_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 log = logs.get("flying.agent")

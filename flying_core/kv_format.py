@@ -13,9 +13,11 @@ Moves inside a node copy whole rows and never care. A cross-node transfer carrie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:   # no torch or numpy import: the router (flying.wire) reads KVFormat too
+    import numpy as np
+    import torch
 
 LAYOUT_ORDER = "LBHNC"          # vLLM KVCacheLayout name of the pool's order
 ROW_K_THEN_V = "k_then_v"       # CPU kernels
@@ -69,7 +71,7 @@ def convert_block(block: np.ndarray, src_row: str, dst_row: str, head_size: int)
         rows = block.reshape(L, H, bs, 2, head_size).transpose(0, 1, 3, 2, 4)
     else:
         raise ValueError(f"unknown KV row formats {src_row!r} -> {dst_row!r}")
-    return np.ascontiguousarray(rows).reshape(L, H, X)
+    return rows.copy(order="C").reshape(L, H, X)
 
 
 def split_kv(layer_view: torch.Tensor, row: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,3 +87,23 @@ def split_kv(layer_view: torch.Tensor, row: str) -> tuple[torch.Tensor, torch.Te
         k, v = layer_view.view(n, h, 2 * bs, d).chunk(2, dim=2)
         return k, v
     raise ValueError(f"unknown KV row format {row!r}")
+
+
+def format_of(kv) -> KVFormat:
+    """The format a received `types.KVExport` declares."""
+    order, row = KVFormat.parse_layout(kv.layout)
+    return KVFormat(kv.dtype, tuple(kv.block_shape), order, row)
+
+
+USE, CONVERT, RECOMPUTE = "use", "convert", "recompute"
+
+
+def import_action(sent: KVFormat, own: KVFormat) -> str:
+    """What a receiver does with transferred KV: use the bytes as they are, convert the rows
+    (CPU <-> CUDA kernels: same values, rows transposed), or recompute the request from its
+    tokens (another dtype, block shape or memory order)."""
+    if sent == own:
+        return USE
+    if sent.convertible_to(own):
+        return CONVERT
+    return RECOMPUTE
