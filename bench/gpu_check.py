@@ -62,7 +62,7 @@ def paged_attention(q, k_cache, v_cache, table: list[int], start: int, scale: fl
     """One sequence's attention, plain torch over the paged split views.
     q [n, Hq, D] are the queries at positions start..start+n-1; `table` its block ids."""
     n, hq, d = q.shape
-    bs, h = k_cache.shape[1], k_cache.shape[2]
+    h = k_cache.shape[2]
     seq = start + n
     k = k_cache[table].reshape(-1, h, d)[:seq].float()
     v = v_cache[table].reshape(-1, h, d)[:seq].float()
@@ -223,9 +223,9 @@ def time_gemms(device: str, dtype, quick: bool) -> dict:
     rows = {}
     for tokens in ((1, 16, 256, 2048) if not quick else (1, 16)):
         x = torch.randn(tokens, hidden, device=device).to(dtype)
-        sliced = _time(lambda: torch.cat([F.linear(x, p) for p in pieces], -1), device,
+        sliced = _time(lambda x=x: torch.cat([F.linear(x, p) for p in pieces], -1), device,
                        20 if quick else 100)
-        one = _time(lambda: F.linear(x, fused), device, 20 if quick else 100)
+        one = _time(lambda x=x: F.linear(x, fused), device, 20 if quick else 100)
         rows[str(tokens)] = {"slices_ms": round(sliced, 4), "fused_ms": round(one, 4),
                              "slices_over_fused": round(sliced / one, 3)}
     return rows
@@ -271,14 +271,12 @@ def run(device: str, quick: bool) -> dict:
                  "checks": {}, "gemm": {}}
     for dtype in DTYPES:
         name = str(dtype).removeprefix("torch.")
-        checks = {"views": lambda: check_views(device, dtype),
-                  "attention": lambda: check_attention(device, dtype),
-                  "linear": lambda: check_linear(device, dtype)}
+        checks = {"views": check_views, "attention": check_attention, "linear": check_linear}
         if device == "cuda":
-            checks["ipc"] = lambda: check_ipc(dtype)
+            checks["ipc"] = lambda _device, dt: check_ipc(dt)
         for key, fn in checks.items():
             try:
-                res["checks"][f"{key}/{name}"] = fn()
+                res["checks"][f"{key}/{name}"] = fn(device, dtype)
             except Exception as e:  # noqa: BLE001 - a failed check is a result, not a crash
                 res["checks"][f"{key}/{name}"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         res["gemm"][name] = time_gemms(device, dtype, quick)

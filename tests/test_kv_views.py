@@ -136,3 +136,26 @@ def test_kv_row_conversion_round_trip_and_meaning(dtype):
     assert torch.equal(kg.transpose(1, 2), kc) and torch.equal(vg.transpose(1, 2), vc)
     with pytest.raises(ValueError):
         convert_block(block, ROW_K_THEN_V, "nhd", D)
+
+
+def test_a_receiver_uses_converts_or_recomputes():
+    from flying_core.kv_format import (
+        CONVERT,
+        RECOMPUTE,
+        USE,
+        KVFormat,
+        format_of,
+        import_action,
+    )
+    from flying_core.types import KVExport
+    cpu = KVFormat("float32", (L, H, BS * 2 * D))
+    cuda = KVFormat("float32", (L, H, BS * 2 * D), row=ROW_KV_TOKEN)
+    assert import_action(cpu, cpu) == USE
+    assert import_action(cuda, cpu) == import_action(cpu, cuda) == CONVERT
+    assert import_action(KVFormat("bfloat16", cpu.block_shape), cpu) == RECOMPUTE
+    assert import_action(KVFormat("float32", (L, H, 32 * 2 * D)), cpu) == RECOMPUTE
+    assert import_action(KVFormat("float32", cpu.block_shape, order="LBNHC"), cpu) == RECOMPUTE
+    assert import_action(KVFormat("float32", cpu.block_shape, row="nhd"), cpu) == RECOMPUTE
+    kv = KVExport("float32", cpu.block_shape, 3, (b"",), cuda.layout)
+    assert format_of(kv) == cuda and format_of(KVExport("float32", (1, 1, 1), 1, ())) == \
+        KVFormat("float32", (1, 1, 1))
