@@ -51,13 +51,17 @@ def missing(facts: CudaFacts, workers: int) -> str | None:
     return None
 
 
-def check(device: str, workers: int, facts: CudaFacts | None = None) -> None:
+def check(device: str, workers: int, facts: CudaFacts | None = None,
+          enforce_eager: bool = True) -> None:
     """Raise FailedPrecondition (one line) unless this machine can start `device` workers."""
     kind = device.split(":")[0]
     if kind == "cpu":
         return
     if kind != "cuda":
         raise FailedPrecondition(f"device {device!r}: only cpu and cuda are supported")
+    if not enforce_eager:
+        raise FailedPrecondition("--device cuda runs eager: CUDA graphs captured per TP size "
+                                 "are not built yet (keep enforce_eager on)")
     why = missing(facts or cuda_facts(), workers)
     if why:
         raise FailedPrecondition(f"--device cuda cannot start: {why}")

@@ -93,7 +93,8 @@ class WorkerGroup:
     def start(self, timeout_s: float = 900.0) -> None:
         t0 = time.perf_counter()
         cfg = self.cfg
-        device.check(cfg.device, cfg.num_workers)   # one line naming what a CUDA node lacks
+        # one line naming what a CUDA node lacks, before any process starts
+        device.check(cfg.device, cfg.num_workers, enforce_eager=cfg.enforce_eager)
         ctx = mp.get_context("spawn")
         port = self.dist_port = _free_port()
         for rank in range(cfg.num_workers):

@@ -37,6 +37,12 @@ def test_the_missing_piece_is_named_in_one_line(facts, workers, names):
     assert str(e.value).startswith("--device cuda cannot start: ")
 
 
+def test_cuda_graphs_are_refused_until_built():
+    with pytest.raises(FailedPrecondition, match="CUDA graphs"):
+        device.check("cuda", 2, GOOD, enforce_eager=False)
+    device.check("cpu", 2, enforce_eager=False)     # CPU compilation is a separate matter
+
+
 def test_this_machine_reports_its_cpu_torch():
     facts = device.cuda_facts()
     if facts.torch_cuda is not None:
@@ -121,3 +127,14 @@ def test_agent_refuses_cuda_here_before_binding_and_without_a_traceback(tmp_path
     assert "agent listening" not in both and "warming" not in both   # no server started
     with socket.socket() as s:                                        # nothing kept the port
         s.bind(("127.0.0.1", port))
+
+
+def test_worker_group_refuses_cuda_here_before_starting_a_process(tmp_path):
+    if device.cuda_facts().torch_cuda is not None:
+        pytest.skip("a CUDA build of torch is installed here")
+    from flying_core.config import GroupConfig
+    from flying_core.group import WorkerGroup
+    group = WorkerGroup(GroupConfig(model=str(tmp_path), num_workers=2, device="cuda"))
+    with pytest.raises(FailedPrecondition, match="CPU-only build"):
+        group.start()
+    assert group.procs == []
