@@ -83,3 +83,26 @@ def cuda_kv_bytes(free: int, total: int, requested: int, utilization: float = 0.
     `(1 - utilization) * total` plus an activation reserve free. 0 when nothing is left."""
     budget = free - int((1 - utilization) * total) - activation_reserve
     return max(0, min(requested, budget))
+
+
+def worker_device(device: str, rank: int) -> str:
+    """A worker's torch device: the CPU, or its own GPU (`cuda:{rank}`, made current)."""
+    if device.split(":")[0] == "cpu":
+        return "cpu"
+    import torch
+    torch.cuda.set_device(rank)
+    return f"cuda:{rank}"
+
+
+def kv_pool_bytes(kv_bytes: int, device: str) -> int:
+    """The KV pool's size: `kv_bytes` on CPU; on a GPU at most that, from what is free now
+    (after weights, view models and communicators), refused if nothing is left."""
+    if device == "cpu":
+        return kv_bytes
+    import torch
+    free, total = torch.cuda.mem_get_info(device)
+    n = cuda_kv_bytes(free, total, kv_bytes)
+    if n <= 0:
+        raise FailedPrecondition(f"{device}: {free >> 20} MiB free of {total >> 20} MiB after "
+                                 "loading the weights; no room for a KV cache")
+    return n

@@ -37,6 +37,7 @@ from flying_core.commands import (
     Stopped,
 )
 from flying_core.config import WorkerConfig
+from flying_core.errors import FailedPrecondition
 from flying_core.kv_plan import moves_for
 from flying_core.types import WorkerInfo, WorkerStats
 
@@ -73,37 +74,20 @@ def _pin_threads(cfg: WorkerConfig) -> None:
 
 
 def _engine_config(g, tp: int, attention_backend: str | None = None):
+    """vLLM's config for one TP size. With `attention_backend` the backend is pinned; on CUDA
+    the pool's layout is recorded too (`LBHNC`, vLLM's "HND": the tp=s views are strided
+    slices of it, so every backend must read that order)."""
     from vllm.engine.arg_utils import EngineArgs
-    return EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
-                      enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
-                      block_size=g.block_size, trust_remote_code=False,
-                      attention_backend=attention_backend).create_engine_config()
+    cfg = EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
+                     enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
+                     block_size=g.block_size, trust_remote_code=False,
+                     attention_backend=attention_backend).create_engine_config()
+    if attention_backend and g.device != "cpu":
+        from vllm.v1.attention.backends.utils import record_kv_cache_layout
 
-
-def _device(cfg: WorkerConfig) -> str:
-    """This worker's torch device: the CPU, or its own GPU (`cuda:{rank}`, made current)."""
-    if cfg.group.device == "cpu":
-        return "cpu"
-    import torch
-    torch.cuda.set_device(cfg.rank)
-    return f"cuda:{cfg.rank}"
-
-
-def _kv_bytes(g, device: str) -> int:
-    """The KV pool's size: `kv_bytes` on CPU; on a GPU at most that, from what is free now
-    (after weights, view models and communicators), refused if nothing is left."""
-    if device == "cpu":
-        return g.kv_bytes
-    import torch
-
-    from flying_core.device import cuda_kv_bytes
-    from flying_core.errors import FailedPrecondition
-    free, total = torch.cuda.mem_get_info(device)
-    n = cuda_kv_bytes(free, total, g.kv_bytes)
-    if n <= 0:
-        raise FailedPrecondition(f"{device}: {free >> 20} MiB free of {total >> 20} MiB after "
-                                 "loading the weights; no room for a KV cache")
-    return n
+        from flying_core.kv_format import LAYOUT_ORDER
+        record_kv_cache_layout(cfg.cache_config, LAYOUT_ORDER)
+    return cfg
 
 
 class Worker:
@@ -112,7 +96,7 @@ class Worker:
         import vllm.distributed.parallel_state as ps
         from vllm.config import set_current_vllm_config
 
-        from flying_core import cpu_gemm, layout, weights
+        from flying_core import cpu_gemm, device, layout, weights
         from flying_core.attn_backend import attention_backend, pinned
         from flying_core.comm_pool import CommunicatorPool
         from flying_core.kv_format import row_format
@@ -124,10 +108,11 @@ class Worker:
             import vllm.v1.worker.cpu.shm  # noqa: F401  (the torch patches vLLM's CPU worker applies)
             weights.keep_plain_cpu_weights()
         self.cfg, self.rank = cfg, cfg.rank
-        self.device = _device(cfg)
+        self.device = device.worker_device(g.device, cfg.rank)
         t0 = time.perf_counter()
-        # one attention backend for every TP size, from the resolved dtype ("auto" resolved)
-        backend_name = attention_backend(g.device, _engine_config(g, 1).model_config.dtype)
+        # one attention backend for every TP size; on CUDA it depends on the resolved dtype
+        dtype = None if g.device == "cpu" else _engine_config(g, 1).model_config.dtype
+        backend_name = attention_backend(g.device, dtype)
         base = _engine_config(g, 1, backend_name)
         hf = base.model_config.hf_config
         text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
@@ -157,8 +142,8 @@ class Worker:
         dtype = base.model_config.dtype
         head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
         num_layers = text.num_hidden_layers
-        nb = KVPool.blocks_for(_kv_bytes(g, self.device), num_layers, kv_heads, g.block_size,
-                               head_size, dtype)
+        nb = KVPool.blocks_for(device.kv_pool_bytes(g.kv_bytes, self.device), num_layers,
+                               kv_heads, g.block_size, head_size, dtype)
         self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, self.device)
         self.kv.share_with_peers(str(cfg.dist_port), cfg.rank, g.num_workers,
                                  lambda: dist.barrier(group=self.world_cpu), self.world_cpu)
@@ -170,6 +155,9 @@ class Worker:
                                        **sizes)
                         for s in self.sizes}
         self.backend = pinned({s: r.backend_name for s, r in self.runners.items()})
+        if self.backend != backend_name:
+            raise FailedPrecondition(f"asked vLLM for {backend_name}, its layers use "
+                                     f"{self.backend}")
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._warm()
