@@ -17,7 +17,7 @@ from flying_core.kv_format import ROW_K_THEN_V, ROW_KV_TOKEN, row_format
 
 
 @pytest.mark.parametrize("device,dtype,want", [
-    ("cpu", torch.float32, CPU_ATTN), ("cpu", "bfloat16", CPU_ATTN),
+    ("cpu", torch.float32, CPU_ATTN), ("cpu", "bfloat16", CPU_ATTN), ("cpu", None, CPU_ATTN),
     ("cuda", torch.bfloat16, FLASH_ATTN), ("cuda:3", "float16", FLASH_ATTN),
     ("cuda", torch.float32, TRITON_ATTN), ("cuda:0", "float32", TRITON_ATTN)])
 def test_backend_by_device_and_dtype(device, dtype, want):

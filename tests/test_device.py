@@ -104,6 +104,7 @@ def test_gpu_kv_budget():
         - 2 * gib
     assert cuda_kv_bytes(100 * gib, 141 * gib, 8 * gib) == 8 * gib    # kv_bytes caps it
     assert cuda_kv_bytes(10 * gib, 141 * gib, 8 * gib) == 0           # nothing left
+    assert device.kv_pool_bytes(123, "cpu") == 123 and device.worker_device("cpu", 3) == "cpu"
 
 
 def test_agent_refuses_cuda_here_before_binding_and_without_a_traceback(tmp_path):
