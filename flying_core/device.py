@@ -59,12 +59,12 @@ def check(device: str, workers: int, facts: CudaFacts | None = None,
         return
     if kind != "cuda":
         raise FailedPrecondition(f"device {device!r}: only cpu and cuda are supported")
-    if not enforce_eager:
-        raise FailedPrecondition("--device cuda runs eager: CUDA graphs captured per TP size "
-                                 "are not built yet (keep enforce_eager on)")
     why = missing(facts or cuda_facts(), workers)
     if why:
         raise FailedPrecondition(f"--device cuda cannot start: {why}")
+    if not enforce_eager:
+        raise FailedPrecondition("--device cuda needs --enforce-eager (enforce_eager = true) "
+                                 "for now: CUDA graphs captured per TP size are not built yet")
 
 
 def tp_group_name(device: str, size: int) -> str:

@@ -38,8 +38,10 @@ def test_the_missing_piece_is_named_in_one_line(facts, workers, names):
 
 
 def test_cuda_graphs_are_refused_until_built():
-    with pytest.raises(FailedPrecondition, match="CUDA graphs"):
+    with pytest.raises(FailedPrecondition, match="needs --enforce-eager .* CUDA graphs"):
         device.check("cuda", 2, GOOD, enforce_eager=False)
+    with pytest.raises(FailedPrecondition, match="CPU-only build"):   # the build is named first
+        device.check("cuda", 2, CudaFacts("2.13.0+cpu", None, 0, None, ""), enforce_eager=False)
     device.check("cpu", 2, enforce_eager=False)     # CPU compilation is a separate matter
 
 
