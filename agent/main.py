@@ -39,7 +39,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
     topology = discover(settings.workers)
     device = resolve_device(settings.device, topology)
     try:   # before any port is bound or weight read: a node that cannot run its device
-        device_check.check(device, settings.workers)
+        eager = (group_overrides or {}).get("enforce_eager", settings.enforce_eager)
+        device_check.check(device, settings.workers, enforce_eager=eager)
     except FailedPrecondition as e:
         log.error("cannot start", device=device, error=str(e))
         print(f"flying: {e}", file=sys.stderr)
