@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -10,12 +11,15 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from agent.metrics import AgentMetrics
-from agent.node import Node
+from agent.node import Node, resolve_device
 from agent.service import AgentService
+from agent.topology import discover
 from flying import logs, sdnotify
 from flying.settings import AgentSettings
 from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
+from flying_core import device as device_check
+from flying_core.errors import FailedPrecondition
 
 SERVICE = flying_pb2.DESCRIPTOR.services_by_name["Agent"].full_name
 log = logs.get("flying.agent")
@@ -32,6 +36,15 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
                 group_overrides: dict | None = None) -> int:
     stop = stop or asyncio.Event()
     tls = TLSFiles.load(settings.tls_cert, settings.tls_key, settings.tls_ca, "agent")
+    topology = discover(settings.workers)
+    device = resolve_device(settings.device, topology)
+    try:   # before any port is bound or weight read: a node that cannot run its device
+        eager = (group_overrides or {}).get("enforce_eager", settings.enforce_eager)
+        device_check.check(device, settings.workers, enforce_eager=eager)
+    except FailedPrecondition as e:
+        log.error("cannot start", device=device, error=str(e))
+        print(f"flying: {e}", file=sys.stderr)
+        return 2
     health_svc = health.aio.HealthServicer()
     status = health_pb2.HealthCheckResponse
 
@@ -44,7 +57,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
     metrics = AgentMetrics()
     node = Node(settings, resolve_model(settings), metrics,
                 on_state=lambda s: loop.create_task(set_health(s == "serving")),
-                group_overrides=group_overrides)
+                group_overrides=group_overrides, topology=topology)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                       *server_options(settings.max_request_bytes)])
     flying_pb2_grpc.add_AgentServicer_to_server(AgentService(node, tls), server)

@@ -17,9 +17,17 @@ from flying_core.types import Event, GroupStatus, PreemptMode, RequestSpec, Swit
 log = logs.get("flying.node")
 
 
+def resolve_device(setting: str, topology: Topology) -> str:
+    """`--device auto`: cuda where NVML found GPUs, else cpu."""
+    if setting != "auto":
+        return setting
+    return "cpu" if topology.kind == "cpu" else "cuda"
+
+
 class Node:
     def __init__(self, settings: AgentSettings, model: str, metrics: AgentMetrics,
-                 on_state: Callable[[str], None] = lambda s: None, group_overrides=None):
+                 on_state: Callable[[str], None] = lambda s: None, group_overrides=None,
+                 topology: Topology | None = None):
         self.settings, self.model, self.metrics = settings, model, metrics
         self.name = settings.node_name or f"{settings.host}:{settings.port}"
         self.on_state = on_state
@@ -27,7 +35,7 @@ class Node:
         self.state = "warming"
         self.restarts = 0
         self.last_error = ""
-        self.topology: Topology = discover(settings.workers)
+        self.topology: Topology = topology or discover(settings.workers)
         self.layout = parse_layout(settings.layout, settings.workers)
         self.overrides = dict(group_overrides or {})
 
@@ -37,8 +45,7 @@ class Node:
 
     def group_config(self) -> GroupConfig:
         s = self.settings
-        device = "cpu" if s.device == "auto" and self.topology.kind == "cpu" else (
-            "cuda" if s.device == "auto" else s.device)
+        device = resolve_device(s.device, self.topology)
         return GroupConfig(model=self.model, num_workers=s.workers, device=device, dtype=s.dtype,
                            layout=self.layout, kv_bytes=s.kv_bytes, block_size=s.block_size,
                            max_model_len=s.max_model_len, max_queue=s.max_queue, seed=s.seed,

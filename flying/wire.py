@@ -13,6 +13,7 @@ from typing import Any
 
 from flying.v1 import flying_pb2 as pb
 from flying_core.errors import InvalidArgument
+from flying_core.kv_format import KVFormat
 from flying_core.types import (
     Finished,
     GroupStatus,
@@ -146,7 +147,7 @@ def kv_to_chunks(kv: KVExport) -> Iterable[pb.KVChunk]:
     for i, block in enumerate(kv.blocks):
         yield pb.KVChunk(index=i, total=len(kv.blocks), dtype=kv.dtype,
                          block_shape=list(kv.block_shape), num_computed=kv.num_computed,
-                         data=block, crc32=zlib.crc32(block))
+                         data=block, crc32=zlib.crc32(block), layout=kv.layout)
 
 
 def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
@@ -158,10 +159,11 @@ def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
         raise ValueError(f"KV chunks out of order or missing ({len(chunks)}/{first.total})")
     for c in chunks:
         if zlib.crc32(c.data) != c.crc32 or c.dtype != first.dtype \
-                or list(c.block_shape) != list(first.block_shape):
+                or list(c.block_shape) != list(first.block_shape) or c.layout != first.layout:
             raise ValueError(f"KV chunk {c.index} is corrupt")
+    order, row = KVFormat.parse_layout(first.layout)
     return KVExport(first.dtype, tuple(first.block_shape), first.num_computed,
-                    tuple(c.data for c in chunks))
+                    tuple(c.data for c in chunks), f"{order}/{row}")
 
 
 # ---------------------------------------------------------------- reconfigure

@@ -10,6 +10,11 @@ that vLLM's scheduler updates incrementally, while our step commands carry each 
 this is the stateless half of the same idea (pre-allocated pinned-size arrays, numpy math).
 The torch tensors in a `Batch` share memory with the buffers: they are valid until the next
 `fill`, which is all one synchronous step needs.
+
+Two device-agnostic pieces a GPU step needs (pure too): `decode_first` orders the chunks the
+way backends with a `reorder_batch_threshold` require (decodes first) and gives the inverse to
+put outputs back in command order; `fill(..., pad_to=n)` pads a decode batch to a captured
+CUDA-graph size the way vLLM's GPU runner does (slot -1, sequence length 0, empty queries).
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class Batch:
     num_tokens: int
     max_query_len: int
     max_seq_len: int
+    real_seqs: int = -1            # pad_to: the chunks before padding (-1: not padded)
 
     @property
     def num_seqs(self) -> int:
@@ -45,34 +51,39 @@ class BatchBuffers:
     """Arrays sized for the largest step (tokens, chunks, blocks per chunk); a step that does
     not fit (a probe's long prompt, say) grows them once, never shrinks them."""
 
-    def __init__(self, block_size: int, max_tokens: int, max_seqs: int, max_blocks: int):
-        self.block_size = block_size
+    def __init__(self, block_size: int, max_tokens: int, max_seqs: int, max_blocks: int,
+                 pin: bool = False):
+        self.block_size, self.pin = block_size, pin
         self._alloc(max_tokens, max_seqs, max_blocks)
 
     def _alloc(self, max_tokens: int, max_seqs: int, max_blocks: int) -> None:
+        """Zeroed torch tensors (page-locked with `pin`, so a GPU step's host-to-device copies
+        run asynchronously) and the numpy arrays that alias them."""
         self.max_tokens, self.max_seqs, self.max_blocks = max_tokens, max_seqs, max_blocks
-        self.ids = np.zeros(max_tokens, np.int64)
-        self.pos = np.zeros(max_tokens, np.int64)
-        self.slots = np.zeros(max_tokens, np.int64)
-        self.qsl = np.zeros(max_seqs + 1, np.int32)
-        self.seq_lens = np.zeros(max_seqs, np.int32)
-        self.table = np.zeros((max_seqs, max_blocks), np.int32)
-        self.rows = np.zeros(max_seqs, np.int64)
-        self._t = {k: torch.from_numpy(getattr(self, k))
-                   for k in ("ids", "pos", "slots", "qsl", "seq_lens", "table", "rows")}
+        shapes = {"ids": (max_tokens, torch.int64), "pos": (max_tokens, torch.int64),
+                  "slots": (max_tokens, torch.int64), "qsl": (max_seqs + 1, torch.int32),
+                  "seq_lens": (max_seqs, torch.int32),
+                  "table": ((max_seqs, max_blocks), torch.int32),
+                  "rows": (max_seqs, torch.int64)}
+        self._t = {k: torch.zeros(shape, dtype=dt, pin_memory=self.pin)
+                   for k, (shape, dt) in shapes.items()}
+        for k, t in self._t.items():
+            setattr(self, k, t.numpy())
 
     def _fit(self, tokens: int, seqs: int, blocks: int) -> None:
         if tokens > self.max_tokens or seqs > self.max_seqs or blocks > self.max_blocks:
             self._alloc(max(tokens, self.max_tokens), max(seqs, self.max_seqs),
                         max(blocks, self.max_blocks))
 
-    def fill(self, seqs: tuple[SeqChunk, ...]) -> Batch:
+    def fill(self, seqs: tuple[SeqChunk, ...], pad_to: int = 0) -> Batch:
+        """The step's arrays; `pad_to` > len(seqs): a decode batch (one token per chunk)
+        padded with empty sequences to that many tokens and sequences (CUDA-graph sizes)."""
         n = len(seqs)
         lens = np.fromiter((len(s.token_ids) for s in seqs), np.int64, n)
         starts = np.fromiter((s.start for s in seqs), np.int64, n)
         widths = np.fromiter((len(s.block_table) for s in seqs), np.int64, n)
         tokens = int(lens.sum())
-        self._fit(tokens, n, int(widths.max()))
+        self._fit(max(tokens, pad_to), max(n, pad_to), int(widths.max()))
         bs = self.block_size
 
         qsl = self.qsl[:n + 1]
@@ -96,7 +107,39 @@ class BatchBuffers:
         sampled = tuple(i for i, s in enumerate(seqs) if s.sample is not None)
         m = len(sampled)
         self.rows[:m] = qsl[1:][list(sampled)] - 1
+        real, max_query, max_seq = n, int(lens.max()), int(seq_lens.max())
+        if pad_to > n:
+            if tokens != n:
+                raise ValueError("only a decode batch (one token per chunk) is padded")
+            self._pad(n, pad_to)
+            n = tokens = pad_to
         t = self._t
         return Batch(t["ids"][:tokens], t["pos"][:tokens], t["slots"][:tokens],
                      t["qsl"][:n + 1], t["seq_lens"][:n], t["table"][:n], t["rows"][:m],
-                     sampled, tokens, int(lens.max()), int(seq_lens.max()))
+                     sampled, tokens, max_query, max_seq, real if n != real else -1)
+
+    def _pad(self, n: int, size: int) -> None:
+        """Sequences n..size-1 (and their tokens): no query, no context, writing nowhere."""
+        self.ids[n:size] = 0
+        self.pos[n:size] = 0
+        self.slots[n:size] = -1
+        self.qsl[n + 1:size + 1] = self.qsl[n]
+        self.seq_lens[n:size] = 0
+        self.table[n:size] = 0
+
+
+def decode_first(seqs: tuple[SeqChunk, ...], threshold: int = 1):
+    """(order, inverse): `order` lists chunk indices with decodes (at most `threshold` new
+    tokens) first, prefills after, each group in command order; `inverse[i]` is where chunk i
+    went, so `[out[inverse[i]] for i in range(n)]` restores command order."""
+    prefill = np.fromiter((len(s.token_ids) > threshold for s in seqs), np.int8, len(seqs))
+    order = np.argsort(prefill, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(seqs))
+    return order, inverse
+
+
+def graph_size(num_seqs: int, captured: tuple[int, ...]) -> int | None:
+    """The smallest captured decode-graph batch size that holds `num_seqs`, or None (eager)."""
+    fits = [c for c in captured if c >= num_seqs]
+    return min(fits) if fits else None

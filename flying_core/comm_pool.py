@@ -11,20 +11,22 @@ import contextlib
 
 import vllm.distributed.parallel_state as ps
 
+from flying_core.device import tp_group_name
 from flying_core.layout import pool_blocks
 
 
 class CommunicatorPool:
-    def __init__(self, num_workers: int, rank: int, sizes: tuple[int, ...], backend: str):
+    def __init__(self, num_workers: int, rank: int, sizes: tuple[int, ...], backend: str,
+                 device: str = "cpu"):
         self.rank = rank
         self.groups: dict[int, ps.GroupCoordinator] = {}
         for size in sizes:
             ranks = [list(block) for block in pool_blocks(num_workers, (size,))]
-            # names starting with "tp" let vLLM's CPU communicator use its shared-memory
-            # all-reduce where the build has it
+            # the name turns on the fast all-reduce: CPU shared memory for "tp*", CUDA custom
+            # all-reduce only for exactly "tp" (device.tp_group_name)
             self.groups[size] = ps.init_model_parallel_group(
                 ranks, rank, backend, use_message_queue_broadcaster=False,
-                group_name=f"tp{size}fly")
+                group_name=tp_group_name(device, size))
         self.created = len(self.groups)
 
     def group(self, size: int) -> ps.GroupCoordinator:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from flying import logs
+from flying_core import device
 from flying_core import layout as lay
 from flying_core.commands import (
     Abort,
@@ -41,7 +42,6 @@ from flying_core.driver import Driver
 from flying_core.errors import (
     Aborted,
     DeadlineExceeded,
-    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
@@ -94,11 +94,8 @@ class WorkerGroup:
     def start(self, timeout_s: float = 900.0) -> None:
         t0 = time.perf_counter()
         cfg = self.cfg
-        if cfg.device != "cpu":
-            raise FailedPrecondition(
-                f"device {cfg.device!r}: this release's runner drives vLLM's CPU attention "
-                "kernels only; the CUDA runner (FlashAttention metadata, HND KV layout) is not "
-                "built yet. Start the agent with --device cpu.")
+        # one line naming what a CUDA node lacks, before any process starts
+        device.check(cfg.device, cfg.num_workers, enforce_eager=cfg.enforce_eager)
         ctx = mp.get_context("spawn")
         port = self.dist_port = _free_port()
         for rank in range(cfg.num_workers):

@@ -8,8 +8,13 @@ t % s. Nothing is copied to change layout; only heads of in-flight requests move
 
 On a CPU node the pools live in shared memory (`share_with_peers`): a worker then pulls the
 heads it receives straight out of its peers' pools (a memcpy, no socket), tells each source it
-is done reading, and writes only after every reader of its own pool said so. Elsewhere the
-heads travel point-to-point over the world group.
+is done reading, and writes only after every reader of its own pool said so. On a GPU node the
+same pull reads the peers' pools through CUDA IPC handles exchanged once at start (over
+NVLink), with a device synchronisation before each "done" and before each write (not yet run
+on a GPU). Elsewhere the heads travel point-to-point over the world group.
+
+`kv_split(tp)` gives each layer's K and V as the pool's attention backend reads them
+(kv_format.split_kv): views of the same bytes, never copies.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from flying_core.kv_format import row_format, split_kv
 from flying_core.kv_plan import Move
 
 
@@ -28,7 +34,8 @@ class KVPool:
                                                     block_size, head_size)
         self.shape = (num_layers, num_blocks, num_kv_heads, block_size * 2 * head_size)
         self.buf = torch.zeros(self.shape, dtype=dtype, device=device)
-        self.peers: dict[int, torch.Tensor] = {}   # worker -> its pool, flat rows (shm)
+        self.peers: dict[int, torch.Tensor] = {}   # worker -> its pool, flat rows (shm/IPC)
+        self.row = row_format(str(self.buf.device))
 
     # ------------------------------------------------------------------ shared memory
 
@@ -36,9 +43,12 @@ class KVPool:
     def _shm_path(tag: str, rank: int) -> str:
         return f"/dev/shm/flying-{tag}-kv{rank}"
 
-    def share_with_peers(self, tag: str, rank: int, world: int, barrier) -> bool:
+    def share_with_peers(self, tag: str, rank: int, world: int, barrier, group=None) -> bool:
         """Move this pool into /dev/shm and map every peer's (collective over the world).
-        The files are unlinked once all are mapped, so nothing is left behind on a crash."""
+        The files are unlinked once all are mapped, so nothing is left behind on a crash.
+        On a GPU: CUDA IPC handles instead, gathered over `group` (the world's gloo group)."""
+        if self.buf.device.type == "cuda":
+            return self._share_cuda(rank, world, group)
         if self.buf.device.type != "cpu" or not os.path.isdir("/dev/shm"):
             return False
         numel = self.buf.numel()
@@ -58,6 +68,22 @@ class KVPool:
         os.unlink(path)
         return True
 
+    def _share_cuda(self, rank: int, world: int, group) -> bool:
+        """Publish a CUDA IPC handle of this pool and open every peer's (collective). torch's
+        own reducer (what torch.multiprocessing sends between processes) rather than raw
+        cudaIpc* calls: it keeps the producer's allocation alive and the handle picklable."""
+        from torch.multiprocessing.reductions import reduce_tensor
+        handles: list = [None] * world
+        dist.all_gather_object(handles, reduce_tensor(self.buf), group=group)
+        for peer, (rebuild, args) in enumerate(handles):
+            if peer != rank:
+                self.peers[peer] = rebuild(*args).view(self.L, self.NB * self.H, -1)
+        return True
+
+    def _sync(self) -> None:
+        if self.buf.device.type == "cuda":
+            torch.cuda.synchronize(self.buf.device)
+
     @staticmethod
     def blocks_for(kv_bytes: int, num_layers: int, num_kv_heads: int, block_size: int,
                    head_size: int, dtype: torch.dtype) -> int:
@@ -72,6 +98,10 @@ class KVPool:
         """Per-layer KV caches for a tp_size instance: views, never copies."""
         shape = (self.NB * tp_size, self.H // tp_size, self.Bs, 2 * self.D)
         return [self.buf[i].view(shape) for i in range(self.L)]
+
+    def kv_split(self, tp_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (K, V) of the tp_size views as this pool's backend reads them."""
+        return [split_kv(v, self.row) for v in self.layer_views(tp_size)]
 
     # ------------------------------------------------------------------ moving heads
 
@@ -113,12 +143,13 @@ class KVPool:
             self._unpack(inbox[src], ms)
             if src != me:
                 received += inbox[src].numel() * inbox[src].element_size()
+        self._sync()   # written before the driver hears "moved" and a peer reads this pool
         return received
 
     def _pull(self, me: int, sends, recvs, group) -> int:
         """Shared-memory exchange: read peers' pools, handshake, then write."""
-        inbox = {src: (self._flat() if src == me else self.peers[src]).index_select(
-            1, self._rows(ms, src=True)) for src, ms in recvs.items()}
+        inbox = {src: self._read_peer(me, src, ms) for src, ms in recvs.items()}
+        self._sync()   # my reads of peers' pools are complete before I say so
         done = torch.zeros(1)
         reqs = [dist.isend(done, src, group=group) for src in recvs if src != me]
         acks = {dst: torch.zeros(1) for dst in sends if dst != me}
@@ -126,6 +157,11 @@ class KVPool:
         for r in reqs:
             r.wait()   # every reader of my pool has its copy: now I may overwrite
         return self._write_inbox(me, inbox, recvs)
+
+    def _read_peer(self, me: int, src: int, ms: list[Move]) -> torch.Tensor:
+        pool = self._flat() if src == me else self.peers[src]
+        rows = self._rows(ms, src=True).to(pool.device)
+        return pool.index_select(1, rows).to(self.buf.device)
 
     def exchange(self, me: int, sends: dict[int, list[Move]], recvs: dict[int, list[Move]],
                  group) -> int:

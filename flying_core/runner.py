@@ -3,6 +3,11 @@
 Every rank of an instance runs the same `step` (SPMD); vLLM's layers reach the instance's
 communicator through the TP globals that `tp_mode` sets. The leader (rank 0 of the instance)
 samples; the others return nothing.
+
+Device-agnostic: the attention metadata builder is the one of the backend the model's own
+`Attention` layers were built with (attn_backend.py: CPU_ATTN on CPU, FLASH_ATTN / TRITON_ATTN
+on CUDA, pinned per worker). On a GPU the batch arrays are filled in page-locked host buffers
+and copied asynchronously; `query_start_loc_cpu` stays on the host.
 """
 from __future__ import annotations
 
@@ -13,10 +18,10 @@ from vllm.config import set_current_vllm_config
 from vllm.forward_context import set_forward_context
 from vllm.model_executor.layers.attention import Attention
 from vllm.v1.attention.backend import CommonAttentionMetadata
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionMetadataBuilder
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-from flying_core.batch import BatchBuffers
+from flying_core.attn_backend import layer_backend
+from flying_core.batch import BatchBuffers, decode_first
 from flying_core.comm_pool import tp_mode
 from flying_core.commands import SeqChunk
 from flying_core.sampling import sample, token_logprobs
@@ -39,12 +44,18 @@ class ModelRunner:
         spec = FullAttentionSpec(block_size=block_size, num_kv_heads=per_rank_heads,
                                  head_size=kv_views[0].shape[-1] // 2,
                                  dtype=cfg.model_config.dtype)
+        backend = layer_backend(sfc[n] for n in self.layer_names)
+        self.backend_name = backend.get_name()
         with set_current_vllm_config(cfg):
-            self.builder = CPUAttentionMetadataBuilder(spec, self.layer_names, cfg, self.device)
+            self.builder = backend.get_builder_cls()(spec, self.layer_names, cfg, self.device)
+        # backends that need decodes first say so (vLLM's gpu_model_runner reorders likewise)
+        self.reorder = getattr(self.builder, "reorder_batch_threshold", None)
         for name, view in zip(self.layer_names, kv_views):
             sfc[name].bind_kv_cache(view)
         self.kv_views = kv_views
-        self.buffers = BatchBuffers(block_size, max_tokens, max_seqs, max_blocks)
+        self.on_gpu = self.device.type == "cuda"
+        self.buffers = BatchBuffers(block_size, max_tokens, max_seqs, max_blocks,
+                                    pin=self.on_gpu)
         self.spans: dict[str, float] = {}   # last step's time by component (s), for profiles
 
     @property
@@ -56,30 +67,34 @@ class ModelRunner:
         """Compute every chunk's KV; return (request_id, token, its logprobs or None) for the
         chunks that sample."""
         t0 = time.perf_counter()
+        order = None
+        if self.reorder is not None and len(seqs) > 1:
+            order, _ = decode_first(seqs, self.reorder)
+            seqs = tuple(seqs[i] for i in order)
         b = self.buffers.fill(seqs)
+        dev = self._on_device
         common = CommonAttentionMetadata(
-            query_start_loc=b.query_start_loc, query_start_loc_cpu=b.query_start_loc,
-            seq_lens=b.seq_lens, num_reqs=b.num_seqs, num_actual_tokens=b.num_tokens,
+            query_start_loc=dev(b.query_start_loc), query_start_loc_cpu=b.query_start_loc,
+            seq_lens=dev(b.seq_lens), num_reqs=b.num_seqs, num_actual_tokens=b.num_tokens,
             max_query_len=b.max_query_len, max_seq_len=b.max_seq_len,
-            block_table_tensor=b.block_table, slot_mapping=b.slot_mapping, causal=True,
-            positions=b.positions)
+            block_table_tensor=dev(b.block_table), slot_mapping=dev(b.slot_mapping),
+            causal=True, positions=dev(b.positions))
         with set_current_vllm_config(self.cfg), tp_mode(self.group):
             t1 = time.perf_counter()
             md = self.builder.build(0, common)
             attn = dict.fromkeys(self.layer_names, md)
-            slot_md = dict.fromkeys(self.layer_names, b.slot_mapping)
+            slot_md = dict.fromkeys(self.layer_names, common.slot_mapping)
             t2 = time.perf_counter()
             with set_forward_context(attn, self.cfg, num_tokens=b.num_tokens,
                                      slot_mapping=slot_md):
-                hidden = self.model(input_ids=b.input_ids.to(self.device),
-                                    positions=b.positions.to(self.device))
+                hidden = self.model(input_ids=dev(b.input_ids), positions=common.positions)
                 t3 = time.perf_counter()
                 if not b.sampled:
-                    return []
-                logits = self.model.compute_logits(hidden[b.logits_rows.to(self.device)])
+                    return self._done([])
+                logits = self.model.compute_logits(hidden[dev(b.logits_rows)])
         t4 = time.perf_counter()
         if logits is None or not self.is_leader:
-            return []
+            return self._done([])
         logits = logits[:, :self.vocab_size].float().cpu()
         chosen = [seqs[i] for i in b.sampled]
         params = [s.sample for s in chosen]
@@ -88,4 +103,19 @@ class ModelRunner:
         t5 = time.perf_counter()
         self.spans = {"batch": t1 - t0, "metadata": t2 - t1, "forward": t3 - t2,
                       "logits": t4 - t3, "sample": t5 - t4}
-        return [(s.request_id, t, lp) for s, t, lp in zip(chosen, tokens, lps)]
+        out = [(s.request_id, t, lp) for s, t, lp in zip(chosen, tokens, lps)]
+        if order is not None:      # back to command order (sampling is per row, stateless)
+            out = [o for _, o in sorted(zip((order[i] for i in b.sampled), out))]
+        return out
+
+    def _on_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch array where the model reads it: the host buffer itself on CPU, an
+        asynchronous copy from the page-locked buffer on a GPU."""
+        return t.to(self.device, non_blocking=True) if self.on_gpu else t
+
+    def _done(self, out: list) -> list:
+        """Non-leader ranks on a GPU wait for their kernels: peers read the pool next, and
+        the step time must be the real one."""
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
+        return out

@@ -1,7 +1,8 @@
 """Cross-node micro-requests: hold a first segment's KV, export it, adopt it on another node.
 
 Wire format of one KV block (canonical, any TP size on either side): [L, H, Bs * 2D] in the
-pool's dtype, heads in model order. The exporting node gathers every head of every block from
+pool's dtype, heads in model order, rows in the sender's `kv_format` (CPU and CUDA kernels
+order a row differently: the receiver converts, or recomputes when dtype or shape differ). The exporting node gathers every head of every block from
 the workers that hold it (kv_plan.head_location); the adopting node scatters them to its own
 instance's workers the same way. A transfer that does not arrive whole is never used: the
 request is recomputed from its tokens instead.
@@ -18,6 +19,15 @@ from flying_core.commands import ExportCmd, Exported, ImportCmd
 from flying_core.errors import FlyingError, NotFound
 from flying_core.handoff import HandoffStats
 from flying_core.instances import Instances
+from flying_core.kv_format import (
+    CONVERT,
+    LAYOUT_ORDER,
+    RECOMPUTE,
+    KVFormat,
+    convert_block,
+    format_of,
+    import_action,
+)
 from flying_core.kv_plan import head_location
 from flying_core.request import Request
 from flying_core.scheduler import InstanceScheduler
@@ -53,6 +63,7 @@ class Transfers:
         self.seq, self.pool, self.instances, self.info = seq, pool, instances, info
         self.block_shape = info.block_shape(block_size)
         self.block_size, self.stats = block_size, stats
+        self.format = KVFormat(info.dtype, self.block_shape, LAYOUT_ORDER, info.kv_row)
         self.held: dict[str, Held] = {}              # request id -> KV kept for export
         self.exports: dict[int, PendingExport] = {}  # ticket -> export being gathered
 
@@ -108,7 +119,8 @@ class Transfers:
         self.pool.release(req.homes)
         req.homes = []
         pe.result.set_result(KVExport(self.info.dtype, self.block_shape, req.num_computed,
-                                      tuple(canon[i].tobytes() for i in range(len(canon)))))
+                                      tuple(canon[i].tobytes() for i in range(len(canon))),
+                                      self.format.layout))
 
     def fail(self, error: FlyingError) -> None:
         for pe in self.exports.values():
@@ -126,6 +138,10 @@ class Transfers:
         homes = self.pool.alloc(workers, len(kv.blocks), self.pool.least_used(workers))
         dt = _np_dtype(kv.dtype)
         blocks = [np.frombuffer(b, dtype=dt).reshape(kv.block_shape) for b in kv.blocks]
+        sent = format_of(kv)
+        if import_action(sent, self.format) == CONVERT:
+            blocks = [convert_block(b, sent.row, self.format.row, self.info.head_size)
+                      for b in blocks]
         ticket = self.seq.next_ticket()
         for w, items in self._layout_rows(homes, sched.inst.first, sched.inst.size).items():
             data = np.stack([blocks[i][:, k, :] for _, (i, k) in items], axis=1)
@@ -140,7 +156,7 @@ class Transfers:
 
     def _target(self, req: Request, kv: KVExport | None) -> InstanceScheduler | None:
         """The instance to import into, if the KV is whole and one can hold it."""
-        if kv is None or kv.dtype != self.info.dtype or tuple(kv.block_shape) != self.block_shape:
+        if kv is None or import_action(format_of(kv), self.format) == RECOMPUTE:
             return None
         per_block = int(np.prod(self.block_shape)) * np.dtype(_np_dtype(kv.dtype)).itemsize
         need = -(-kv.num_computed // self.block_size)

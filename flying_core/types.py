@@ -245,6 +245,8 @@ class WorkerInfo:
     warm_s: float
     pid: int
     rss_bytes: int
+    attention_backend: str = "CPU_ATTN"   # vLLM backend every TP size runs (pinned)
+    kv_row: str = "k_then_v"              # KV row format of that backend (kv_format.py)
 
     def block_shape(self, block_size: int) -> tuple[int, int, int]:
         """One DP block in the canonical transfer format: (L, H, Bs * 2D)."""
@@ -268,3 +270,4 @@ class KVExport:
     block_shape: tuple[int, int, int]     # (L, H, Bs * 2D)
     num_computed: int                     # tokens whose KV the blocks hold
     blocks: tuple[bytes, ...]
+    layout: str = "LBHNC/k_then_v"        # order/row format of the bytes (kv_format.KVFormat)

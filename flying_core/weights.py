@@ -156,10 +156,28 @@ def build_view_model(cfg, full_model: nn.Module, group) -> tuple[nn.Module, dict
         for bname, b in list(m.named_buffers(recurse=False)):
             if b is not None and b.is_meta:
                 m._buffers[bname] = getattr(fm, bname)
-    left = [n_ for n_, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        # plain tensor attributes (Attention's `_k_scale_cpu`, `kv_cache` placeholder): alias
+        for attr, t in _plain_tensors(m):
+            src = getattr(fm, attr, None)
+            if t.is_meta and isinstance(src, torch.Tensor) and src.shape == t.shape:
+                setattr(m, attr, src)
+    left = meta_tensors(model)
     if left:
         raise FailedPrecondition(f"the view loader cannot place {left[:3]}...")
     return model.eval(), kinds
+
+
+def _plain_tensors(m: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(k, v) for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of every tensor still on `meta`: parameters, buffers and plain attributes (which
+    a kernel may read on a GPU even when the CPU path never does)."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    for mname, m in model.named_modules():
+        left += [f"{mname}.{a}" for a, t in _plain_tensors(m) if t.is_meta]
+    return left
 
 
 def storage_report(view_model: nn.Module, full_model: nn.Module) -> ViewReport:

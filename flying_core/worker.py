@@ -4,6 +4,12 @@ Start-up (the same order on every rank): join the torch.distributed world, build
 communicator pool, load the full weights, build a zero-copy view model per pool TP size,
 allocate the one KV pool, make a runner per TP size, warm every layout, report ready.
 Then it executes commands from its FIFO pipe in the order the driver's sequencer sent them.
+
+On CUDA (written against vLLM 0.32's CUDA code, not yet run on a GPU; device.check refuses
+machines without the CUDA builds first): the worker owns `cuda:{rank}`, the world is NCCL, each
+TP size's group is named "tp" (custom all-reduce), the KV pool is sized from
+`torch.cuda.mem_get_info()` once weights and communicators exist, and the pools are shared
+with the peers through CUDA IPC for HARD switches and hand-offs.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from flying_core.commands import (
     Stopped,
 )
 from flying_core.config import WorkerConfig
+from flying_core.errors import FailedPrecondition
 from flying_core.kv_plan import moves_for
 from flying_core.types import WorkerInfo, WorkerStats
 
@@ -67,12 +74,21 @@ def _pin_threads(cfg: WorkerConfig) -> None:
     torch.set_num_threads(n)
 
 
-def _engine_config(g, tp: int):
+def _engine_config(g, tp: int, attention_backend: str | None = None):
+    """vLLM's config for one TP size. With `attention_backend` the backend is pinned; on CUDA
+    the pool's layout is recorded too (`LBHNC`, vLLM's "HND": the tp=s views are strided
+    slices of it, so every backend must read that order)."""
     from vllm.engine.arg_utils import EngineArgs
-    return EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
-                      enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
-                      block_size=g.block_size, trust_remote_code=False,
-                      ).create_engine_config()
+    cfg = EngineArgs(model=g.model, dtype=g.dtype, max_model_len=g.max_model_len,
+                     enforce_eager=g.enforce_eager, tensor_parallel_size=tp, seed=g.seed,
+                     block_size=g.block_size, trust_remote_code=False,
+                     attention_backend=attention_backend).create_engine_config()
+    if attention_backend and g.device != "cpu":
+        from vllm.v1.attention.backends.utils import record_kv_cache_layout
+
+        from flying_core.kv_format import LAYOUT_ORDER
+        record_kv_cache_layout(cfg.cache_config, LAYOUT_ORDER)
+    return cfg
 
 
 class Worker:
@@ -81,18 +97,24 @@ class Worker:
         import vllm.distributed.parallel_state as ps
         from vllm.config import set_current_vllm_config
 
-        from flying_core import cpu_gemm, layout, weights
+        from flying_core import cpu_gemm, device, layout, weights
+        from flying_core.attn_backend import attention_backend, pinned
         from flying_core.comm_pool import CommunicatorPool
+        from flying_core.kv_format import row_format
         from flying_core.kv_pool import KVPool
         from flying_core.runner import ModelRunner
 
         g = cfg.group
         if g.device == "cpu":
             import vllm.v1.worker.cpu.shm  # noqa: F401  (the torch patches vLLM's CPU worker applies)
+            weights.keep_plain_cpu_weights()
         self.cfg, self.rank = cfg, cfg.rank
+        self.device = device.worker_device(g.device, cfg.rank)
         t0 = time.perf_counter()
-        weights.keep_plain_cpu_weights()
-        base = _engine_config(g, 1)
+        # one attention backend for every TP size; on CUDA it depends on the resolved dtype
+        dtype = None if g.device == "cpu" else _engine_config(g, 1).model_config.dtype
+        backend_name = attention_backend(g.device, dtype)
+        base = _engine_config(g, 1, backend_name)
         hf = base.model_config.hf_config
         text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
         heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
@@ -103,9 +125,10 @@ class Worker:
                 world_size=g.num_workers, rank=cfg.rank, local_rank=cfg.rank, backend=backend,
                 distributed_init_method=f"tcp://127.0.0.1:{cfg.dist_port}")
             ps.initialize_model_parallel(tensor_model_parallel_size=1)
-            self.pool = CommunicatorPool(g.num_workers, cfg.rank, self.sizes, backend)
+            self.pool = CommunicatorPool(g.num_workers, cfg.rank, self.sizes, backend, g.device)
         self.world_cpu = ps.get_world_group().cpu_group
-        self.configs = {1: base, **{s: _engine_config(g, s) for s in self.sizes if s > 1}}
+        self.configs = {1: base, **{s: _engine_config(g, s, backend_name)
+                                    for s in self.sizes if s > 1}}
         full = weights.load_full_model(base, self.pool.group(1))
         self.models = {1: full}
         self.view_report = {}
@@ -120,17 +143,22 @@ class Worker:
         dtype = base.model_config.dtype
         head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
         num_layers = text.num_hidden_layers
-        nb = KVPool.blocks_for(g.kv_bytes, num_layers, kv_heads, g.block_size, head_size, dtype)
-        self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, g.device)
+        nb = KVPool.blocks_for(device.kv_pool_bytes(g.kv_bytes, self.device), num_layers,
+                               kv_heads, g.block_size, head_size, dtype)
+        self.kv = KVPool(num_layers, nb, kv_heads, g.block_size, head_size, dtype, self.device)
         self.kv.share_with_peers(str(cfg.dist_port), cfg.rank, g.num_workers,
-                                 lambda: dist.barrier(group=self.world_cpu))
+                                 lambda: dist.barrier(group=self.world_cpu), self.world_cpu)
         vocab = text.vocab_size
         sizes = dict(max_tokens=g.max_batch_tokens, max_seqs=g.max_running,
                      max_blocks=-(-g.max_model_len // g.block_size) + 1)
         self.runners = {s: ModelRunner(self.models[s], self.configs[s], self.pool.group(s),
-                                       self.kv.layer_views(s), g.block_size, vocab, g.device,
+                                       self.kv.layer_views(s), g.block_size, vocab, self.device,
                                        **sizes)
                         for s in self.sizes}
+        self.backend = pinned({s: r.backend_name for s, r in self.runners.items()})
+        if self.backend != backend_name:
+            raise FailedPrecondition(f"asked vLLM for {backend_name}, its layers use "
+                                     f"{self.backend}")
         self.load_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._warm()
@@ -143,6 +171,7 @@ class Worker:
             kv_ptr=self.kv.buf.data_ptr(),
             kv_view_ptrs={s: self.kv.layer_views(s)[0].data_ptr() for s in self.sizes},
             view_report=self.view_report, packed_gemm_bytes=self.packed_bytes,
+            attention_backend=self.backend, kv_row=row_format(g.device),
             groups_created=self.pool.created,
             load_s=round(self.load_s, 3), warm_s=round(self.warm_s, 3), pid=os.getpid(),
             rss_bytes=_rss())

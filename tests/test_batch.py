@@ -80,3 +80,66 @@ def test_growth_keeps_results_exact():
             SeqChunk("b", (3,), 40, (1, 8), SampleParams()))
     check(buf, seqs)
     assert buf.max_tokens >= 101 and buf.max_seqs >= 2 and buf.max_blocks >= 4
+
+
+# ------------------------------------------------ decode-first order, CUDA-graph padding
+
+from flying_core.batch import decode_first, graph_size  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decode_first_order_and_its_inverse(seed):
+    rng = random.Random(seed)
+    seqs = tuple(random_chunk(rng, i) for i in range(rng.randrange(1, 30)))
+    order, inverse = decode_first(seqs)
+    reordered = [seqs[i] for i in order]
+    kinds = [len(s.token_ids) > 1 for s in reordered]
+    assert kinds == sorted(kinds)                       # every decode before every prefill
+    decodes = [i for i, s in enumerate(seqs) if len(s.token_ids) == 1]
+    assert list(order[:len(decodes)]) == decodes        # stable: command order kept
+    assert sorted(order.tolist()) == list(range(len(seqs)))
+    assert [reordered[inverse[i]] for i in range(len(seqs))] == list(seqs)
+    # a step's outputs computed in the reordered batch go back to command order
+    buf = BatchBuffers(BS, 64, 8, 8)
+    b = buf.fill(tuple(reordered))
+    last = b.query_start_loc[1:].tolist()
+    ends = [last[inverse[i]] - 1 for i in range(len(seqs))]
+    assert [b.input_ids[e].item() for e in ends] == [s.token_ids[-1] for s in seqs]
+
+
+def test_decode_first_threshold():
+    seqs = (SeqChunk("a", (1, 2, 3), 0, (0,), None), SeqChunk("b", (1, 2), 0, (1,), None),
+            SeqChunk("c", (4,), 5, (2,), None))
+    assert decode_first(seqs)[0].tolist() == [2, 0, 1]
+    assert decode_first(seqs, threshold=2)[0].tolist() == [1, 2, 0]
+
+
+def test_graph_size_is_smallest_captured_that_fits():
+    captured = (1, 2, 4, 8, 16, 32)
+    assert [graph_size(n, captured) for n in (1, 3, 4, 5, 32)] == [1, 4, 4, 8, 32]
+    assert graph_size(33, captured) is None and graph_size(3, ()) is None
+
+
+def test_decode_batch_padded_to_a_graph_size():
+    seqs = tuple(SeqChunk(f"r{i}", (100 + i,), 40 + i, (7 + i, 20 + i), SampleParams())
+                 for i in range(5))
+    buf = BatchBuffers(BS, max_tokens=4, max_seqs=4, max_blocks=2)   # padding grows it
+    ref = reference(seqs)
+    buf.fill(tuple(SeqChunk("x", tuple(range(30)), 0, (3, 3, 3, 3), None) for _ in range(2)))
+    b = buf.fill(seqs, pad_to=8)                         # stale values must be overwritten
+    ids, pos, slots, qsl, seq_lens, table, rows = ref
+    assert (b.num_tokens, b.num_seqs, b.real_seqs) == (8, 8, 5)
+    assert b.input_ids.tolist() == ids + [0] * 3
+    assert b.positions.tolist() == pos + [0] * 3
+    assert b.slot_mapping.tolist() == slots + [-1] * 3
+    assert b.query_start_loc.tolist() == qsl + [5] * 3
+    assert b.seq_lens.tolist() == seq_lens + [0] * 3
+    assert b.block_table[:5, :2].tolist() == table and not b.block_table[5:].any()
+    assert not b.block_table[:, 2:].any()
+    assert b.logits_rows.tolist() == rows and b.sampled == tuple(range(5))
+    assert (b.max_query_len, b.max_seq_len) == (1, max(seq_lens))
+    for t in (b.input_ids, b.slot_mapping, b.query_start_loc, b.seq_lens, b.block_table):
+        assert t.is_contiguous()
+    assert buf.fill(seqs).real_seqs == -1                # unpadded: no marker
+    with pytest.raises(ValueError, match="decode batch"):
+        buf.fill((SeqChunk("p", (1, 2), 0, (0,), None),), pad_to=4)

@@ -95,3 +95,18 @@ def test_vllm_sampling_fields_and_logprobs_round_trip():
     lp = TokenLogprob(7, -0.5, 2, ((3, -0.25), (7, -0.5)))
     msg = wire.chunk_to_pb([TokenEvent("r", (7,), 0, "x", (lp,))])
     assert [wire.logprob_from_pb(x) for x in msg.chunk.logprobs] == [lp]
+
+
+def test_kv_format_travels_with_the_chunks():
+    cuda = KVExport("bfloat16", (2, 1, 8), 40, (b"a" * 16, b"b" * 16), "LBHNC/kv_per_token")
+    chunks = list(wire.kv_to_chunks(cuda))
+    assert {c.layout for c in chunks} == {"LBHNC/kv_per_token"}
+    assert wire.kv_from_chunks(chunks) == cuda
+    # a sender that predates the field: its bytes are the CPU format
+    for c in chunks:
+        c.ClearField("layout")
+    assert wire.kv_from_chunks(chunks).layout == "LBHNC/k_then_v"
+    mixed = list(wire.kv_to_chunks(cuda))
+    mixed[1].layout = "LBHNC/k_then_v"
+    with pytest.raises(ValueError, match="corrupt"):
+        wire.kv_from_chunks(mixed)

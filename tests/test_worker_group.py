@@ -121,6 +121,14 @@ def test_weights_are_views_and_kv_is_one_pool(group):
         assert all(p == info.kv_ptr for p in info.kv_view_ptrs.values()), info.kv_view_ptrs
 
 
+def test_every_tp_size_runs_the_pinned_cpu_backend(group):
+    """The runner's builder comes from the layers' own backend, pinned per worker: CPU_ATTN,
+    the CPU kernels' K-then-V rows, on every worker (a TP size on another backend would fail
+    at start)."""
+    for info in group.worker_info:
+        assert (info.attention_backend, info.kv_row) == ("CPU_ATTN", "k_then_v")
+
+
 def test_switches_create_no_process_group(group):
     stats_before = group.worker_stats()
     assert all(s.process_groups >= 2 for s in stats_before)   # world + the pool's groups
