@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from flying import logs
 from flying_core import layout as lay
+from flying_core import model_support
 from flying_core.commands import (
     Abort,
     Adopt,
@@ -98,6 +99,7 @@ class WorkerGroup:
                 f"device {cfg.device!r}: this release's runner drives vLLM's CPU attention "
                 "kernels only; the CUDA runner (FlashAttention metadata, HND KV layout) is not "
                 "built yet. Start the agent with --device cpu.")
+        model_support.check_folder(cfg.model)   # quantized / MoE / sliding window: refused here
         ctx = mp.get_context("spawn")
         port = self.dist_port = _free_port()
         for rank in range(cfg.num_workers):
