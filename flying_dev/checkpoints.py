@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -179,6 +180,13 @@ def _tiny_corpus() -> list[str]:
 
 
 def _tiny_tokenizer():
+    """A fresh Tokenizer object; trained once per process (every tiny checkpoint shares it)."""
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(_trained_tokenizer_json())
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -195,7 +203,7 @@ def _tiny_tokenizer():
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
-    return tok
+    return tok.to_str()
 
 
 def save_tiny_tokenizer(out: Path):
