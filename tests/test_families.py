@@ -26,7 +26,7 @@ TEXTS = ["the quick brown fox", "def add(a, b):\n    return a + b\n" * 4, "once 
 GEN = 12
 HARD, SOFT = PreemptMode.HARD, PreemptMode.SOFT
 CASES = [pytest.param(k, True, id=k) for k in families.FAMILIES] + [
-    pytest.param("tiny-qwen2", False, id="tiny-qwen2-unpacked")]
+    pytest.param("tiny-qwen2", False, id="tiny-qwen2-unpacked", marks=pytest.mark.slow)]
 
 
 def _tokens(g, prompts, gen=GEN):
