@@ -49,12 +49,27 @@ def refuse_quantized(cfg) -> None:
             "zero-copy views; serve an unquantized checkpoint")
 
 
+def refuse_unviewable_layers(model: nn.Module) -> None:
+    """What `model_support.check` reads from config.json, checked again on the built model: a
+    mixture-of-experts layer or a sliding-window attention layer cannot be served."""
+    from vllm.model_executor.layers.attention import Attention
+    for name, m in model.named_modules():
+        if any("moe" in c.__name__.lower() for c in type(m).__mro__):
+            raise FailedPrecondition(f"mixture-of-experts layer {name} ({type(m).__name__}) is "
+                                     "not supported: the view loader does not shard experts")
+        if isinstance(m, Attention) and getattr(m, "sliding_window", None) is not None:
+            raise FailedPrecondition(f"sliding-window attention ({m.sliding_window} tokens) in "
+                                     f"{name} is not supported: full-attention metadata only")
+
+
 def load_full_model(cfg, group):
     """The tp=1 model through vLLM's normal loader: the only copy of the weights."""
     from vllm.model_executor.model_loader import get_model
     refuse_quantized(cfg)
     with set_current_vllm_config(cfg), tp_mode(group):
-        return get_model(vllm_config=cfg)
+        model = get_model(vllm_config=cfg)
+    refuse_unviewable_layers(model)
+    return model
 
 
 class SliceGemm:
