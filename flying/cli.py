@@ -58,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send a few requests and a layout switch, then exit")
 
     p = sub.add_parser("model", help="build a local test checkpoint (no model hub needed)")
-    p.add_argument("kind", choices=["tiny", "smollm2"])
+    p.add_argument("kind", choices=["tiny", "smollm2", "tiny-qwen2", "tiny-qwen3",
+                                    "tiny-mistral", "tiny-gemma"])
     p.add_argument("--out", required=True, help="output folder (HF layout)")
-    p.add_argument("--seed", type=int, default=0, help="tiny: weight seed")
+    p.add_argument("--seed", type=int, default=0, help="tiny*: weight seed")
 
     p = sub.add_parser("bench", help="run a benchmark scenario (writes JSON and PNG)")
     p.add_argument("scenario", nargs="?", default="all")

@@ -31,14 +31,17 @@ def available() -> bool:
 
 
 class PackedGemm:
-    """quant_method of a sliced fused layer: its row slices packed as one oneDNN matrix."""
+    """quant_method of a sliced fused layer: its row slices packed as one oneDNN matrix (and its
+    bias slices, if any, concatenated: a copy as small as one row of the weight)."""
 
-    def __init__(self, handler, pieces: list[torch.Tensor]):
+    def __init__(self, handler, pieces: list[torch.Tensor], bias: torch.Tensor | None = None):
         self.handler, self.pieces = handler, pieces   # pieces: the views it was packed from
+        self.bias = bias
 
     def apply(self, layer, x, bias=None):
         from vllm import _custom_ops as ops
-        return ops.onednn_mm(self.handler, x, bias)
+        out = ops.onednn_mm(self.handler, x, self.bias)
+        return out if bias is None else out + bias
 
 
 def _packed_linear(handler):
@@ -62,7 +65,8 @@ def pack_model(model: nn.Module) -> int:
         qm = getattr(m, "quant_method", None)
         if isinstance(qm, SliceGemm):
             weight = torch.cat(qm.pieces, dim=0)
-            m.quant_method = PackedGemm(_pack(weight), qm.pieces)
+            fused_bias = torch.cat(qm.biases).contiguous() if qm.biases else None
+            m.quant_method = PackedGemm(_pack(weight), qm.pieces, fused_bias)
         elif hasattr(m, "cpu_linear") and m.weight.dim() == 2:
             if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead) \
                     and m is not lm_head:

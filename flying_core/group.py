@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from flying import logs
-from flying_core import device
+from flying_core import device, model_support
 from flying_core import layout as lay
 from flying_core.commands import (
     Abort,
@@ -96,6 +96,7 @@ class WorkerGroup:
         cfg = self.cfg
         # one line naming what a CUDA node lacks, before any process starts
         device.check(cfg.device, cfg.num_workers, enforce_eager=cfg.enforce_eager)
+        model_support.check_folder(cfg.model)   # quantized / MoE / sliding window: refused here
         ctx = mp.get_context("spawn")
         port = self.dist_port = _free_port()
         for rank in range(cfg.num_workers):

@@ -5,7 +5,8 @@ then pointed at a view of the tp=1 tensor:
   column-parallel / vocab shards   contiguous row slices
   row-parallel (o_proj, down_proj) strided column slices that BLAS reads directly
   fused QKV / gate-up              one row slice per sub-matrix and one GEMM each, then concat
-                                   (measured +0-6 % vs one fused GEMM; no copy, no reorder)
+                                   (measured +0-6 % vs one fused GEMM; no copy, no reorder);
+                                   a fused bias (Qwen2's QKV) is sliced the same way, per piece
 Quantized checkpoints (kernels that repack weights) cannot be viewed and are refused.
 """
 from __future__ import annotations
@@ -48,22 +49,41 @@ def refuse_quantized(cfg) -> None:
             "zero-copy views; serve an unquantized checkpoint")
 
 
+def refuse_unviewable_layers(model: nn.Module) -> None:
+    """What `model_support.check` reads from config.json, checked again on the built model: a
+    mixture-of-experts layer or a sliding-window attention layer cannot be served."""
+    from vllm.model_executor.layers.attention import Attention
+    for name, m in model.named_modules():
+        if any("moe" in c.__name__.lower() for c in type(m).__mro__):
+            raise FailedPrecondition(f"mixture-of-experts layer {name} ({type(m).__name__}) is "
+                                     "not supported: the view loader does not shard experts")
+        if isinstance(m, Attention) and getattr(m, "sliding_window", None) is not None:
+            raise FailedPrecondition(f"sliding-window attention ({m.sliding_window} tokens) in "
+                                     f"{name} is not supported: full-attention metadata only")
+
+
 def load_full_model(cfg, group):
     """The tp=1 model through vLLM's normal loader: the only copy of the weights."""
     from vllm.model_executor.model_loader import get_model
     refuse_quantized(cfg)
     with set_current_vllm_config(cfg), tp_mode(group):
-        return get_model(vllm_config=cfg)
+        model = get_model(vllm_config=cfg)
+    refuse_unviewable_layers(model)
+    return model
 
 
 class SliceGemm:
-    """quant_method for fused layers whose shard is several row ranges of the full weight."""
+    """quant_method for fused layers whose shard is several row ranges of the full weight.
 
-    def __init__(self, pieces: list[torch.Tensor]):
-        self.pieces = pieces
+    A fused layer with a bias carries its bias as matching slices (``biases``, views of the full
+    bias) and its ``bias`` parameter is unset, so the layer passes no bias of its own."""
+
+    def __init__(self, pieces: list[torch.Tensor], biases: list[torch.Tensor] | None = None):
+        self.pieces, self.biases = pieces, biases
 
     def apply(self, layer, x, bias=None):
-        out = torch.cat([F.linear(x, w) for w in self.pieces], dim=-1)
+        biases = self.biases or [None] * len(self.pieces)
+        out = torch.cat([F.linear(x, w, b) for w, b in zip(self.pieces, biases)], dim=-1)
         return out if bias is None else out + bias
 
 
@@ -90,20 +110,27 @@ def _merged_pieces(m: MergedColumnParallelLinear, w: torch.Tensor, rank: int, n:
     return pieces
 
 
+def _slice_fused(m: nn.Module, full: nn.Module, slicer) -> str:
+    """Give a fused layer a SliceGemm over views of full's weight (and bias, if it has one)."""
+    bias = getattr(full, "bias", None)
+    biases = None
+    if bias is not None:
+        # a [n] bias sliced like the [n, k] weight's rows: the same offsets on a [n, 1] view
+        biases = [b.squeeze(1) for b in slicer(bias.unsqueeze(1))]
+        m.register_parameter("bias", None)
+    m.quant_method = SliceGemm(slicer(full.weight), biases)
+    _param(m, "weight", m.quant_method.pieces[0])
+    return " + bias slices" if biases else ""
+
+
 def _view_module(m: nn.Module, full: nn.Module, rank: int, n: int) -> str | None:
     """Point m's sharded weight at a view of full's; return what kind of view it is."""
     plain = F.linear
-    if getattr(full, "bias", None) is not None and isinstance(
-            m, (QKVParallelLinear, MergedColumnParallelLinear)):
-        raise FailedPrecondition("fused layers with a bias are not supported by the view loader")
     if isinstance(m, QKVParallelLinear):
-        m.quant_method = SliceGemm(_qkv_pieces(m, full.weight, rank))
-        _param(m, "weight", m.quant_method.pieces[0])
-        return "qkv: 3 row slices"
+        return "qkv: 3 row slices" + _slice_fused(m, full, lambda w: _qkv_pieces(m, w, rank))
     if isinstance(m, MergedColumnParallelLinear):
-        m.quant_method = SliceGemm(_merged_pieces(m, full.weight, rank, n))
-        _param(m, "weight", m.quant_method.pieces[0])
-        return "merged: row slices"
+        return "merged: row slices" + _slice_fused(
+            m, full, lambda w: _merged_pieces(m, w, rank, n))
     if isinstance(m, ColumnParallelLinear):
         rows = m.output_size_per_partition
         _param(m, "weight", full.weight.narrow(0, rank * rows, rows))
@@ -188,6 +215,8 @@ def storage_report(view_model: nn.Module, full_model: nn.Module) -> ViewReport:
     for mname, mod in view_model.named_modules():
         if isinstance(getattr(mod, "quant_method", None), SliceGemm):
             tensors += [(f"{mname}.piece{i}", t) for i, t in enumerate(mod.quant_method.pieces)]
+            tensors += [(f"{mname}.bias{i}", t)
+                        for i, t in enumerate(mod.quant_method.biases or ())]
     own = [(n, t) for n, t in tensors if t.untyped_storage().data_ptr() not in full_ptrs]
     return ViewReport(tensors=len(tensors), aliased=len(tensors) - len(own),
                       own_bytes=sum(t.numel() * t.element_size() for _, t in own),

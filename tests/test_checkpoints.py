@@ -83,3 +83,26 @@ def test_smollm2_answers_paris(smollm2_model):
         smollm2_model, [{"role": "user", "content": "What is the capital of France?"}],
         max_tokens=24)
     assert "Paris" in answer, answer
+
+
+def test_family_checkpoints_are_deterministic_and_carry_their_difference(tmp_path):
+    from safetensors import safe_open
+
+    from flying_dev import families
+
+    for kind, fam in families.FAMILIES.items():
+        folder = checkpoints.build(kind, tmp_path / kind, seed=0)
+        cfg = json.loads((folder / "config.json").read_text())
+        assert cfg["architectures"] == [fam.architecture]
+        assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (8, fam.kv_heads)
+        assert cfg.get("sliding_window") is None and "quantization_config" not in cfg
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        attn = "model.layers.0.self_attn."
+        assert (attn + "q_proj.bias" in shapes) == fam.qkv_bias
+        assert shapes.get(attn + "q_norm.weight") == ((fam.head_dim,) if fam.qk_norm else None)
+        assert ("lm_head.weight" in shapes) == (not fam.tie)
+        assert cfg["tie_word_embeddings"] == fam.tie
+        assert shapes[attn + "q_proj.weight"] == (8 * fam.head_dim, 256)
+    again = checkpoints.build("tiny-qwen2", tmp_path / "again", seed=0)
+    assert _files(again) == _files(tmp_path / "tiny-qwen2")
