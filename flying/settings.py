@@ -79,6 +79,8 @@ class AgentSettings(_Section):
                            "('': host:port)")
     grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
     seed: int = Field(0, description="sampling seed")
+    prefix_caching: bool = Field(True, description="share the KV of prompts' equal prefixes "
+                                 "between requests (automatic prefix caching)")
 
 
 class RouterSettings(_Section):
@@ -97,6 +99,8 @@ class RouterSettings(_Section):
     micro_requests: Literal["off", "adaptive", "disagg"] = Field(
         "off", description="split requests into two segments (DynaServe): adaptive split "
         "points, or disagg (prefill on instance 0, decode on instance 1)")
+    prefix_routing: bool = Field(True, description="place a request where its prompt prefix "
+                                 "is likely cached (else: by load only)")
 
 
 SECTIONS: dict[str, type[_Section]] = {"agent": AgentSettings, "router": RouterSettings}

@@ -46,7 +46,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
     cluster = Cluster(settings.agents)
     await cluster.start()
     tokenizer = load_tokenizer(cluster)
-    dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests)
+    dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests,
+                            prefix_routing=settings.prefix_routing)
     controller = Controller(cluster, dispatcher, settings.policy, settings.policy_interval_s,
                             policy_cfg)
     health_svc = health.aio.HealthServicer()
