@@ -185,3 +185,25 @@ def test_dropping_a_retired_scope_frees_unheld_blocks_and_keeps_held_ones():
     assert s.pool.cached_blocks() == 0 and s.pool.used([0]) == len(b.homes)
     s.release(b)
     assert s.pool.baseline() and s.pool.free_on(0) == 8
+
+
+def test_agent_metrics_count_prefix_cache_tokens_like_vllm():
+    from prometheus_client import generate_latest
+
+    from agent.metrics import AgentMetrics
+    from flying_core.types import GroupStatus, PrefixCacheStats
+
+    m = AgentMetrics()
+
+    def observe(q, h, blocks, ev):
+        m.observe_status(GroupStatus("serving", (1,), (), (1,), BS, 64,
+                                     prefix_cache=PrefixCacheStats(True, q, h, blocks, ev)))
+
+    observe(100, 40, 3, 0)
+    observe(250, 140, 5, 2)
+    observe(30, 10, 1, 0)             # a restarted group counts from zero again
+    text = generate_latest(m.registry).decode()
+    assert "flying_prefix_cache_queries_total 280.0" in text
+    assert "flying_prefix_cache_hits_total 150.0" in text
+    assert "flying_prefix_cache_evictions_total 2.0" in text
+    assert "flying_prefix_cache_blocks 1.0" in text
