@@ -207,7 +207,10 @@ class InstanceScheduler:
             self.running.append(req)
             batch.append((req, n))
             budget -= n
-        return [(r, n) for r, n in batch if r in self.running]
+        # a request preempted during this call lost the KV its earlier entry counted on; if
+        # it was admitted again, only that last entry holds
+        last = {r: n for r, n in batch if r in self.running}
+        return list(last.items())
 
     def chunks(self, batch: list[tuple[Request, int]]) -> tuple[SeqChunk, ...]:
         first, size = self.inst.first, self.inst.size
