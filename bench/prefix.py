@@ -57,8 +57,8 @@ def _text(rng: random.Random, tok, tokens: int) -> str:
     return " ".join(words)
 
 
-def _req(i: int, t: float, prompt: str, tok, cls: str) -> Request:
-    return Request(f"{cls}-{i}", t, prompt, len(tok.encode(prompt)), GEN, cls=cls)
+def _req(i: int, t: float, prompt: str, tok, cls: str, **meta) -> Request:
+    return Request(f"{cls}-{i}", t, prompt, len(tok.encode(prompt)), GEN, cls=cls, meta=meta)
 
 
 def shared_workload(tok, n: int, rate: float, seed: int = 1) -> list[Request]:
@@ -77,7 +77,7 @@ def multiturn_workload(tok, convs: int, turns: int, rate: float, seed: int = 2) 
         for k in range(turns):
             history += f"User: {_text(rng, tok, 30)}\n"
             out.append(_req(len(out), start + k * TURN_GAP_S, history + "Assistant:", tok,
-                            "multiturn"))
+                            "multiturn", conv=c, turn=k))
             history += f"Assistant: {_text(rng, tok, 40)}\n"
     return sorted(out, key=lambda r: r.arrival_s)
 

@@ -161,7 +161,7 @@ def test_split_sends_a_shared_block_to_each_target_once():
     mig = plan_migration([(r, s.inst) for r in reqs], (1, 1), pool, num_kv_heads=4)
     assert not mig.recompute
     new_by_target = {}
-    for r, t, homes in mig.assignments:
+    for _, t, homes in mig.assignments:
         new_by_target.setdefault(t.index, set()).add(tuple(homes[:2]))
     assert all(len(v) == 1 for v in new_by_target.values())   # one copy per target
     pool.release(mig.freed)

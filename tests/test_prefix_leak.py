@@ -22,6 +22,7 @@ from flying_core.request import Detokenizer, Request
 from flying_core.types import PreemptMode, RequestSpec, SamplingSpec, Split, WorkerInfo
 
 H, BS, BLOCKS = 4, 16, 16
+N_REQUESTS = 10_000
 LAYOUTS = [(1, 1, 1, 1), (2, 1, 1), (2, 2), (4,), (1, 1, 2)]
 
 
@@ -135,9 +136,9 @@ def test_ten_thousand_requests_with_cancels_switches_and_handoffs_leak_nothing()
             done.append(ev)
 
     it = 0
-    while submitted < 10_000 or d.requests:
+    while submitted < N_REQUESTS or d.requests:
         it += 1
-        for _ in range(rng.randint(0, 2) if submitted < 10_000 else 0):
+        for _ in range(rng.randint(0, 2) if submitted < N_REQUESTS else 0):
             if history and rng.random() < 0.3:
                 prompt = rng.choice(history) + [rng.randrange(100, 900) for _ in range(8)]
             else:
@@ -164,9 +165,10 @@ def test_ten_thousand_requests_with_cancels_switches_and_handoffs_leak_nothing()
             check_refs(d)
         assert it < 400_000, "the driver stopped making progress"
     finished = len(done)
-    assert finished == 10_000 and not d.failed
+    assert finished == N_REQUESTS and not d.failed, (finished, d.failed)
     assert d.pool.baseline(), "a block is still held"
     st = d.pool.stats()
     assert st.hit_tokens > 0.3 * st.query_tokens and st.evictions > 0
-    assert d.switcher.count > 20 and d.handoff_stats.moved > 0
-    assert kv.checked > 10_000
+    assert d.switcher.count > N_REQUESTS // 500 and d.handoff_stats.moved > 0
+    assert d.handoff_stats.cached_blocks > 0       # blocks the target cached were not sent
+    assert kv.checked > N_REQUESTS
