@@ -207,3 +207,19 @@ def test_agent_metrics_count_prefix_cache_tokens_like_vllm():
     assert "flying_prefix_cache_hits_total 150.0" in text
     assert "flying_prefix_cache_evictions_total 2.0" in text
     assert "flying_prefix_cache_blocks 1.0" in text
+
+
+def test_a_request_preempted_and_readmitted_in_one_step_is_batched_once():
+    """An urgent request preempts `low` mid-prefill; `low`'s cached blocks and the budget left
+    let it back in within the same step: it must be batched once, from its cached length."""
+    s = make(blocks=5, budget=50)
+    low = req(0, list(range(300, 380)))                   # 80 tokens: 5 blocks
+    s.add(low)
+    step(s, s.schedule())                                 # 50 computed: 3 full blocks cached
+    urgent = Request(RequestSpec("u", (7, 8, 9, 10), SamplingSpec(max_tokens=4), priority=-1),
+                     lambda ev: None, 0, Detokenizer(None, ()))
+    s.add(urgent)
+    batch = s.schedule()
+    assert sorted(r.id for r, _ in batch) == ["r0", "u"]
+    assert low.preemptions == 1 and low.num_computed == 3 * BS
+    assert dict(batch)[low] == 50 - 30 - 4                # the budget left after `u`
