@@ -138,7 +138,7 @@ def test_ten_thousand_requests_with_cancels_switches_and_handoffs_leak_nothing()
     it = 0
     while submitted < N_REQUESTS or d.requests:
         it += 1
-        for _ in range(rng.randint(0, 2) if submitted < N_REQUESTS else 0):
+        for _ in range(min(rng.randint(0, 2), N_REQUESTS - submitted)):
             if history and rng.random() < 0.3:
                 prompt = rng.choice(history) + [rng.randrange(100, 900) for _ in range(8)]
             else:
