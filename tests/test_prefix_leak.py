@@ -13,6 +13,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from flying_core.commands import Abort, MoveCmd, Moved, StepCmd, StepDone, Submit, Switch
 from flying_core.config import GroupConfig
 from flying_core.cost_profile import CostProfile
@@ -123,6 +125,7 @@ def check_refs(d: Driver) -> None:
     assert dict(held) == d.pool._refs
 
 
+@pytest.mark.slow   # about a minute on a quiet box (pure Python, 10,000 requests)
 def test_ten_thousand_requests_with_cancels_switches_and_handoffs_leak_nothing():
     rng = random.Random(0)
     d, kv = make_driver()
