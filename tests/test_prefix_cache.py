@@ -223,3 +223,25 @@ def test_a_request_preempted_and_readmitted_in_one_step_is_batched_once():
     assert sorted(r.id for r, _ in batch) == ["r0", "u"]
     assert low.preemptions == 1 and low.num_computed == 3 * BS
     assert dict(batch)[low] == 50 - 30 - 4                # the budget left after `u`
+
+
+def test_a_shared_block_moving_to_a_new_home_moves_once_and_is_held_by_both():
+    """(2,) -> (1, 1): two requests share a block whose home is on worker 1 but both go to
+    instance 0 (most of their blocks are there): one new home, one move, two holders."""
+    pool = BlockPool(2, 8, True, 5)
+    tp2 = Instance(0, 0, 2)
+    shared = pool.alloc([0, 1], 1, home=1)
+    pool.acquire(shared)
+    a, b = req(0, SYSTEM), req(1, SYSTEM)
+    a.homes = shared + pool.alloc([0, 1], 2, home=0)
+    b.homes = shared + pool.alloc([0, 1], 2, home=0)
+    mig = plan_migration([(a, tp2), (b, tp2)], (1, 1), pool, num_kv_heads=4)
+    (_, ta, ha), (_, tb, hb) = mig.assignments
+    assert ta.index == tb.index == 0 and ha[0] == hb[0] and ha[0][0] == 0
+    assert pool.refs(ha[0]) == 2 and mig.freed == shared * 2
+    to_new = [m for m in mig.moves if (m.dst, m.dst_block) == ha[0]]
+    assert sum(m.n for m in to_new) == 4                  # each head of the block, once
+    pool.release(mig.freed)
+    assert pool.refs(shared[0]) == 0
+    pool.release(ha + hb)
+    assert pool.baseline()
