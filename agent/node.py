@@ -50,6 +50,7 @@ class Node:
                            layout=self.layout, kv_bytes=s.kv_bytes, block_size=s.block_size,
                            max_model_len=s.max_model_len, max_queue=s.max_queue, seed=s.seed,
                            tbt_slo_ms=s.tbt_slo_ms, enforce_eager=s.enforce_eager,
+                           prefix_caching=s.prefix_caching,
                            **self.overrides)
 
     async def start(self) -> None:

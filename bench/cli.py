@@ -1,9 +1,11 @@
-"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine] [--quick] [--out D]``.
+"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine|prefix] [--quick]
+[--out D]``.
 
 ``switch`` (bench/switch.py: switch latency, cold restarts, memory), ``micro``
-(bench/micro.py: colocation vs disaggregation vs adaptive micro-requests) and ``engine``
+(bench/micro.py: colocation vs disaggregation vs adaptive micro-requests), ``engine``
 (bench/engine.py: Flying vs stock ``vllm serve`` on one core, ``--model tiny|smollm2|both``)
-are separate runs, not part of ``all``.
+and ``prefix`` (bench/prefix.py: prefix caching on/off vs stock vLLM, cache-aware routing vs
+load only; ``--model tiny|smollm2``, default tiny) are separate runs, not part of ``all``.
 
 Runs the scenarios over every system (bench/scenarios.py), then writes ``<out>/summary.json``
 and ``<out>/summary.md`` (the README table, with the command that made it) and prints the
@@ -100,6 +102,10 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         from bench.engine import run_engine
         _on_sigterm()
         return run_engine(quick, model, out, _log)
+    if scenario == "prefix":
+        from bench.prefix import run_prefix
+        _on_sigterm()
+        return run_prefix(out, quick, "tiny" if model == "both" else model, log=_log)
     if scenario == "check":           # do <out>'s tables match the JSON they came from?
         bad = check(out)
         print("\n".join(bad) or f"{out}: the markdown tables match their JSON")

@@ -42,6 +42,8 @@ class BedConfig:
     dtype: str = "float32"
     start_timeout_s: float = 600.0
     cpus: str | None = None             # agent (with its workers) and router under taskset -c
+    agent_flags: tuple[str, ...] = ()   # more `flying agent` flags (e.g. --no-prefix-caching)
+    router_flags: tuple[str, ...] = ()  # more `flying router` flags (e.g. --no-prefix-routing)
 
 
 def label(layout) -> str:
@@ -102,7 +104,7 @@ class Testbed:
                        "--layout", ",".join(map(str, layout)), "--dtype", c.dtype,
                        "--kv-bytes", str(c.kv_bytes), "--max-model-len", str(c.max_model_len),
                        "--node-name", NODE, "--grace-s", str(AGENT_GRACE_S),
-                       "--metrics-port", "0"], c.cpus)
+                       "--metrics-port", "0", *c.agent_flags], c.cpus)
 
     def start_agent(self, layout) -> float:
         self.agent = Proc("agent", self._agent_cmd(layout), self.log_dir / "agent.log",
@@ -116,7 +118,8 @@ class Testbed:
         g, h = free_port(), free_port()
         cmd = pinned([sys.executable, "-m", "flying.cli", "router", "--agent", self.address,
                       "--grpc-port", str(g), "--http-port", str(h)]
-                     + ([] if policy else ["--no-policy"]), self.cfg.cpus)
+                     + ([] if policy else ["--no-policy"]) + list(self.cfg.router_flags),
+                     self.cfg.cpus)
         proc = Proc(f"router-{tag}", cmd, self.log_dir / f"router-{tag}.log", _env()).start()
         url = f"http://127.0.0.1:{h}"
         wait_until(proc, lambda: http_ok(url + "/health"), 180, f"router ({tag})")

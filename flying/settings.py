@@ -88,6 +88,8 @@ class AgentSettings(_Section):
                         "certificate it signed (mutual TLS); verifies agents this one dials")
     max_request_bytes: int = Field(4 << 20, description="largest gRPC request message "
                                    "accepted (RESOURCE_EXHAUSTED above)")
+    prefix_caching: bool = Field(True, description="share the KV of prompts' equal prefixes "
+                                 "between requests (automatic prefix caching)")
 
 
 class RouterSettings(_Section):
@@ -117,6 +119,8 @@ class RouterSettings(_Section):
     micro_requests: Literal["off", "adaptive", "disagg"] = Field(
         "off", description="split requests into two segments (DynaServe): adaptive split "
         "points, or disagg (prefill on instance 0, decode on instance 1)")
+    prefix_routing: bool = Field(True, description="place a request where its prompt prefix "
+                                 "is likely cached (else: by load only)")
 
 
 SECTIONS: dict[str, type[_Section]] = {"agent": AgentSettings, "router": RouterSettings}

@@ -21,6 +21,7 @@ from flying_core.types import (
     KVExport,
     LayoutCost,
     PreemptMode,
+    PrefixCacheStats,
     RequestSpec,
     SamplingSpec,
     Split,
@@ -232,6 +233,10 @@ def status_to_pb(st: GroupStatus | None, *, node: str, model: str, workers: int,
             decode=[pb.StepCost(batch_size=b, decode_ms=ms) for b, ms in c.decode_ms.items()]))
     out.unplaced = st.unplaced
     out.unplaced_max_tokens = st.unplaced_max_tokens
+    pc = st.prefix_cache
+    out.prefix_cache.CopyFrom(pb.PrefixCacheStats(
+        enabled=pc.enabled, query_tokens=pc.query_tokens, hit_tokens=pc.hit_tokens,
+        cached_blocks=pc.cached_blocks, evictions=pc.evictions))
     return out
 
 
@@ -249,4 +254,7 @@ def status_from_pb(st: pb.NodeStatus) -> GroupStatus:
                                {d.batch_size: d.decode_ms for d in c.decode})
                     for c in st.costs),
         switches=st.switches, restarts=st.restarts, unplaced=st.unplaced,
-        unplaced_max_tokens=st.unplaced_max_tokens)
+        unplaced_max_tokens=st.unplaced_max_tokens,
+        prefix_cache=PrefixCacheStats(
+            st.prefix_cache.enabled, st.prefix_cache.query_tokens, st.prefix_cache.hit_tokens,
+            st.prefix_cache.cached_blocks, st.prefix_cache.evictions))

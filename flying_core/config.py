@@ -20,6 +20,7 @@ class GroupConfig:
     tbt_slo_ms: float = 0.0             # > 0: size each step to keep time-between-tokens under it
     seed: int = 0
     threads_per_worker: int = 1         # CPU: torch threads per worker process
+    prefix_caching: bool = True         # share the KV of equal prompt prefixes (block_pool)
     soft_bound_s: float = 30.0          # SOFT switch: in-flight work gets this long, then HARD
     # test hooks: extra seconds each worker sleeps before every step (skew injection)
     worker_delays: tuple[float, ...] = ()

@@ -37,6 +37,7 @@ from flying_core.cost_profile import CostProfile
 from flying_core.errors import FlyingError, Unavailable
 from flying_core.handoff import Handoffs, HandoffStats
 from flying_core.instances import Instances
+from flying_core.prefix_cache import model_salt
 from flying_core.request import Request
 from flying_core.scheduler import Budget, InstanceScheduler, Step
 from flying_core.sequencer import Sequencer
@@ -51,7 +52,8 @@ class Driver:
         self.cfg, self.seq, self.info, self.eos_ids, self.costs = cfg, seq, info, eos_ids, costs
         self.log = logs.get("flying.driver")
         self.max_model_len = min(cfg.max_model_len, info.max_model_len)
-        self.pool = BlockPool(cfg.num_workers, info.num_blocks - 1)  # last block: warm-up
+        self.pool = BlockPool(cfg.num_workers, info.num_blocks - 1,  # last block: warm-up
+                              cfg.prefix_caching, model_salt(cfg.model, info.dtype))
         budget = Budget(cfg.max_batch_tokens, cfg.max_running, cfg.tbt_slo_ms,
                         costs.step_ms, costs.prefill_ms)
         self.instances = Instances(self.pool, cfg.block_size, budget, layout)
@@ -183,6 +185,7 @@ class Driver:
         for req, n in step.batch:
             req.in_flight = False
             req.num_computed += n
+            sched.commit(req)
             reason = None
             if req.aborted:
                 reason = FinishReason.ABORT

@@ -4,6 +4,8 @@ The move is one MoveCmd to the workers of both instances, queued behind whatever
 already have (the node's ticket order keeps this deadlock-free), so both instances keep
 serving other requests meanwhile. Heads travel in per-(block, head-group) chunks; any TP size
 on either side works (kv_plan's head mapping). No room on the target: recompute there.
+Blocks of the request's prefix the target already caches are not sent: the target's copies are
+taken instead (prefix cache), and only the rest moves.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class HandoffStats:
     imported: int = 0     # KV adopted from another node
     kv_bytes: int = 0
     ms: float = 0.0       # total time of the moves here
+    cached_blocks: int = 0   # blocks not sent: the target already cached them
 
 
 @dataclass
@@ -53,21 +56,29 @@ class Handoffs:
             return
         src, dst = insts[req.instance], insts[dst_idx]
         src.running.remove(req)
-        if self.pool.total_free(dst.inst.workers) < len(req.homes):
+        hit = dst.take_cached(req, min(req.cached_blocks, len(req.homes)))
+        rest = req.homes[len(hit):]
+        if self.pool.total_free(dst.inst.workers) < len(rest):
+            self.pool.release(hit)
             src.release(req)          # no room on the target: recompute its KV there
             req.num_computed, req.home, req.handed_off = 0, None, True
             self.stats.recomputed += 1
             dst.add(req)
             return
-        homes = self.pool.alloc(dst.inst.workers, len(req.homes))
+        self.stats.cached_blocks += len(hit)
+        homes = hit + self.pool.alloc(dst.inst.workers, len(rest))
         moves = plan_moves([(old, (src.inst.first, src.inst.size), new,
                              (dst.inst.first, dst.inst.size))
-                            for old, new in zip(req.homes, homes)], self.num_kv_heads)
-        ticket = self.seq.next_ticket()
+                            for old, new in zip(rest, homes[len(hit):])], self.num_kv_heads)
         workers = sorted({m.src for m in moves} | {m.dst for m in moves})
+        h = Handoff(req, dst_idx, homes, set(workers))
+        if not workers:               # the target caches all of it: nothing to send
+            self._land(h)
+            return
+        ticket = self.seq.next_ticket()
         self.seq.send(workers, MoveCmd(ticket, tuple(moves)))
         req.in_flight = True
-        self.moving[ticket] = Handoff(req, dst_idx, homes, set(workers))
+        self.moving[ticket] = h
 
     def on_moved(self, reply: Moved) -> Request | None:
         """A worker finished its part; the request once its KV has fully landed."""
@@ -77,11 +88,15 @@ class Handoffs:
         if h.waiting:
             return None
         del self.moving[reply.ticket]
+        return self._land(h)
+
+    def _land(self, h: Handoff) -> Request:
         req = h.req
         self.pool.release(req.homes)
         req.homes, req.home, req.in_flight, req.handed_off = h.homes, None, False, True
-        req.instance = h.target
+        req.instance, req.cached_blocks = h.target, 0
         self.instances[h.target].running.append(req)
+        self.instances[h.target].commit(req)
         self.stats.moved += 1
         self.stats.kv_bytes += h.nbytes
         self.stats.ms += (time.perf_counter() - h.t0) * 1e3

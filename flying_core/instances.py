@@ -104,7 +104,7 @@ class Instances:
             block_size=self.block_size, max_model_len=max_model_len, costs=costs,
             switches=switches, unplaced=len(self.unplaced),
             unplaced_max_tokens=max((r.max_len() for r in self.unplaced), default=0),
-            updated=time.time())
+            updated=time.time(), prefix_cache=self.pool.stats())
 
     # ------------------------------------------------------------------ layouts
 

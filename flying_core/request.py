@@ -64,6 +64,8 @@ class Request:
     aborted: bool = False
     done: bool = False
     preemptions: int = 0
+    block_hashes: list[int] = field(default_factory=list)   # chained hashes of full blocks
+    cached_blocks: int = 0           # leading homes registered in (or taken from) the cache
     handed_off: bool = False         # micro-request: its second segment has started
     outbox: list | None = None       # the driver's: events wait there for its next status
     eos_ids: frozenset[int] = frozenset()   # the model's EOS tokens (banned before min_tokens)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flying_core.block_pool import BlockPool
+from flying_core.block_pool import BlockPool, Home, Scope
 from flying_core.commands import SeqChunk
 from flying_core.kv_plan import tp_block_id
 from flying_core.layout import Instance
+from flying_core.prefix_cache import extend_hashes
 from flying_core.request import Request
 
 
@@ -100,7 +101,7 @@ class InstanceScheduler:
 
     def release(self, req: Request) -> None:
         self.pool.release(req.homes)
-        req.homes = []
+        req.homes, req.cached_blocks = [], 0
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free the KV, keep every token, wait again."""
@@ -125,6 +126,52 @@ class InstanceScheduler:
             self.preempt(victim)
         return True
 
+    # ------------------------------------------------------------------ prefix cache
+
+    @property
+    def scope(self) -> Scope:
+        return self.inst.first, self.inst.size
+
+    def hashes(self, req: Request, n_blocks: int) -> list[int]:
+        """The chained hashes of `req`'s first `n_blocks` full blocks (at most)."""
+        return extend_hashes(req.block_hashes, req.tokens, n_blocks, self.bs, self.pool.salt)[
+            :n_blocks]
+
+    def take_cached(self, req: Request, max_blocks: int) -> list[Home]:
+        """Acquire the homes of `req`'s longest cached prefix here (at most `max_blocks`)."""
+        hit = self.pool.lookup(self.scope, self.hashes(req, max_blocks))
+        self.pool.acquire(hit)
+        return hit
+
+    def _start_cached(self, req: Request) -> bool:
+        """A request with no KV starts at its first uncached block. The last prompt token is
+        always computed (its logits give the first token); a micro-request's first segment
+        takes no block at or past its hand-off point."""
+        if req.homes or req.num_computed or not self.pool.caching:
+            return False
+        last = len(req.tokens) - 1
+        if req.handoff_pending:
+            last = min(last, req.spec.split.handoff_at - 1)
+        hit = self.take_cached(req, max(0, last) // self.bs)
+        if hit:
+            req.homes, req.home = hit, hit[-1][0]
+            req.num_computed, req.cached_blocks = len(hit) * self.bs, len(hit)
+        return bool(hit)
+
+    def _unstart_cached(self, req: Request) -> None:
+        """Admission failed: give the cached prefix back (the request waits with no KV)."""
+        self.release(req)
+        req.num_computed, req.home = 0, None
+
+    def commit(self, req: Request) -> None:
+        """Register `req`'s newly computed full blocks in the cache (after a step)."""
+        full = min(req.num_computed // self.bs, len(req.homes))
+        if full <= req.cached_blocks:
+            return
+        for i, h in enumerate(self.hashes(req, full)[req.cached_blocks:], req.cached_blocks):
+            self.pool.register(self.scope, h, req.homes[i])
+        req.cached_blocks = full
+
     # ------------------------------------------------------------------ one step
 
     def schedule(self) -> list[tuple[Request, int]]:
@@ -146,14 +193,24 @@ class InstanceScheduler:
                     break
                 self.preempt(victim)
                 continue
+            fresh = req.num_computed == 0
+            started = self._start_cached(req)
             n = max(1, self._limit(req, min(len(req.tokens) - req.num_computed, budget)))
             if not self._room(req, req.num_computed + n):
+                if started:
+                    self._unstart_cached(req)
                 break
+            if fresh:
+                self.pool.query_tokens += len(req.tokens)
+                self.pool.hit_tokens += req.num_computed
             self.waiting.pop(0)
             self.running.append(req)
             batch.append((req, n))
             budget -= n
-        return [(r, n) for r, n in batch if r in self.running]
+        # a request preempted during this call lost the KV its earlier entry counted on; if
+        # it was admitted again, only that last entry holds
+        last = {r: n for r, n in batch if r in self.running}
+        return list(last.items())
 
     def chunks(self, batch: list[tuple[Request, int]]) -> tuple[SeqChunk, ...]:
         first, size = self.inst.first, self.inst.size

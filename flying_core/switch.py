@@ -39,29 +39,44 @@ class Migration:
 
 def plan_migration(reqs: list[tuple[Request, Instance]], new_layout: tuple[int, ...],
                    pool: BlockPool, num_kv_heads: int) -> Migration:
-    """reqs: running requests of the retiring instances with the instance they ran on."""
+    """reqs: running requests of the retiring instances with the instance they ran on.
+
+    A home several requests share (a cached prefix) moves once per target instance: the first
+    holder going there allocates its new home, the others acquire that one; every holder
+    moving away gives up its reference to the old home (`freed`, released after the move)."""
     mig = Migration()
     pairs = []
+    moved: dict[tuple[Home, int], Home] = {}   # (old home, target index) -> its new home
+    kept: set[Home] = set()                    # homes that stay (their heads still move)
     for req, old in sorted(reqs, key=lambda x: x[0].key):
         if not req.homes:
             mig.recompute.append(req)
             continue
         votes = Counter(lay.instance_of(new_layout, w).index for w, _ in req.homes)
         target = lay.instances(new_layout)[votes.most_common(1)[0][0]]
-        move = [h for h in req.homes if not target.holds(h[0])]
-        if pool.total_free(target.workers) < len(move):
+        new = {h for h in req.homes
+               if not target.holds(h[0]) and (h, target.index) not in moved}
+        if pool.total_free(target.workers) < len(new):
             mig.recompute.append(req)
             continue
         home = req.home if req.home is not None and target.holds(req.home) else None
         new_homes = []
         for h in req.homes:
+            src, dst = (old.first, old.size), (target.first, target.size)
             if target.holds(h[0]):
                 new_homes.append(h)
+                if h not in kept:
+                    kept.add(h)
+                    pairs.append((h, src, h, dst))
+                continue
+            nh = moved.get((h, target.index))
+            if nh is None:
+                nh = moved[(h, target.index)] = pool.alloc(target.workers, 1, home)[0]
+                pairs.append((h, src, nh, dst))
             else:
-                new_homes += pool.alloc(target.workers, 1, home)
-                mig.freed.append(h)
-        for old_home, new_home in zip(req.homes, new_homes):
-            pairs.append((old_home, (old.first, old.size), new_home, (target.first, target.size)))
+                pool.acquire([nh])
+            new_homes.append(nh)
+            mig.freed.append(h)
         mig.assignments.append((req, target, new_homes))
     mig.moves = plan_moves(pairs, num_kv_heads)
     return mig
@@ -151,18 +166,20 @@ class Switcher:
         if mig.moves:
             workers = sorted({w for i in p.retiring for w in old[i].workers})
             nbytes, move_ms = self._move(mig.moves, workers)
+        self.pool.drop_scopes({(old[i].first, old[i].size) for i in p.retiring})
         self.pool.release(mig.freed)
         for i in p.retiring:   # anything still queued on a retiring instance is re-placed
             insts.unplace_waiting(i, only_without_kv=False)
         insts.install(p.cmd.layout, p.retiring)
         for req, target, homes in mig.assignments:
-            req.homes = homes
+            req.homes, req.cached_blocks = homes, 0
             req.home = req.home if req.home is not None and target.holds(req.home) else None
             req.instance = target.index
             insts[target.index].running.append(req)
+            insts[target.index].commit(req)   # its full blocks are cached in the new scope
         for req in mig.recompute:
             self.pool.release(req.homes)
-            req.homes, req.num_computed, req.home = [], 0, None
+            req.homes, req.num_computed, req.home, req.cached_blocks = [], 0, None, 0
             req.preemptions += 1
             insts.unplaced.append(req)
         insts.place_unplaced()

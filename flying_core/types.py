@@ -193,6 +193,16 @@ class LayoutCost:
 
 
 @dataclass(frozen=True)
+class PrefixCacheStats:
+    """A node's automatic prefix cache (vLLM's metric shapes: query and hit tokens)."""
+    enabled: bool = False
+    query_tokens: int = 0    # prompt tokens of admitted requests looked up in the cache
+    hit_tokens: int = 0      # of them, found cached (their prefill was skipped)
+    cached_blocks: int = 0   # blocks holding a content hash now (held or evictable)
+    evictions: int = 0       # cached blocks reused for other content
+
+
+@dataclass(frozen=True)
 class GroupStatus:
     state: str                      # warming | serving | switching | draining | restarting | failed
     layout: tuple[int, ...]
@@ -206,6 +216,7 @@ class GroupStatus:
     unplaced: int = 0               # requests no instance of this layout can hold (or mid-switch)
     unplaced_max_tokens: int = 0    # the longest of them (prompt + max_tokens)
     updated: float = 0.0            # wall-clock time of this snapshot
+    prefix_cache: PrefixCacheStats = PrefixCacheStats()
 
 
 

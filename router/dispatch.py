@@ -30,6 +30,7 @@ from router.micro import (
 )
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
+from router.prefix_affinity import PrefixAffinity
 from router.views import single_worker_tokens
 
 log = logs.get("flying.router")
@@ -55,8 +56,10 @@ class NodeLoad:
 
 class Dispatcher:
     def __init__(self, cluster: Cluster, tokenizer=None, placement_wait_s: float = 60.0,
-                 max_attempts: int = 3, micro_requests: str = "off"):
+                 max_attempts: int = 3, micro_requests: str = "off",
+                 prefix_routing: bool = True):
         self.cluster, self.tokenizer = cluster, tokenizer
+        self.affinity = PrefixAffinity() if prefix_routing else None
         self.micro_requests = micro_requests
         self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
         self.loads: dict[str, NodeLoad] = {}
@@ -91,10 +94,16 @@ class Dispatcher:
             views = [v for v in every if v.name not in exclude and v.serving] or every
             cls = classify(n_prompt, req.sampling.max_tokens, req.priority,
                            single_worker_tokens(views))
+            tokens = req.prompt_token_ids.ids
+            cached = (self.affinity.cached_tokens(tokens, views)
+                      if self.affinity is not None and len(tokens) else None)
             found, why = place(views, cls.context_tokens, cls.urgent,
-                               PlacementConfig(queue_when_full=True))
+                               PlacementConfig(queue_when_full=True), n_prompt, cached)
             if found is not None:
                 self.pending.pop(req.request_id, None)
+                if cached is not None:
+                    self.affinity.record(tokens, next(v for v in views if v.name == found.node),
+                                         found.instance)
                 return found, cls
             if why == Unplaced.TOO_LONG:
                 limit = max((v.status.max_model_len for v in views if v.status), default=0)

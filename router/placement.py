@@ -15,6 +15,17 @@ Rules, in order:
 4. An urgent request (see `classify`) goes to the instance with the fastest per-token latency:
    the lowest step time with it added (`step_ms(running + 1)`); ties by expected wait.
    Urgent requests are scheduled first on their instance, so the queue matters less to them.
+5. Cache-aware (when the caller passes `cached`: prompt tokens each instance likely caches,
+   `prefix_affinity`): a normal request goes where its first token is expected soonest:
+   expected wait + the step with it added + the prefill of its uncached prompt tokens
+   (`prefill_ms_per_token` of the instance's TP size, `default_prefill_ms_per_token` without a
+   profile). A cached prefix draws its conversation or system prompt back to the instance
+   that holds it until that instance's queue costs more than the prefill it saves; then a
+   second instance takes the overflow and caches the prefix too. The queue estimate knows
+   nothing of the queued prompts' own prefill, so load is also bounded outright, as SGLang's
+   cache-aware router does: an instance with more than `balance_abs` requests (running +
+   waiting) over the least loaded fitting instance, and more than `balance_rel` times its
+   load, gets no credit for its cache.
 
 When nothing fits, `place` returns `(None, reason)`:
 
@@ -29,7 +40,7 @@ When nothing fits, `place` returns `(None, reason)`:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from router.views import (
@@ -52,6 +63,9 @@ class Unplaced(enum.StrEnum):
 @dataclass(frozen=True)
 class PlacementConfig:
     default_step_ms: float = 1.0   # step time assumed for a TP size with no profile yet
+    default_prefill_ms_per_token: float = 0.1   # likewise, per prompt token (rule 5)
+    balance_abs: int = 4           # rule 5: cache credit only within this many requests...
+    balance_rel: float = 1.5       # ...or this factor of the least loaded instance's load
     queue_when_full: bool = False  # NO_KV_ROOM: place anyway where the context fits
 
 
@@ -70,10 +84,12 @@ class _Option:
     placement: Placement
     running: int
     free: int
+    first_token_ms: float = 0.0   # rule 5: wait + step + prefill of the uncached prompt
 
 
 def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
-             need_room: bool) -> list[_Option]:
+             need_room: bool, prompt: int = 0,
+             cached: Mapping[tuple[str, int], int] | None = None) -> list[_Option]:
     out = []
     for v in views:
         if not v.serving:
@@ -91,7 +107,14 @@ def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
             with_ms = step_ms(cost, inst.running + 1, cfg.default_step_ms)
             p = Placement(v.name, inst.index, inst.tp_size, inst.waiting * now_ms, with_ms,
                           queued=not need_room)
-            out.append(_Option(p, inst.running, free_blocks(inst)))
+            first_ms = 0.0
+            if cached is not None:
+                per_token = (cost.prefill_ms_per_token if cost is not None
+                             and cost.prefill_ms_per_token > 0
+                             else cfg.default_prefill_ms_per_token)
+                uncached = max(0, prompt - cached.get((v.name, inst.index), 0))
+                first_ms = p.expected_wait_ms + with_ms + uncached * per_token
+            out.append(_Option(p, inst.running, free_blocks(inst), first_ms))
     return out
 
 
@@ -99,15 +122,31 @@ def _key(o: _Option, urgent: bool):
     p = o.placement
     tail = (o.running, -o.free, p.node, p.instance)
     return (p.step_ms, p.expected_wait_ms) + tail if urgent else \
-        (p.expected_wait_ms, p.step_ms) + tail
+        (o.first_token_ms, p.expected_wait_ms, p.step_ms) + tail
+
+
+def _bounded(views: list[NodeView], cached: Mapping[tuple[str, int], int] | None,
+             cfg: PlacementConfig) -> Mapping[tuple[str, int], int] | None:
+    """`cached` without the instances too loaded to get credit for their cache (rule 5)."""
+    if not cached:
+        return cached
+    load = {(v.name, i.index): i.running + i.waiting for v in views for i in v.status.instances
+            if i.available}
+    least = min(load.values(), default=0)
+    return {t: n for t, n in cached.items() if t in load and (
+        load[t] - least <= cfg.balance_abs or load[t] <= cfg.balance_rel * least)}
 
 
 def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
-          cfg: PlacementConfig = PlacementConfig()) -> tuple[Placement | None, Unplaced | None]:
+          cfg: PlacementConfig = PlacementConfig(), prompt_tokens: int = 0,
+          cached: Mapping[tuple[str, int], int] | None = None,
+          ) -> tuple[Placement | None, Unplaced | None]:
     """Pick a node and instance for a request of `context_tokens` (prompt + max_tokens).
-    Returns `(placement, None)` or `(None, reason)`; see the module doc for the rules."""
+    Returns `(placement, None)` or `(None, reason)`; see the module doc for the rules.
+    `cached` (rule 5): (node, instance) -> prompt tokens it likely caches, of `prompt_tokens`."""
     views = [v for v in views if v.serving]
-    options = _options(views, context_tokens, cfg, need_room=True)
+    options = _options(views, context_tokens, cfg, need_room=True, prompt=prompt_tokens,
+                       cached=_bounded(views, cached, cfg))
     if options:
         return min(options, key=lambda o: _key(o, urgent)).placement, None
     if not any(i.available for v in views for i in v.status.instances):
@@ -116,7 +155,8 @@ def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
                       for v in views for i in v.status.instances)
     if long_enough:
         if cfg.queue_when_full:
-            options = _options(views, context_tokens, cfg, need_room=False)
+            options = _options(views, context_tokens, cfg, need_room=False,
+                               prompt=prompt_tokens, cached=_bounded(views, cached, cfg))
             return min(options, key=lambda o: _key(o, urgent)).placement, None
         return None, Unplaced.NO_KV_ROOM
     if any(context_tokens <= capacity_tokens(v.status, s) for v in views

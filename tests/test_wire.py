@@ -12,6 +12,7 @@ from flying_core.types import (
     KVExport,
     LayoutCost,
     PreemptMode,
+    PrefixCacheStats,
     SamplingSpec,
     SwitchReport,
 )
@@ -25,11 +26,13 @@ def test_status_round_trip():
                    InstanceStatus(2, (3,), 3, 1, 50, 49, 2048)),
         possible_tp_sizes=(1, 2, 4), block_size=32, max_model_len=2048,
         costs=(LayoutCost(1, 0.5, {1: 10.0, 8: 14.0}), LayoutCost(2, 0.3, {1: 7.0})),
-        switches=3, restarts=1, unplaced=2, unplaced_max_tokens=3000)
+        switches=3, restarts=1, unplaced=2, unplaced_max_tokens=3000,
+        prefix_cache=PrefixCacheStats(True, 5000, 3200, 77, 9))
     msg = wire.status_to_pb(st, node="A", model="m", workers=4, state="serving",
                             topology=pb.Topology(kind="cpu"), restarts=1)
     assert wire.status_from_pb(pb.NodeStatus.FromString(msg.SerializeToString())) == st
     assert [i.tp_size for i in msg.instances] == [2, 1, 1]
+    assert msg.prefix_cache.hit_tokens == 3200 and msg.prefix_cache.enabled
 
 
 def test_sampling_and_request_round_trip():

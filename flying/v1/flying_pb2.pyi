@@ -306,7 +306,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "model", "num_workers", "instance_sizes", "instances", "possible_tp_sizes", "topology", "costs", "state", "block_size", "switches", "restarts", "max_model_len", "unplaced", "unplaced_max_tokens", "last_error")
+    __slots__ = ("node", "model", "num_workers", "instance_sizes", "instances", "possible_tp_sizes", "topology", "costs", "state", "block_size", "switches", "restarts", "max_model_len", "unplaced", "unplaced_max_tokens", "last_error", "prefix_cache")
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +323,7 @@ class NodeStatus(_message.Message):
     UNPLACED_FIELD_NUMBER: _ClassVar[int]
     UNPLACED_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHE_FIELD_NUMBER: _ClassVar[int]
     node: str
     model: str
     num_workers: int
@@ -339,7 +340,22 @@ class NodeStatus(_message.Message):
     unplaced: int
     unplaced_max_tokens: int
     last_error: str
-    def __init__(self, node: _Optional[str] = ..., model: _Optional[str] = ..., num_workers: _Optional[int] = ..., instance_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., possible_tp_sizes: _Optional[_Iterable[int]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[LayoutCost, _Mapping]]] = ..., state: _Optional[str] = ..., block_size: _Optional[int] = ..., switches: _Optional[int] = ..., restarts: _Optional[int] = ..., max_model_len: _Optional[int] = ..., unplaced: _Optional[int] = ..., unplaced_max_tokens: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    prefix_cache: PrefixCacheStats
+    def __init__(self, node: _Optional[str] = ..., model: _Optional[str] = ..., num_workers: _Optional[int] = ..., instance_sizes: _Optional[_Iterable[int]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., possible_tp_sizes: _Optional[_Iterable[int]] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., costs: _Optional[_Iterable[_Union[LayoutCost, _Mapping]]] = ..., state: _Optional[str] = ..., block_size: _Optional[int] = ..., switches: _Optional[int] = ..., restarts: _Optional[int] = ..., max_model_len: _Optional[int] = ..., unplaced: _Optional[int] = ..., unplaced_max_tokens: _Optional[int] = ..., last_error: _Optional[str] = ..., prefix_cache: _Optional[_Union[PrefixCacheStats, _Mapping]] = ...) -> None: ...
+
+class PrefixCacheStats(_message.Message):
+    __slots__ = ("enabled", "query_tokens", "hit_tokens", "cached_blocks", "evictions")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HIT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    query_tokens: int
+    hit_tokens: int
+    cached_blocks: int
+    evictions: int
+    def __init__(self, enabled: _Optional[bool] = ..., query_tokens: _Optional[int] = ..., hit_tokens: _Optional[int] = ..., cached_blocks: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
 
 class GetClusterStatusRequest(_message.Message):
     __slots__ = ()
