@@ -79,7 +79,7 @@ class KVModel:
                     self.slots.setdefault(loc, {})[p % BS] = self.ident(c.request_id, tokens, p)
             if c.sample is not None:
                 last = self.ident(c.request_id, tokens, c.start + len(c.token_ids) - 1)
-                out.append((c.request_id, 10 + last % 50))
+                out.append((c.request_id, 10 + last % 50, None))   # (id, token, logprobs)
         return tuple(out)
 
     def move(self, moves) -> None:
