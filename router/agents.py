@@ -26,6 +26,7 @@ class AgentClient:
         self.healthy = False
         self.last_ok = 0.0
         self.failures = 0
+        self._issued = self._applied = 0   # refreshes overlap (poll + on-demand): newest wins
 
     @property
     def name(self) -> str:
@@ -37,9 +38,13 @@ class AgentClient:
         return NodeView(self.name, st, self.healthy)
 
     async def refresh(self) -> None:
+        self._issued += 1
+        ticket = self._issued
         try:
-            self.status_pb = await self.stub.GetStatus(pb.GetStatusRequest(),
-                                                       timeout=self.rpc_timeout_s)
+            status = await self.stub.GetStatus(pb.GetStatusRequest(), timeout=self.rpc_timeout_s)
+            if ticket < self._applied:
+                return          # an answer asked for earlier, arriving after a newer one
+            self.status_pb, self._applied = status, ticket
             if not self.healthy:
                 log.info("agent up", agent=self.address, state=self.status_pb.state)
             self.healthy, self.failures, self.last_ok = True, 0, time.monotonic()

@@ -1,0 +1,53 @@
+"""The router's connection to an agent keeps the newest status when refreshes overlap.
+
+The policy loop polls every agent while a client's GetClusterStatus refreshes on demand; over
+real gRPC an answer asked for first can arrive last, and must not overwrite a newer one."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from flying.v1 import flying_pb2 as pb
+from flying.v1 import flying_pb2_grpc as pb_grpc
+from router.agents import AgentClient
+from tests.agentkit import free_port
+
+
+class SlowFirstAgent(pb_grpc.AgentServicer):
+    """Answers its first GetStatus late with an old status, later ones at once."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def GetStatus(self, request, context):
+        self.calls += 1
+        call = self.calls
+        if call == 1:
+            await asyncio.sleep(0.5)
+        return pb.NodeStatus(node=f"answer-{call}")
+
+
+async def _overlapping_refreshes() -> tuple[str, int]:
+    server = grpc.aio.server()
+    pb_grpc.add_AgentServicer_to_server(SlowFirstAgent(), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    client = AgentClient(f"127.0.0.1:{port}")
+    try:
+        slow = asyncio.create_task(client.refresh())
+        await asyncio.sleep(0.1)            # the first call is in flight on the agent
+        await client.refresh()              # asked later, answered first
+        newest = client.status_pb.node
+        await slow                          # the older answer lands now
+        return client.status_pb.node, newest == "answer-2"
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+def test_an_older_status_arriving_late_does_not_replace_a_newer_one():
+    node, newest_seen = asyncio.run(_overlapping_refreshes())
+    assert newest_seen
+    assert node == "answer-2"
