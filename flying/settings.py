@@ -104,6 +104,10 @@ class RouterSettings(_Section):
     policy: bool = Field(True, description="let the router reconfigure nodes on its own")
     policy_interval_s: float = Field(0.5, description="how often the policy looks at the nodes")
     grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
+    agent_poll_s: float = Field(0.25, gt=0, description="how often the router asks each agent its "
+                                "status")
+    agent_down_s: float = Field(1.0, gt=0, description="an agent that answered no status for this "
+                                "long is down: new requests go around it until it answers")
     model_name: str = Field("flying", description="the model id the OpenAI API shows")
     tls_cert: str = Field("", description="PEM certificate: serve gRPC and REST over TLS "
                           "(and present it to agents)")

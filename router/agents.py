@@ -16,17 +16,45 @@ from router.views import NodeView
 log = logs.get("flying.router.agents")
 
 
+# reconnect to a restarted agent within a second (gRPC's default backoff grows to 120 s)
+CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200),
+                   ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 1000))
+
+
 class AgentClient:
+    """One agent: its last status, and whether it is up. It is down once a status asked for
+    has gone unanswered for `down_s - poll_s` (a frozen agent is seen `down_s` after its last
+    answer, not after a deadline; counted from the ask, so a router whose own event loop
+    stalled does not blame its agents), or after two failed polls in a row (a killed agent
+    refuses at once); any good answer re-admits it."""
+
     def __init__(self, address: str, poll_s: float = 0.25, rpc_timeout_s: float = 2.0,
-                 tls: TLSFiles = TLSFiles()):
+                 tls: TLSFiles = TLSFiles(), down_s: float = 1.0):
         self.address, self.poll_s, self.rpc_timeout_s = address, poll_s, rpc_timeout_s
-        self.channel = tls.aio_channel(address)
+        self.down_s = down_s
+        self.status_timeout_s = min(rpc_timeout_s, max(down_s / 2, poll_s))
+        self.channel = tls.aio_channel(address, CHANNEL_OPTIONS)
         self.stub = pb_grpc.AgentStub(self.channel)
         self.status_pb: pb.NodeStatus | None = None
-        self.healthy = False
+        self._healthy = False
         self.last_ok = 0.0
+        self.asked: float | None = None   # when the first status unanswered so far was asked
         self.failures = 0
         self._issued = self._applied = 0   # refreshes overlap (poll + on-demand): newest wins
+
+    @property
+    def healthy(self) -> bool:
+        if self._healthy and self.asked is not None and \
+                time.monotonic() - self.asked > max(self.down_s - self.poll_s, 0.0):
+            log.warning("agent down", agent=self.address, error="no status",
+                        silent_s=round(time.monotonic() - self.last_ok, 2))
+            self._healthy = False
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        self._healthy = value
 
     @property
     def name(self) -> str:
@@ -40,19 +68,23 @@ class AgentClient:
     async def refresh(self) -> None:
         self._issued += 1
         ticket = self._issued
+        if self.asked is None:
+            self.asked = time.monotonic()
         try:
-            status = await self.stub.GetStatus(pb.GetStatusRequest(), timeout=self.rpc_timeout_s)
+            status = await self.stub.GetStatus(pb.GetStatusRequest(),
+                                               timeout=self.status_timeout_s)
             if ticket < self._applied:
                 return          # an answer asked for earlier, arriving after a newer one
             self.status_pb, self._applied = status, ticket
-            if not self.healthy:
+            if not self._healthy:
                 log.info("agent up", agent=self.address, state=self.status_pb.state)
-            self.healthy, self.failures, self.last_ok = True, 0, time.monotonic()
+            self._healthy, self.failures, self.last_ok = True, 0, time.monotonic()
+            self.asked = None
         except grpc.aio.AioRpcError as e:
             self.failures += 1
             if self.healthy and self.failures >= 2:
                 log.warning("agent down", agent=self.address, error=e.code().name)
-                self.healthy = False
+                self._healthy = False
 
     async def poll(self) -> None:
         while True:
@@ -64,9 +96,10 @@ class AgentClient:
 
 
 class Cluster:
-    def __init__(self, addresses, poll_s: float = 0.25, tls: TLSFiles = TLSFiles()):
+    def __init__(self, addresses, poll_s: float = 0.25, tls: TLSFiles = TLSFiles(),
+                 down_s: float = 1.0):
         self.poll_s = poll_s
-        self.agents = [AgentClient(a, poll_s, tls=tls) for a in addresses]
+        self.agents = [AgentClient(a, poll_s, tls=tls, down_s=down_s) for a in addresses]
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:

@@ -60,7 +60,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     tls = TLSFiles.load(settings.tls_cert, settings.tls_key, settings.tls_ca, "router")
-    cluster = Cluster(settings.agents, tls=tls)
+    cluster = Cluster(settings.agents, settings.agent_poll_s, tls=tls,
+                      down_s=settings.agent_down_s)
     await cluster.start()
     tokenizer = load_tokenizer(cluster)
     dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests,

@@ -27,8 +27,16 @@ class RouterService(pb_grpc.RouterServicer):
     @unary_errors
     async def GetClusterStatus(self, request, context):
         await self.dispatcher.cluster.refresh()
-        return pb.ClusterStatus(nodes=[a.status_pb for a in self.dispatcher.cluster.agents
-                                       if a.status_pb is not None])
+        nodes = []
+        for a in self.dispatcher.cluster.agents:
+            if a.status_pb is None:
+                continue
+            node = pb.NodeStatus()
+            node.CopyFrom(a.status_pb)
+            if not a.healthy:      # its last answer, marked: requests go around it
+                node.state = "down"
+            nodes.append(node)
+        return pb.ClusterStatus(nodes=nodes)
 
     @unary_errors
     async def Reconfigure(self, request, context):
