@@ -5,6 +5,7 @@ real gRPC an answer asked for first can arrive last, and must not overwrite a ne
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
@@ -51,3 +52,57 @@ def test_an_older_status_arriving_late_does_not_replace_a_newer_one():
     node, newest_seen = asyncio.run(_overlapping_refreshes())
     assert newest_seen
     assert node == "answer-2"
+
+
+class FreezableAgent(pb_grpc.AgentServicer):
+    """Answers GetStatus at once, or (frozen) not until thawed, as a SIGSTOPped agent."""
+
+    def __init__(self):
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+
+    async def GetStatus(self, request, context):
+        await self.thawed.wait()
+        return pb.NodeStatus(node="n", state="serving")
+
+
+async def _freeze_and_thaw() -> tuple[bool, float, float, bool]:
+    agent = FreezableAgent()
+    server = grpc.aio.server()
+    pb_grpc.add_AgentServicer_to_server(agent, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    client = AgentClient(f"127.0.0.1:{port}", poll_s=0.25, down_s=1.0)
+    try:
+        await client.refresh()
+        time.sleep(1.5)                     # the router's own loop stalls: nobody asked
+        stalled_ok = client.healthy
+        poll = asyncio.create_task(client.poll())
+        await asyncio.sleep(0.5)
+        agent.thawed.clear()
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        while client.healthy:
+            await asyncio.sleep(0.01)
+        down_s = loop.time() - t
+        agent.thawed.set()
+        t = loop.time()
+        while not client.healthy:
+            await asyncio.sleep(0.01)
+        up_s = loop.time() - t
+        poll.cancel()
+        await server.stop(None)
+        await client.refresh()
+        await client.refresh()               # a killed agent refuses at once: down
+        return stalled_ok, down_s, up_s, client.healthy
+    finally:
+        await client.close()
+
+
+def test_a_silent_agent_is_down_within_down_s_and_back_on_its_first_answer():
+    stalled_ok, down_s, up_s, after_stop = asyncio.run(_freeze_and_thaw())
+    assert stalled_ok, "a stall of the router's own loop blamed the agent"
+    assert down_s <= 1.0 + 0.1, down_s
+    assert up_s < 0.6, up_s
+    assert not after_stop
