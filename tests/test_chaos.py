@@ -57,6 +57,7 @@ def test_killed_agent_is_down_within_a_second_routed_around_and_readmitted(procs
     procs.start_agent("B")
     wait_serving(procs.addr("B"), 600)
     back_s = wait_for(lambda: states(procs)["B"] == "serving", 5, "B re-admitted")
+    print(f"killed B down after {down_s:.2f}s, re-admitted {back_s:.2f}s after it served")
     assert back_s < 2.0
     reaches(procs, "B")
 
@@ -70,7 +71,9 @@ def test_frozen_agent_deadlines_hold_routed_around_and_readmitted(procs):
     t = time.monotonic()
     try:
         wait_for(lambda: states(procs)["B"] == "down", 5, "frozen B marked down")
-        assert time.monotonic() - t <= DOWN_S + 0.6   # last answer before the freeze + a poll
+        frozen_s = time.monotonic() - t
+        print(f"frozen B down after {frozen_s:.2f}s")
+        assert frozen_s <= DOWN_S + 0.6   # its last answer came before the freeze, + a poll
         serve_some(procs)                 # new requests go around B
         streams.join(30)
         codes = {r[0] for r in streams.results.values()}
