@@ -234,6 +234,7 @@ class Soak:
             self.log(f"soak: {cfg.switches} switches over {good}; refused {bad}; "
                      f"skew {self.skew}")
             stop = threading.Event()
+            self.progress = time.monotonic()     # the clock starts with the switches
             threading.Thread(target=self._watchdog, args=(stop,), daemon=True).start()
             t1 = time.time()
             try:
