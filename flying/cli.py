@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine: the model(s) to compare on")
     p.add_argument("--switches", type=int, default=None,
                    help="soak: random switches (default 1000, --quick 30)")
+    p.add_argument("--seconds", type=float, default=None, help="overload: seconds (60)")
+    p.add_argument("--factor", type=float, default=None, help="overload: x capacity (10)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="overload: send this many requests instead of --seconds")
     return parser
 
 
@@ -94,9 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.command == "bench":
             from bench.cli import run_bench
-            out = ns.out or ("bench/results/soak" if ns.scenario == "soak" else ".bench")
+            out = ns.out or (f"bench/results/{ns.scenario}"
+                             if ns.scenario in ("soak", "overload") else ".bench")
+            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests")
+                     if getattr(ns, k) is not None}
+            if ns.quick and ns.scenario == "overload":
+                extra = {"seconds": 10.0, "factor": 3.0, "max_queue": 4, **extra}
             return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
-                             switches=ns.switches)
+                             switches=ns.switches, extra=extra)
     except st.SettingsError as e:
         print(f"flying: configuration error: {e}", file=sys.stderr)
         return 2
