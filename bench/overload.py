@@ -139,7 +139,7 @@ def run(out_dir: Path, cfg: OverloadConfig, log=print) -> int:
     from bench.systems import BedConfig, Testbed
     from flying_dev import checkpoints
     out_dir.mkdir(parents=True, exist_ok=True)
-    bed_cfg = BedConfig(model=str(checkpoints.ensure("tiny")),
+    bed_cfg = BedConfig(model=str(checkpoints.ensure("tiny")), max_model_len=2048,
                         agent_flags=("--max-queue", str(cfg.max_queue)))
     t0 = time.time()
     res: dict = {"config": asdict(cfg)}
