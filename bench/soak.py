@@ -86,6 +86,10 @@ class _Stream:
     done: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     error: str = ""
+    handoff_at: int = 0
+    first_segment: int = -1        # tokens the first segment produced before the hand-off
+    kv: str = ""                   # hand-off: "imported" or "recomputed"
+    layout_at_handoff: tuple = ()
 
 
 class Soak:
@@ -124,9 +128,11 @@ class Soak:
         from flying_core.errors import FlyingError
         from flying_core.types import RequestSpec, SamplingSpec
         try:
+            s.first_segment, s.layout_at_handoff = len(s.tokens), self.g.status().layout
             kv = self.g.export_kv(s.rid, timeout_s=60.0)
+            s.kv = "imported"
         except FlyingError:
-            kv = None
+            kv, s.kv = None, "recomputed"
             self.c["handoff_recomputed"] += 1
         toks = tuple(self.prompts[s.prompt_idx]) + tuple(s.tokens)
         spec = RequestSpec(s.rid + "-b", toks, SamplingSpec(
@@ -145,7 +151,8 @@ class Soak:
         n = r.randint(2, cfg.gen_max)
         s = _Stream(f"soak{next(self.ids)}", idx, n, r.random() < cfg.handoff_share)
         p = self.prompts[idx]
-        split = Split(r.randint(1, len(p) + n - 1), remote=True) if s.handoff else None
+        s.handoff_at = r.randint(1, len(p) + n - 1) if s.handoff else 0
+        split = Split(s.handoff_at, remote=True) if s.handoff else None
         self.c["streams"] += 1
         self.c["handoffs"] += s.handoff
         self.streams.append(s)
@@ -169,8 +176,12 @@ class Soak:
             if s.error or s.tokens != want:
                 self.c["mismatches" if not s.error else "errors"] += 1
                 if len(self.problems) < 20:
-                    self.problems.append(f"{s.rid} (handoff={s.handoff}): reason={s.reason} "
-                                         f"error={s.error[:200]} got={s.tokens} want={want}")
+                    plen = len(self.prompts[s.prompt_idx])
+                    self.problems.append(
+                        f"{s.rid} (handoff={s.handoff} at={s.handoff_at} prompt={plen} "
+                        f"first_segment={s.first_segment} kv={s.kv} layout_at_handoff="
+                        f"{s.layout_at_handoff}): reason={s.reason} error={s.error[:200]} "
+                        f"got={s.tokens} want={want}")
         self.streams = keep
 
     # -------------------------------------------------------------- switches
