@@ -70,6 +70,7 @@ async def _one(client: httpx.AsyncClient, url: str, cfg: OverloadConfig, rng: ra
             "max_tokens": rng.randint(1, cfg.max_tokens), "stream": True, "ignore_eos": True,
             "priority": rng.randint(0, 3)}
     cancel = rng.random() < cfg.cancel_share
+    accepted = False
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
             if r.status_code == 429:
@@ -82,6 +83,7 @@ async def _one(client: httpx.AsyncClient, url: str, cfg: OverloadConfig, rng: ra
                 bad.append(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
                 return
             out["accepted"] += 1
+            accepted = True
             finished = False
             async for line in r.aiter_lines():
                 if cancel and line.startswith("data:"):
@@ -94,9 +96,10 @@ async def _one(client: httpx.AsyncClient, url: str, cfg: OverloadConfig, rng: ra
             else:
                 out["accepted_broken"] += 1
                 bad.append("an accepted stream ended without a finish reason")
-    except httpx.HTTPError as e:
-        out["client_error"] += 1
-        bad.append(f"{type(e).__name__}: {str(e)[:200]}")
+    except httpx.HTTPError as e:      # accepted then broken: lost; before a status: unanswered
+        out["accepted_broken" if accepted else "client_error"] += 1
+        bad.append(f"{'accepted, then ' if accepted else 'before a status: '}"
+                   f"{type(e).__name__}: {str(e)[:200]}")
 
 
 async def drive(url: str, cfg: OverloadConfig) -> tuple[Counter, list, float]:
