@@ -10,7 +10,7 @@ import structlog
 
 from agent.node import Node
 from flying import logs, wire
-from flying.errors import abort, unary_errors
+from flying.errors import abort, error_of, unary_errors
 from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
@@ -87,6 +87,8 @@ class AgentService(pb_grpc.AgentServicer):
                          prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
                          ttft_ms=round(ev.ttft_ms, 2), queue_ms=round(ev.queue_ms, 2),
                          instance=ev.instance, priority=spec.priority)
+                if ev.reason == FinishReason.ERROR and ev.code:   # e.g. shed at a full queue
+                    await abort(context, error_of(ev.code, ev.error))
                 if ev.reason == FinishReason.ERROR:
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"worker failure while serving: {ev.error}")

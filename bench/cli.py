@@ -1,5 +1,11 @@
-"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine|prefix] [--quick]
+"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine|prefix|soak] [--quick]
 [--out D]``.
+
+``soak`` (bench/soak.py: ``--switches N`` random SOFT/HARD switches of a 4-worker group,
+default 1000, ``--quick`` 30; tokens checked against plain vLLM; default out
+bench/results/soak) and ``overload`` (bench/overload.py: ``--factor`` x capacity for
+``--seconds`` or ``--requests`` against a real router + agent, random client cancels) are
+separate runs too.
 
 ``switch`` (bench/switch.py: switch latency, cold restarts, memory), ``micro``
 (bench/micro.py: colocation vs disaggregation vs adaptive micro-requests), ``engine``
@@ -84,7 +90,8 @@ def check(out: str) -> list[str]:
 
 
 def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
-              model: str = "both") -> int:
+              model: str = "both", switches: int | None = None,
+              extra: dict | None = None) -> int:
     from bench import scenarios as sc
     from bench import summary
     from bench.procs import stop_all
@@ -98,6 +105,14 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         else:
             micro.run_micro(Path(out) / "micro", quick)
         return 0
+    if scenario == "soak":            # random switches on a 4-worker group (bench/soak.py)
+        from bench import soak
+        _on_sigterm()
+        return soak.run(Path(out), switches, quick, log=_log)
+    if scenario == "overload":        # factor x capacity on a real router + agent
+        from bench import overload
+        _on_sigterm()
+        return overload.run(Path(out), overload.OverloadConfig(**(extra or {})), log=_log)
     if scenario == "engine":
         from bench.engine import run_engine
         _on_sigterm()

@@ -66,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark scenario (writes JSON and PNG)")
     p.add_argument("scenario", nargs="?", default="all")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=".bench")
+    p.add_argument("--out", default=None,
+                   help="results folder (default .bench; soak: bench/results/soak)")
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both",
                    help="engine: the model(s) to compare on")
+    p.add_argument("--switches", type=int, default=None,
+                   help="soak: random switches (default 1000, --quick 30)")
+    p.add_argument("--seconds", type=float, default=None, help="overload: seconds (60)")
+    p.add_argument("--factor", type=float, default=None, help="overload: x capacity (10)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="overload: send this many requests instead of --seconds")
     return parser
 
 
@@ -91,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if ns.command == "bench":
             from bench.cli import run_bench
-            return run_bench(ns.scenario, quick=ns.quick, out=ns.out, model=ns.model)
+            out = ns.out or (f"bench/results/{ns.scenario}"
+                             if ns.scenario in ("soak", "overload") else ".bench")
+            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests")
+                     if getattr(ns, k) is not None}
+            if ns.quick and ns.scenario == "overload":
+                extra = {"seconds": 10.0, "factor": 3.0, "max_queue": 4, **extra}
+            return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
+                             switches=ns.switches, extra=extra)
     except st.SettingsError as e:
         print(f"flying: configuration error: {e}", file=sys.stderr)
         return 2

@@ -46,17 +46,21 @@ def code_of(exc: BaseException) -> str:
     return "INTERNAL"
 
 
-def error_from_grpc(exc: grpc.RpcError) -> FlyingError:
-    """Turn a peer's gRPC error back into the FlyingError of the same code."""
+def error_of(code: str, message: str) -> FlyingError:
+    """The FlyingError of a code (e.g. a Finished event's), with its message."""
     import flying_core.errors as fe
-    code = code_of(exc)
     cls = next((c for c in vars(fe).values()
                 if isinstance(c, type) and issubclass(c, FlyingError) and c.code == code),
                FlyingError)
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    err = cls(details or code)
+    err = cls(message or code)
     err.code = code
     return err
+
+
+def error_from_grpc(exc: grpc.RpcError) -> FlyingError:
+    """Turn a peer's gRPC error back into the FlyingError of the same code."""
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return error_of(code_of(exc), details)
 
 
 def retry_after(code: str) -> int | None:

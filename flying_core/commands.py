@@ -33,6 +33,13 @@ class Abort:
 
 
 @dataclass(frozen=True)
+class Shed:
+    """Reject a queued request that has not started (a full queue gave its place away)."""
+    request_id: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Switch:
     """Resolves to a SwitchReport, or a FlyingError."""
     layout: tuple[int, ...]
@@ -66,7 +73,7 @@ class Stop:
     pass
 
 
-Posted = Submit | Abort | Switch | Export | Adopt | CollectStats | Stop
+Posted = Submit | Abort | Shed | Switch | Export | Adopt | CollectStats | Stop
 
 # ---------------------------------------------------------------- driver -> worker
 

@@ -22,8 +22,11 @@ class GroupConfig:
     threads_per_worker: int = 1         # CPU: torch threads per worker process
     prefix_caching: bool = True         # share the KV of equal prompt prefixes (block_pool)
     soft_bound_s: float = 30.0          # SOFT switch: in-flight work gets this long, then HARD
-    # test hooks: extra seconds each worker sleeps before every step (skew injection)
+    # test hooks (skew injection): extra seconds each worker sleeps before every step, KV move
+    # and hand-off (export/import) command; with worker_delay_jitter, a seeded uniform draw in
+    # [0, delay] per command instead, so the skew between workers changes all the time
     worker_delays: tuple[float, ...] = ()
+    worker_delay_jitter: bool = False
     profile: bool = True                # measure the per-layout cost profile at warm-up
     # False (as vLLM): every TP size's view model is compiled (vLLM's CPU mode: Dynamo traced
     # once, Inductor) during warm-up, so no switch compiles; True: eager, a faster start

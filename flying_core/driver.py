@@ -24,6 +24,7 @@ from flying_core.commands import (
     Moved,
     Posted,
     Reply,
+    Shed,
     Stats,
     StatsCmd,
     StepCmd,
@@ -118,6 +119,8 @@ class Driver:
                     self.instances.place(req, switching=self.switcher.pending is not None)
                 case Abort(request_id):
                     self.abort(request_id)
+                case Shed(request_id, message):
+                    self.shed(request_id, message)
                 case Switch():
                     self.switcher.begin(cmd)
                 case Export(request_id, result):
@@ -206,13 +209,22 @@ class Driver:
             self.retire(req, FinishReason.ABORT)
         # in flight: retired when its step (or hand-off) returns; its KV is being written
 
-    def retire(self, req: Request, reason: FinishReason, error: str = "") -> None:
+    def shed(self, request_id: str, message: str) -> None:
+        """A full queue gave this request's place to a more urgent one: unless it started
+        meanwhile, it ends with RESOURCE_EXHAUSTED (as if it had been refused on arrival)."""
+        req = self.requests.get(request_id)
+        if req is None or req.done or req.started is not None or req.in_flight:
+            return
+        self.retire(req, FinishReason.ERROR, message, code="RESOURCE_EXHAUSTED")
+
+    def retire(self, req: Request, reason: FinishReason, error: str = "",
+               code: str = "") -> None:
         self.instances.discard(req)
         self.pool.release(req.homes)
         req.homes = []
         self.requests.pop(req.id, None)
         self.switcher.note_retired(req, reason)
-        req.finish(reason, req.instance if req.instance is not None else -1, error)
+        req.finish(reason, req.instance if req.instance is not None else -1, error, code)
 
     # ------------------------------------------------------------------ failure and status
 

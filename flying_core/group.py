@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from flying import logs
 from flying_core import device, model_support
 from flying_core import layout as lay
+from flying_core.admission import shed_victim
 from flying_core.commands import (
     Abort,
     Adopt,
@@ -31,6 +32,7 @@ from flying_core.commands import (
     Export,
     Failed,
     Ready,
+    Shed,
     Stop,
     StopCmd,
     Submit,
@@ -221,9 +223,22 @@ class WorkerGroup:
                 f": {self.driver.failed}" if self.driver and self.driver.failed else ""))
         self.validate(spec)
         if len(self.driver.requests) + self.driver.inbox.qsize() >= self.cfg.max_queue:
-            raise ResourceExhausted(f"queue full ({self.cfg.max_queue} requests)")
+            self._shed_for(spec)
         if spec.request_id in self.driver.requests:
             raise InvalidArgument(f"request id {spec.request_id!r} is already in use")
+
+    def _shed_for(self, spec: RequestSpec) -> None:
+        """Full queue: the least urgent not-started request gives way to a more urgent
+        arrival (admission.shed_victim); else the arrival is refused. Both: RESOURCE_EXHAUSTED."""
+        full = f"queue full ({self.cfg.max_queue} requests)"
+        queued = [(r.spec.priority, r.arrival, r.id) for r in list(self.driver.requests.values())
+                  if r.started is None and not r.in_flight and not r.done]
+        victim = shed_victim(queued, spec.priority)
+        if victim is None:
+            raise ResourceExhausted(full)
+        self.log.info("request shed for a more urgent one", shed=victim,
+                      request_id=spec.request_id, priority=spec.priority)
+        self.driver.post(Shed(victim, f"{full}; shed for a more urgent request"))
 
     @staticmethod
     def _seed(spec: RequestSpec) -> int:

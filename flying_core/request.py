@@ -148,7 +148,8 @@ class Request:
                               () if logprob is None else (logprob,)))
         return reason
 
-    def finish(self, reason: FinishReason, instance: int, error: str = "") -> None:
+    def finish(self, reason: FinishReason, instance: int, error: str = "",
+               code: str = "") -> None:
         if self.done:
             return
         self.done = True
@@ -156,7 +157,7 @@ class Request:
         ttft = ((self.first_token or now) - self.arrival) * 1e3
         queue = ((self.started or now) - self.arrival) * 1e3
         self._emit(Finished(self.id, reason, self.num_prompt, self.num_output, ttft, queue,
-                            instance, error))
+                            instance, error, code))
 
     def _emit(self, event: Event) -> None:
         if self.outbox is None:

@@ -126,6 +126,8 @@ class Finished:
     queue_ms: float
     instance: int
     error: str = ""
+    code: str = ""      # reason ERROR: a FlyingError code (RESOURCE_EXHAUSTED: shed at a full
+    #                     queue); "" a worker failure
 
 
 Event = TokenEvent | Finished

@@ -14,6 +14,7 @@ with the peers through CUDA IPC for HARD switches and hand-offs.
 from __future__ import annotations
 
 import os
+import random
 import time
 import traceback
 
@@ -40,6 +41,9 @@ from flying_core.config import WorkerConfig
 from flying_core.errors import FailedPrecondition
 from flying_core.kv_plan import moves_for
 from flying_core.types import WorkerInfo, WorkerStats
+
+# the commands the skew hook delays: steps, KV moves (switches), hand-offs (export/import)
+SKEWED = (StepCmd, MoveCmd, ExportCmd, ImportCmd)
 
 
 def _die_with_parent() -> None:
@@ -93,6 +97,7 @@ def _engine_config(g, tp: int, attention_backend: str | None = None):
 
 class Worker:
     def __init__(self, cfg: WorkerConfig):
+        self._skew_rng: random.Random | None = None
         import torch.distributed as dist
         import vllm.distributed.parallel_state as ps
         from vllm.config import set_current_vllm_config
@@ -224,10 +229,18 @@ class Worker:
         return Stats(cmd.ticket, self.rank, WorkerStats(
             self.rank, _rss(), self.kv.buf.data_ptr(), len(c10d._world.pg_map)))
 
+    def _skew(self) -> None:
+        if not self.cfg.group.worker_delay_jitter:
+            time.sleep(self.cfg.delay_s)
+            return
+        if self._skew_rng is None:
+            self._skew_rng = random.Random(self.cfg.group.seed * 1000 + self.cfg.rank)
+        time.sleep(self._skew_rng.uniform(0.0, self.cfg.delay_s))
+
     def execute(self, cmd):
         """Carry out one command; the reply to send, or None."""
-        if self.cfg.delay_s and isinstance(cmd, StepCmd):
-            time.sleep(self.cfg.delay_s)   # test hook: skew this worker
+        if self.cfg.delay_s and isinstance(cmd, SKEWED):
+            self._skew()                   # test hook: skew this worker
         match cmd:
             case StepCmd():
                 tokens, ms = self.step(cmd)
