@@ -51,7 +51,8 @@ def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
         skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens")
         else True,
         structured=StructuredSpec(s.structured.kind, s.structured.spec)
-        if s.HasField("structured") else None)
+        if s.HasField("structured") else None,
+        prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None)
 
 
 def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
@@ -68,6 +69,8 @@ def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
         out.seed = s.seed
     if s.logprobs is not None:
         out.logprobs = s.logprobs
+    if s.prompt_logprobs is not None:
+        out.prompt_logprobs = s.prompt_logprobs
     if s.structured is not None:
         out.structured.kind, out.structured.spec = s.structured.kind, s.structured.spec
     return out
@@ -131,7 +134,8 @@ def chunk_to_pb(events: list[TokenEvent]) -> pb.GenerateResponse:
     return pb.GenerateResponse(chunk=pb.Chunk(
         token_ids=[t for ev in events for t in ev.token_ids],
         text="".join(ev.text for ev in events),
-        logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.logprobs]))
+        logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.logprobs],
+        prompt_logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.prompt_logprobs]))
 
 
 def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:

@@ -100,6 +100,10 @@ class SeqChunk:
     start: int                     # position of token_ids[0]
     block_table: tuple[int, ...]   # the instance's TP block ids, in sequence order
     sample: SampleParams | None    # None: a prefill chunk that does not end the prompt
+    # prompt logprobs: the prompt tokens that follow this chunk's first len(targets) tokens
+    # (their logits are computed, each target's raw logprob, rank and top-k returned)
+    targets: tuple[int, ...] = ()
+    prompt_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class StepDone(Reply):
     for the chunks that sampled."""
     tokens: tuple[tuple[str, int, TokenLogprob | None], ...]
     ms: float
+    prompt: tuple[tuple[str, tuple[TokenLogprob, ...]], ...] = ()   # chunks' prompt logprobs
 
 
 @dataclass(frozen=True)

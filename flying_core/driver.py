@@ -182,8 +182,11 @@ class Driver:
         step, sched.step = sched.step, None
         self.costs.observe(sched.inst.size, step.batch, reply.ms)
         tokens = {rid: (token, lp) for rid, token, lp in reply.tokens}
+        prompt = dict(reply.prompt)
         for req, n in step.batch:
             req.in_flight = False
+            if req.id in prompt:
+                req.store_prompt_logprobs(req.num_computed, prompt[req.id])
             req.num_computed += n
             sched.commit(req)
             reason = None

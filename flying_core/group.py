@@ -210,6 +210,10 @@ class WorkerGroup:
             raise InvalidArgument("instance must be >= 0")
         if not 0 <= spec.continued < len(spec.prompt_token_ids):
             raise InvalidArgument("continued must be in [0, prompt length)")
+        if s.prompt_logprobs is not None and (spec.continued or (
+                spec.split is not None and spec.split.remote)):
+            raise InvalidArgument("prompt_logprobs: not for a continued segment or a "
+                                  "cross-node split (the prompt's logits are computed once)")
         if spec.split is not None and not (0 < spec.split.handoff_at < total and (
                 spec.split.remote or spec.split.to_instance >= 0)):
             raise InvalidArgument(f"split.handoff_at must be in [1, {total - 1}] and "
