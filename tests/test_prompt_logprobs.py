@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -104,3 +105,46 @@ def test_no_prompt_logprobs_unless_asked_and_bounds(group):
     with pytest.raises(InvalidArgument, match="prompt_logprobs"):
         group.submit(RequestSpec("cont", tuple(SHORT), SamplingSpec(prompt_logprobs=1),
                                  continued=2), Collect())
+
+
+@pytest.fixture(scope="module")
+def slow_group(tiny_model):
+    """32-token prefill steps, each 40 ms slower: a 100-token prompt's prefill spans 4 steps
+    a switch or a hand-off can fall between."""
+    g = WorkerGroup(GroupConfig(model=tiny_model, num_workers=2, dtype="float32",
+                                kv_bytes=8 << 20, max_batch_tokens=32, profile=False,
+                                enforce_eager=True, worker_delays=(0.04, 0.04)))
+    g.start()
+    yield g
+    g.shutdown()
+
+
+def start(group, rid, **kw) -> Collect:
+    c = Collect()
+    group.submit(RequestSpec(rid, tuple(LONG), SamplingSpec(
+        max_tokens=GEN, temperature=0.0, ignore_eos=True, prompt_logprobs=TOP), **kw), c)
+    return c
+
+
+def test_prompt_logprobs_survive_switches_and_handoffs_in_prefill(slow_group, tiny_model):
+    from flying_core.types import Split
+    (want,) = reference_outputs(tiny_model, [LONG], GEN, prompt_logprobs=TOP)
+    g = slow_group
+    g.reconfigure((1, 1), PreemptMode.HARD)
+    # a HARD switch while the prompt is half computed: the request moves with its KV
+    for i, layout in enumerate([(2,), (1, 1)]):
+        c = start(g, f"sw{i}")
+        time.sleep(0.1)
+        report = g.reconfigure(layout, PreemptMode.HARD)
+        assert report.migrated + report.recomputed == 1, report
+        assert c.done.wait(120)
+        check(c.prompt, want["prompt_logprobs"], LONG)
+        assert c.tokens == want["token_ids"]
+    # a micro-request handed to the other instance inside its prefill
+    before = g.handoff_stats()
+    c = start(g, "split", instance=0, split=Split(handoff_at=40, to_instance=1))
+    assert c.done.wait(120)
+    hs = g.handoff_stats()
+    assert hs.moved + hs.recomputed > before.moved + before.recomputed, hs
+    check(c.prompt, want["prompt_logprobs"], LONG)
+    assert c.tokens == want["token_ids"]
