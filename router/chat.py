@@ -75,6 +75,7 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)   # 0: only with echo (the prompt alone)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool | None = False   # the prompt before the text (and its logprobs, with logprobs)
 
@@ -250,8 +251,11 @@ def completion_request(body: CompletionRequest, rid: str,
                        defaults: dict[str, Any]) -> list[GatewayRequest]:
     """One GatewayRequest per choice."""
     prompt, ids = _prompt(body.prompt)
-    # vLLM: echo asks for the prompt's logprobs with the output's k
-    sampling = _sampling(body, body.max_tokens or 16, body.logprobs, defaults, rid, False,
+    if body.max_tokens == 0 and not body.echo:
+        raise InvalidArgument("max_tokens: must be >= 1 (0 only with echo: the prompt alone)")
+    # vLLM: echo asks for the prompt's logprobs with the output's k; echo with max_tokens 0
+    # generates one token that the response leaves out
+    sampling = _sampling(body, 1 if body.max_tokens == 0 else body.max_tokens or 16, body.logprobs, defaults, rid, False,
                          body.logprobs if body.echo else None)
     return choices(GatewayRequest(rid, prompt, ids, sampling, body.priority or 0), body.n or 1)
 

@@ -23,10 +23,10 @@ def prompt_text(req: GatewayRequest, tokenizer: Any) -> str:
     return tokenizer.decode(req.prompt_token_ids)
 
 
-async def echoed(events: AsyncIterator[Event], text: str, logprobs: bool
-                 ) -> AsyncIterator[Event]:
+async def echoed(events: AsyncIterator[Event], text: str, logprobs: bool,
+                 prompt_only: bool = False) -> AsyncIterator[Event]:
     """`events` with `text` (and, with `logprobs`, the prompt logprobs) before the first
-    token's."""
+    token's; `prompt_only` (echo with max_tokens 0): instead of them, as vLLM."""
     first = True
     try:
         async for ev in events:
@@ -34,8 +34,9 @@ async def echoed(events: AsyncIterator[Event], text: str, logprobs: bool
                 first = False
                 if logprobs and not ev.prompt_logprobs:
                     raise Internal("the backend sent no prompt logprobs for an echo")
-                ev = replace(ev, text=text + ev.text, logprobs=(
-                    (*ev.prompt_logprobs, *ev.logprobs) if logprobs else ev.logprobs))
+                out = () if prompt_only else ev.logprobs
+                ev = replace(ev, text=text + ("" if prompt_only else ev.text), logprobs=(
+                    (*ev.prompt_logprobs, *out) if logprobs else out))
             yield ev
     finally:
         await events.aclose()

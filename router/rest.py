@@ -100,13 +100,14 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
         return name or settings.model_name
 
     async def serve(request: Request, reqs: list[GatewayRequest], shape: Shape, body: Any,
-                    echo_text: str | None = None):
+                    echo_text: str | None = None, prompt_only: bool = False):
         state, track = request.state.log, metrics.track()
         it, streaming = None, False
         try:
             streams = [backend.generate(r) for r in reqs]
             if echo_text is not None:
-                streams = [echo.echoed(s, echo_text, shape.k is not None) for s in streams]
+                streams = [echo.echoed(s, echo_text, shape.k is not None, prompt_only)
+                           for s in streams]
             it = fanout.merge(streams)
             if not body.stream:
                 results = await _until_disconnect(request, collect(it, len(reqs), track, state))
@@ -220,7 +221,7 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
         shape = Shape(False, rid, model_for(body.model), tokenizer, body.logprobs,
                       reqs[0].sampling.prompt_logprobs is not None and not body.stream)
         text = echo.prompt_text(reqs[0], tokenizer) if body.echo else None
-        return await serve(request, reqs, shape, body, text)
+        return await serve(request, reqs, shape, body, text, body.max_tokens == 0)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: chat.ChatRequest, request: Request):

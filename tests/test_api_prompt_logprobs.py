@@ -83,6 +83,14 @@ def test_prompt_logprobs_and_echo_equal_plain_vllm(gateway, tiny_model, layout):
     choice = r.json()["choices"][0]
     assert choice["text"].startswith(tok.decode(PROMPTS[0])) and choice["logprobs"] is None
     assert "prompt_logprobs" not in choice
+    # echo with max_tokens 0 (vLLM's): the prompt alone, its logprobs those of the prompt
+    r = post(gateway, "completions", {"prompt": PROMPTS[1], "echo": True, "max_tokens": 0,
+                                      "logprobs": 1})
+    choice = r.json()["choices"][0]
+    assert choice["text"] == tok.decode(PROMPTS[1])
+    assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(
+        [s[0][1] for s in ref[1]["prompt_logprobs"][1:]], abs=1e-4)
+    assert len(choice["logprobs"]["tokens"]) == len(PROMPTS[1])
     r = post(gateway, "chat/completions", {**base, "prompt_logprobs": 0,
                                            "messages": [{"role": "user", "content": "hi"}]})
     body = r.json()
@@ -94,6 +102,7 @@ def test_prompt_logprobs_and_echo_equal_plain_vllm(gateway, tiny_model, layout):
     ({"prompt_logprobs": 2, "stream": True}, "not available when `stream=True`"),
     ({"prompt_logprobs": -1}, "whole vocabulary"),
     ({"prompt_logprobs": 21}, "'prompt_logprobs' must be in [0, 20]"),
+    ({"max_tokens": 0}, "0 only with echo"),
 ])
 def test_refused_prompt_logprobs_are_400s(gateway, body, says):  # noqa: F811
     r = post(gateway, "completions", {"prompt": PROMPTS[0], "max_tokens": 2, **body})
