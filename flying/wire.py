@@ -152,7 +152,8 @@ def kv_to_chunks(kv: KVExport) -> Iterable[pb.KVChunk]:
     for i, block in enumerate(kv.blocks):
         yield pb.KVChunk(index=i, total=len(kv.blocks), dtype=kv.dtype,
                          block_shape=list(kv.block_shape), num_computed=kv.num_computed,
-                         data=block, crc32=zlib.crc32(block), layout=kv.layout)
+                         data=block, crc32=zlib.crc32(block), layout=kv.layout,
+                         first_block=kv.first_block)
 
 
 def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
@@ -164,11 +165,12 @@ def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
         raise ValueError(f"KV chunks out of order or missing ({len(chunks)}/{first.total})")
     for c in chunks:
         if zlib.crc32(c.data) != c.crc32 or c.dtype != first.dtype \
+                or c.first_block != first.first_block \
                 or list(c.block_shape) != list(first.block_shape) or c.layout != first.layout:
             raise ValueError(f"KV chunk {c.index} is corrupt")
     order, row = KVFormat.parse_layout(first.layout)
     return KVExport(first.dtype, tuple(first.block_shape), first.num_computed,
-                    tuple(c.data for c in chunks), f"{order}/{row}")
+                    tuple(c.data for c in chunks), f"{order}/{row}", first.first_block)
 
 
 # ---------------------------------------------------------------- reconfigure

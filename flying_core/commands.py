@@ -43,8 +43,18 @@ class Switch:
 
 @dataclass(frozen=True)
 class Export:
-    """Resolves to the KVExport held for request_id (once), or NotFound."""
+    """Resolves to the KVExport held for request_id (once), or NotFound; without its first
+    `skip` blocks (the receiver caches them)."""
     request_id: str
+    skip: int = 0
+    result: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """Resolves to how many leading full blocks of `tokens` (all but the last token) one
+    instance here caches: what a KV import need not receive."""
+    tokens: tuple[int, ...]
     result: Future = field(default_factory=Future)
 
 
@@ -66,7 +76,7 @@ class Stop:
     pass
 
 
-Posted = Submit | Abort | Switch | Export | Adopt | CollectStats | Stop
+Posted = Submit | Abort | Switch | Export | CachedPrefix | Adopt | CollectStats | Stop
 
 # ---------------------------------------------------------------- driver -> worker
 

@@ -17,6 +17,7 @@ from flying_core.block_pool import BlockPool
 from flying_core.commands import (
     Abort,
     Adopt,
+    CachedPrefix,
     CollectStats,
     Export,
     Exported,
@@ -120,8 +121,10 @@ class Driver:
                     self.abort(request_id)
                 case Switch():
                     self.switcher.begin(cmd)
-                case Export(request_id, result):
-                    self.transfers.start_export(request_id, result)
+                case Export(request_id, skip, result):
+                    self.transfers.start_export(request_id, result, skip)
+                case CachedPrefix(tokens, result):
+                    result.set_result(self.transfers.cached_prefix(tokens))
                 case Adopt(req, kv):
                     req.outbox = self.outbox
                     self.requests[req.id] = req

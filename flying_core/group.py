@@ -27,6 +27,7 @@ from flying_core import layout as lay
 from flying_core.commands import (
     Abort,
     Adopt,
+    CachedPrefix,
     CollectStats,
     Export,
     Failed,
@@ -236,9 +237,15 @@ class WorkerGroup:
     def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
         self.driver.post(Submit(self._request(spec, on_event)))
 
-    def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
-        """The KV a cross-node first segment left held here (once; the blocks are freed)."""
-        return self._call(Export(request_id), timeout_s, f"KV export of {request_id!r}")
+    def export_kv(self, request_id: str, timeout_s: float = 30.0, skip: int = 0) -> KVExport:
+        """The KV a cross-node first segment left held here (once; the blocks are freed),
+        without its first `skip` blocks (the receiver caches them)."""
+        return self._call(Export(request_id, skip), timeout_s, f"KV export of {request_id!r}")
+
+    def cached_prefix_blocks(self, tokens: Sequence[int], timeout_s: float = 30.0) -> int:
+        """How many leading full blocks of `tokens` (a request to adopt: all but its last
+        token have KV) an instance here caches; the sender need not send them."""
+        return self._call(CachedPrefix(tuple(tokens)), timeout_s, "prefix cache lookup")
 
     def adopt(self, spec: RequestSpec, kv: KVExport | None,
               on_event: Callable[[Event], None]) -> None:

@@ -289,3 +289,6 @@ class KVExport:
     num_computed: int                     # tokens whose KV the blocks hold
     blocks: tuple[bytes, ...]
     layout: str = "LBHNC/k_then_v"        # order/row format of the bytes (kv_format.KVFormat)
+    # the blocks are the request's from this one on: the receiver said it caches the first
+    # `first_block` (its prefix cache), so they were not sent
+    first_block: int = 0

@@ -110,13 +110,15 @@ class Resume(_message.Message):
     def __init__(self, from_agent: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ExportKVRequest(_message.Message):
-    __slots__ = ("request_id",)
+    __slots__ = ("request_id", "skip_blocks")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SKIP_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
-    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+    skip_blocks: int
+    def __init__(self, request_id: _Optional[str] = ..., skip_blocks: _Optional[int] = ...) -> None: ...
 
 class KVChunk(_message.Message):
-    __slots__ = ("index", "total", "dtype", "block_shape", "num_computed", "data", "crc32", "layout")
+    __slots__ = ("index", "total", "dtype", "block_shape", "num_computed", "data", "crc32", "layout", "first_block")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +127,7 @@ class KVChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_BLOCK_FIELD_NUMBER: _ClassVar[int]
     index: int
     total: int
     dtype: str
@@ -133,7 +136,8 @@ class KVChunk(_message.Message):
     data: bytes
     crc32: int
     layout: str
-    def __init__(self, index: _Optional[int] = ..., total: _Optional[int] = ..., dtype: _Optional[str] = ..., block_shape: _Optional[_Iterable[int]] = ..., num_computed: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., layout: _Optional[str] = ...) -> None: ...
+    first_block: int
+    def __init__(self, index: _Optional[int] = ..., total: _Optional[int] = ..., dtype: _Optional[str] = ..., block_shape: _Optional[_Iterable[int]] = ..., num_computed: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ..., layout: _Optional[str] = ..., first_block: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "sampling", "priority", "instance", "split", "resume", "continued_tokens")
