@@ -98,10 +98,14 @@ class Node:
             raise Unavailable(f"node is {self.state}")
         self.group.adopt(spec, kv, on_event)
 
-    def export_kv(self, request_id: str):
+    def export_kv(self, request_id: str, skip: int = 0):
         if self.group is None:
             raise Unavailable(f"node is {self.state}")
-        return self.group.export_kv(request_id)
+        return self.group.export_kv(request_id, skip=skip)
+
+    def cached_prefix_blocks(self, tokens) -> int:
+        """Leading full blocks of `tokens` this node caches (0 while it has no group)."""
+        return 0 if self.group is None else self.group.cached_prefix_blocks(tokens)
 
     def abort(self, request_id: str) -> bool:
         return bool(self.group and self.group.abort(request_id))

@@ -62,7 +62,7 @@ class AgentService(pb_grpc.AgentServicer):
             spec = wire.spec_from_pb(request, self.node.tokenizer)
             sink = events.put
             if request.HasField("resume"):
-                kv = await self.pull_kv(request.resume)
+                kv = await self.pull_kv(request.resume, spec.prompt_token_ids)
                 self.node.adopt(spec, kv, sink)
             else:
                 self.node.submit(spec, sink)
@@ -124,19 +124,26 @@ class AgentService(pb_grpc.AgentServicer):
     async def ExportKV(self, request, context):
         """Stream the KV a cross-node first segment left held here, block by block."""
         try:
-            kv = await asyncio.to_thread(self.node.export_kv, request.request_id)
+            kv = await asyncio.to_thread(self.node.export_kv, request.request_id,
+                                         request.skip_blocks)
         except FlyingError as e:
             await abort(context, e)
         for chunk in wire.kv_to_chunks(kv):
             yield chunk
 
-    async def pull_kv(self, resume: pb.Resume):
-        """The first segment's KV from its agent, checked; None (recompute) if it fails."""
+    async def pull_kv(self, resume: pb.Resume, tokens):
+        """The first segment's KV from its agent, checked; None (recompute) if it fails.
+        The blocks this node's prefix cache holds already are not sent."""
+        try:
+            skip = await asyncio.to_thread(self.node.cached_prefix_blocks, tokens)
+        except FlyingError:
+            skip = 0                  # no answer from the group: ask for every block
         try:
             async with self.tls.aio_channel(resume.from_agent, KV_CHANNEL_OPTIONS) as ch:
                 stub = pb_grpc.AgentStub(ch)
                 chunks = [c async for c in stub.ExportKV(
-                    pb.ExportKVRequest(request_id=resume.request_id), timeout=60)]
+                    pb.ExportKVRequest(request_id=resume.request_id, skip_blocks=skip),
+                    timeout=60)]
             return wire.kv_from_chunks(chunks)
         except (grpc.aio.AioRpcError, ValueError) as e:
             log.warning("KV transfer failed; recomputing", source=resume.from_agent,

@@ -51,7 +51,8 @@ def sampling_from_pb(s: pb.SamplingParams) -> SamplingSpec:
         skip_special_tokens=s.skip_special_tokens if s.HasField("skip_special_tokens")
         else True,
         structured=StructuredSpec(s.structured.kind, s.structured.spec)
-        if s.HasField("structured") else None)
+        if s.HasField("structured") else None,
+        prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None)
 
 
 def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
@@ -68,6 +69,8 @@ def sampling_to_pb(s: SamplingSpec) -> pb.SamplingParams:
         out.seed = s.seed
     if s.logprobs is not None:
         out.logprobs = s.logprobs
+    if s.prompt_logprobs is not None:
+        out.prompt_logprobs = s.prompt_logprobs
     if s.structured is not None:
         out.structured.kind, out.structured.spec = s.structured.kind, s.structured.spec
     return out
@@ -131,7 +134,8 @@ def chunk_to_pb(events: list[TokenEvent]) -> pb.GenerateResponse:
     return pb.GenerateResponse(chunk=pb.Chunk(
         token_ids=[t for ev in events for t in ev.token_ids],
         text="".join(ev.text for ev in events),
-        logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.logprobs]))
+        logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.logprobs],
+        prompt_logprobs=[logprob_to_pb(lp) for ev in events for lp in ev.prompt_logprobs]))
 
 
 def complete_to_pb(ev: Finished, node: str) -> pb.GenerateResponse:
@@ -148,7 +152,8 @@ def kv_to_chunks(kv: KVExport) -> Iterable[pb.KVChunk]:
     for i, block in enumerate(kv.blocks):
         yield pb.KVChunk(index=i, total=len(kv.blocks), dtype=kv.dtype,
                          block_shape=list(kv.block_shape), num_computed=kv.num_computed,
-                         data=block, crc32=zlib.crc32(block), layout=kv.layout)
+                         data=block, crc32=zlib.crc32(block), layout=kv.layout,
+                         first_block=kv.first_block)
 
 
 def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
@@ -160,11 +165,12 @@ def kv_from_chunks(chunks: list[pb.KVChunk]) -> KVExport:
         raise ValueError(f"KV chunks out of order or missing ({len(chunks)}/{first.total})")
     for c in chunks:
         if zlib.crc32(c.data) != c.crc32 or c.dtype != first.dtype \
+                or c.first_block != first.first_block \
                 or list(c.block_shape) != list(first.block_shape) or c.layout != first.layout:
             raise ValueError(f"KV chunk {c.index} is corrupt")
     order, row = KVFormat.parse_layout(first.layout)
     return KVExport(first.dtype, tuple(first.block_shape), first.num_computed,
-                    tuple(c.data for c in chunks), f"{order}/{row}")
+                    tuple(c.data for c in chunks), f"{order}/{row}", first.first_block)
 
 
 # ---------------------------------------------------------------- reconfigure

@@ -50,8 +50,18 @@ class Switch:
 
 @dataclass(frozen=True)
 class Export:
-    """Resolves to the KVExport held for request_id (once), or NotFound."""
+    """Resolves to the KVExport held for request_id (once), or NotFound; without its first
+    `skip` blocks (the receiver caches them)."""
     request_id: str
+    skip: int = 0
+    result: Future = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class CachedPrefix:
+    """Resolves to how many leading full blocks of `tokens` (all but the last token) one
+    instance here caches: what a KV import need not receive."""
+    tokens: tuple[int, ...]
     result: Future = field(default_factory=Future)
 
 
@@ -73,7 +83,7 @@ class Stop:
     pass
 
 
-Posted = Submit | Abort | Shed | Switch | Export | Adopt | CollectStats | Stop
+Posted = Submit | Abort | Shed | Switch | Export | CachedPrefix | Adopt | CollectStats | Stop
 
 # ---------------------------------------------------------------- driver -> worker
 
@@ -107,6 +117,10 @@ class SeqChunk:
     start: int                     # position of token_ids[0]
     block_table: tuple[int, ...]   # the instance's TP block ids, in sequence order
     sample: SampleParams | None    # None: a prefill chunk that does not end the prompt
+    # prompt logprobs: the prompt tokens that follow this chunk's first len(targets) tokens
+    # (their logits are computed, each target's raw logprob, rank and top-k returned)
+    targets: tuple[int, ...] = ()
+    prompt_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,7 @@ class StepDone(Reply):
     for the chunks that sampled."""
     tokens: tuple[tuple[str, int, TokenLogprob | None], ...]
     ms: float
+    prompt: tuple[tuple[str, tuple[TokenLogprob, ...]], ...] = ()   # chunks' prompt logprobs
 
 
 @dataclass(frozen=True)

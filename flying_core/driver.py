@@ -17,6 +17,7 @@ from flying_core.block_pool import BlockPool
 from flying_core.commands import (
     Abort,
     Adopt,
+    CachedPrefix,
     CollectStats,
     Export,
     Exported,
@@ -123,8 +124,10 @@ class Driver:
                     self.shed(request_id, message)
                 case Switch():
                     self.switcher.begin(cmd)
-                case Export(request_id, result):
-                    self.transfers.start_export(request_id, result)
+                case Export(request_id, skip, result):
+                    self.transfers.start_export(request_id, result, skip)
+                case CachedPrefix(tokens, result):
+                    result.set_result(self.transfers.cached_prefix(tokens))
                 case Adopt(req, kv):
                     req.outbox = self.outbox
                     self.requests[req.id] = req
@@ -185,8 +188,11 @@ class Driver:
         step, sched.step = sched.step, None
         self.costs.observe(sched.inst.size, step.batch, reply.ms)
         tokens = {rid: (token, lp) for rid, token, lp in reply.tokens}
+        prompt = dict(reply.prompt)
         for req, n in step.batch:
             req.in_flight = False
+            if req.id in prompt:
+                req.store_prompt_logprobs(req.num_computed, prompt[req.id])
             req.num_computed += n
             sched.commit(req)
             reason = None

@@ -28,6 +28,7 @@ from flying_core.admission import shed_victim
 from flying_core.commands import (
     Abort,
     Adopt,
+    CachedPrefix,
     CollectStats,
     Export,
     Failed,
@@ -212,6 +213,10 @@ class WorkerGroup:
             raise InvalidArgument("instance must be >= 0")
         if not 0 <= spec.continued < len(spec.prompt_token_ids):
             raise InvalidArgument("continued must be in [0, prompt length)")
+        if s.prompt_logprobs is not None and (spec.continued or (
+                spec.split is not None and spec.split.remote)):
+            raise InvalidArgument("prompt_logprobs: not for a continued segment or a "
+                                  "cross-node split (the prompt's logits are computed once)")
         if spec.split is not None and not (0 < spec.split.handoff_at < total and (
                 spec.split.remote or spec.split.to_instance >= 0)):
             raise InvalidArgument(f"split.handoff_at must be in [1, {total - 1}] and "
@@ -247,9 +252,15 @@ class WorkerGroup:
     def submit(self, spec: RequestSpec, on_event: Callable[[Event], None]) -> None:
         self.driver.post(Submit(self._request(spec, on_event)))
 
-    def export_kv(self, request_id: str, timeout_s: float = 30.0) -> KVExport:
-        """The KV a cross-node first segment left held here (once; the blocks are freed)."""
-        return self._call(Export(request_id), timeout_s, f"KV export of {request_id!r}")
+    def export_kv(self, request_id: str, timeout_s: float = 30.0, skip: int = 0) -> KVExport:
+        """The KV a cross-node first segment left held here (once; the blocks are freed),
+        without its first `skip` blocks (the receiver caches them)."""
+        return self._call(Export(request_id, skip), timeout_s, f"KV export of {request_id!r}")
+
+    def cached_prefix_blocks(self, tokens: Sequence[int], timeout_s: float = 30.0) -> int:
+        """How many leading full blocks of `tokens` (a request to adopt: all but its last
+        token have KV) an instance here caches; the sender need not send them."""
+        return self._call(CachedPrefix(tuple(tokens)), timeout_s, "prefix cache lookup")
 
     def adopt(self, spec: RequestSpec, kv: KVExport | None,
               on_event: Callable[[Event], None]) -> None:

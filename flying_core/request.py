@@ -38,6 +38,9 @@ def check_sampling(s: SamplingSpec, vocab: int) -> None:
                               f"got {s.min_tokens}")
     if s.logprobs is not None and not 0 <= s.logprobs <= MAX_LOGPROBS:
         raise InvalidArgument(f"logprobs must be in [0, {MAX_LOGPROBS}], got {s.logprobs}")
+    if s.prompt_logprobs is not None and not 0 <= s.prompt_logprobs <= MAX_LOGPROBS:
+        raise InvalidArgument(f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], "
+                              f"got {s.prompt_logprobs}")
     bad = [t for t, _ in s.logit_bias if not 0 <= t < vocab]
     if bad:
         raise InvalidArgument(f"logit_bias token ids must be in [0, {vocab}), got {bad[0]}")
@@ -70,6 +73,25 @@ class Request:
     outbox: list | None = None       # the driver's: events wait there for its next status
     eos_ids: frozenset[int] = frozenset()   # the model's EOS tokens (banned before min_tokens)
     grammar: Any = None              # flying_core.grammar.GrammarState of a structured output
+    prompt_lps: list[TokenLogprob | None] | None = None   # prompt_logprobs by position
+
+    def wants_prompt_logprobs(self, start: int) -> bool:
+        """Whether a chunk from `start` computes prompt logprobs: the request asked, the
+        chunk is in the prompt and none was sent yet (a recompute after its first token
+        does not compute them again)."""
+        return (self.spec.sampling.prompt_logprobs is not None and self.first_token is None
+                and start < self.num_prompt - 1)
+
+    def targets(self, start: int, end: int) -> tuple[int, ...]:
+        """The prompt tokens a chunk [start, end) gives the logprobs of."""
+        if not self.wants_prompt_logprobs(start):
+            return ()
+        return tuple(self.spec.prompt_token_ids[start + 1:min(end + 1, self.num_prompt)])
+
+    def store_prompt_logprobs(self, start: int, lps: tuple[TokenLogprob, ...]) -> None:
+        if self.prompt_lps is None:
+            self.prompt_lps = [None] * self.num_prompt
+        self.prompt_lps[start + 1:start + 1 + len(lps)] = lps
 
     @property
     def handoff_pending(self) -> bool:
@@ -145,8 +167,20 @@ class Request:
         if reason is not None and not stopped:
             text += self.detok.flush()
         self._emit(TokenEvent(self.id, (token,), instance, text,
-                              () if logprob is None else (logprob,)))
+                              () if logprob is None else (logprob,), self._take_prompt()))
         return reason
+
+    def _take_prompt(self) -> tuple[TokenLogprob, ...]:
+        """The prompt logprobs, once (with the first token); the first prompt token's entry
+        has rank 0 (vLLM's None)."""
+        if self.spec.sampling.prompt_logprobs is None or self.num_output != 1:
+            return ()
+        ids = self.spec.prompt_token_ids
+        lps = self.prompt_lps or [None] * len(ids)
+        self.prompt_lps = None
+        if any(lp is None for lp in lps[1:]):
+            return ()     # not computed here (a segment that started past them): none sent
+        return (TokenLogprob(ids[0], 0.0, 0), *lps[1:]) if ids else ()
 
     def finish(self, reason: FinishReason, instance: int, error: str = "",
                code: str = "") -> None:

@@ -24,7 +24,7 @@ from flying_core.attn_backend import layer_backend
 from flying_core.batch import BatchBuffers, decode_first
 from flying_core.comm_pool import tp_mode
 from flying_core.commands import SeqChunk
-from flying_core.sampling import sample, token_logprobs
+from flying_core.sampling import prompt_logprobs, sample, token_logprobs
 from flying_core.types import TokenLogprob
 
 
@@ -65,7 +65,9 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, seqs: tuple[SeqChunk, ...]) -> list[tuple[str, int, TokenLogprob | None]]:
         """Compute every chunk's KV; return (request_id, token, its logprobs or None) for the
-        chunks that sample."""
+        chunks that sample. The prompt logprobs of chunks with targets are left in
+        `self.prompt_out` [(request_id, one TokenLogprob per target)] (leader only)."""
+        self.prompt_out: list[tuple[str, tuple[TokenLogprob, ...]]] = []
         t0 = time.perf_counter()
         order = None
         if self.reorder is not None and len(seqs) > 1:
@@ -89,6 +91,7 @@ class ModelRunner:
                                      slot_mapping=slot_md):
                 hidden = self.model(input_ids=dev(b.input_ids), positions=common.positions)
                 t3 = time.perf_counter()
+                self._prompt_logprobs(seqs, b, hidden)
                 if not b.sampled:
                     return self._done([])
                 logits = self.model.compute_logits(hidden[dev(b.logits_rows)])
@@ -107,6 +110,23 @@ class ModelRunner:
         if order is not None:      # back to command order (sampling is per row, stateless)
             out = [o for _, o in sorted(zip((order[i] for i in b.sampled), out))]
         return out
+
+    def _prompt_logprobs(self, seqs: tuple[SeqChunk, ...], b, hidden: torch.Tensor) -> None:
+        """Logits of the positions whose next prompt token a chunk asks the logprob of (only
+        those chunks': the others cost nothing); every rank joins the TP gather."""
+        asking = [(i, s) for i, s in enumerate(seqs) if s.targets]
+        if not asking:
+            return
+        starts = b.query_start_loc.tolist()
+        rows = torch.cat([torch.arange(starts[i], starts[i] + len(s.targets))
+                          for i, s in asking])
+        logits = self.model.compute_logits(hidden[self._on_device(rows)])
+        if logits is None or not self.is_leader:
+            return
+        logits = logits[:, :self.vocab_size].float().cpu()
+        got = prompt_logprobs(logits, [s.targets for _, s in asking],
+                              [s.prompt_k for _, s in asking])
+        self.prompt_out = [(s.request_id, lps) for (_, s), lps in zip(asking, got)]
 
     def _on_device(self, t: torch.Tensor) -> torch.Tensor:
         """A batch array where the model reads it: the host buffer itself on CPU, an

@@ -135,13 +135,39 @@ def token_logprobs(logits: torch.Tensor, params: list[SampleParams],
     if not rows:
         return out
     lp = constrain(logits, params)[rows].log_softmax(dim=-1)
-    chosen = torch.tensor([[tokens[i]] for i in rows], dtype=torch.int64)
-    chosen_lp = lp.gather(1, chosen)
+    got = ranked(lp, [tokens[i] for i in rows], [params[i].logprobs for i in rows])
+    for i, g in zip(rows, got):
+        out[i] = g
+    return out
+
+
+def ranked(lp: torch.Tensor, chosen: list[int], ks: list[int]) -> list[TokenLogprob]:
+    """Row j of the logprobs `lp` [n, vocab]: chosen[j]'s logprob, its rank (how many tokens
+    have a logprob >= it, as vLLM's `Sampler.gather_logprobs`) and the top ks[j]."""
+    ids = torch.tensor([[t] for t in chosen], dtype=torch.int64)
+    chosen_lp = lp.gather(1, ids)
     ranks = (lp >= chosen_lp).sum(dim=-1).tolist()
-    k = max(params[i].logprobs for i in rows)
+    k = max(ks, default=0)
     top_lp, top_ids = torch.topk(lp, min(k, lp.shape[-1]), dim=-1) if k else (None, None)
-    for j, i in enumerate(rows):
-        ki = params[i].logprobs
-        top = tuple(zip(top_ids[j, :ki].tolist(), top_lp[j, :ki].tolist())) if ki else ()
-        out[i] = TokenLogprob(tokens[i], float(chosen_lp[j, 0]), int(ranks[j]), top)
+    out = []
+    for j, (t, kj) in enumerate(zip(chosen, ks)):
+        top = tuple(zip(top_ids[j, :kj].tolist(), top_lp[j, :kj].tolist())) if kj else ()
+        out.append(TokenLogprob(t, float(chosen_lp[j, 0]), int(ranks[j]), top))
+    return out
+
+
+def prompt_logprobs(logits: torch.Tensor, targets: list[tuple[int, ...]], ks: list[int]
+                    ) -> list[tuple[TokenLogprob, ...]]:
+    """vLLM's prompt logprobs: `logits` holds, chunk after chunk, the rows of the positions
+    before each chunk's `targets` (the next prompt tokens); raw log_softmax (no processing:
+    vLLM applies none to prompt logits)."""
+    if not targets:
+        return []
+    lp = logits.float().log_softmax(dim=-1)
+    flat = ranked(lp, [t for ts in targets for t in ts],
+                  [k for ts, k in zip(targets, ks) for _ in ts])
+    out, at = [], 0
+    for ts in targets:
+        out.append(tuple(flat[at:at + len(ts)]))
+        at += len(ts)
     return out

@@ -147,8 +147,9 @@ class InstanceScheduler:
         """A request with no KV starts at its first uncached block. The last prompt token is
         always computed (its logits give the first token); a micro-request's first segment
         takes no block at or past its hand-off point."""
-        if req.homes or req.num_computed or not self.pool.caching:
-            return False
+        if req.homes or req.num_computed or not self.pool.caching or (
+                req.spec.sampling.prompt_logprobs is not None):
+            return False     # prompt logprobs need every prompt position's logits (as vLLM)
         last = len(req.tokens) - 1
         if req.handoff_pending:
             last = min(last, req.spec.split.handoff_at - 1)
@@ -219,6 +220,8 @@ class InstanceScheduler:
             end = req.num_computed + n
             table = tuple(tp_block_id(h, first, size) for h in req.homes)
             sample = req.sample_params() if end == len(req.tokens) else None
+            targets = req.targets(req.num_computed, end)
             out.append(SeqChunk(req.id, tuple(req.tokens[req.num_computed:end]),
-                                req.num_computed, table, sample))
+                                req.num_computed, table, sample, targets,
+                                req.spec.sampling.prompt_logprobs or 0))
         return tuple(out)

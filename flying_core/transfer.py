@@ -29,6 +29,7 @@ from flying_core.kv_format import (
     import_action,
 )
 from flying_core.kv_plan import head_location
+from flying_core.prefix_cache import extend_hashes
 from flying_core.request import Request
 from flying_core.scheduler import InstanceScheduler
 from flying_core.sequencer import Sequencer
@@ -51,6 +52,7 @@ class PendingExport:
     held: Held
     order: dict[int, list[tuple[int, int]]]   # worker -> (block index, head) per row
     parts: dict[int, bytes] = field(default_factory=dict)
+    skip: int = 0                             # leading blocks not sent (the receiver's cache)
 
 
 def _np_dtype(torch_dtype_name: str):
@@ -91,27 +93,33 @@ class Transfers:
                 self.pool.release(h.req.homes)
                 del self.held[rid]
 
-    def start_export(self, request_id: str, result) -> None:
+    def start_export(self, request_id: str, result, skip: int = 0) -> None:
+        """Gather the held KV but its first `skip` blocks (at most its full computed ones;
+        one block at least is sent, so an export is never empty)."""
         held = self.held.pop(request_id, None)
         if held is None:
             result.set_exception(NotFound(f"no KV held for {request_id!r}"))
             return
-        rows = self._layout_rows(held.req.homes, held.first, held.size)
+        skip = max(0, min(skip, held.req.num_computed // self.block_size,
+                          len(held.req.homes) - 1))
+        rows = self._layout_rows(held.req.homes[skip:], held.first, held.size)
         ticket = self.seq.next_ticket()
         for w, items in rows.items():
             self.seq.send([w], ExportCmd(ticket, tuple(r for r, _ in items)))
         self.exports[ticket] = PendingExport(
-            result, held, {w: [ik for _, ik in items] for w, items in rows.items()})
+            result, held, {w: [ik for _, ik in items] for w, items in rows.items()}, skip=skip)
 
     def on_exported(self, reply: Exported) -> None:
         pe = self.exports[reply.ticket]
         pe.parts[reply.worker] = reply.data
         if len(pe.parts) < len(pe.order):
             return
-        del self.exports[reply.ticket]
+        self._exported(self.exports.pop(reply.ticket))
+
+    def _exported(self, pe: PendingExport) -> None:
         req, (L, H, X) = pe.held.req, self.block_shape
         dt = _np_dtype(self.info.dtype)
-        canon = np.empty((len(req.homes), L, H, X), dtype=dt)
+        canon = np.empty((len(req.homes) - pe.skip, L, H, X), dtype=dt)
         for w, order in pe.order.items():
             arr = np.frombuffer(pe.parts[w], dtype=dt).reshape(L, len(order), X)
             for j, (i, k) in enumerate(order):
@@ -120,12 +128,21 @@ class Transfers:
         req.homes = []
         pe.result.set_result(KVExport(self.info.dtype, self.block_shape, req.num_computed,
                                       tuple(canon[i].tobytes() for i in range(len(canon))),
-                                      self.format.layout))
+                                      self.format.layout, pe.skip))
 
     def fail(self, error: FlyingError) -> None:
         for pe in self.exports.values():
             pe.result.set_exception(error)
         self.exports.clear()
+
+    def cached_prefix(self, tokens: tuple[int, ...]) -> int:
+        """The most leading full blocks of `tokens[:-1]` one open instance caches."""
+        n = (len(tokens) - 1) // self.block_size
+        if not self.pool.caching or n <= 0:
+            return 0
+        hashes = extend_hashes([], tokens, n, self.block_size, self.pool.salt)
+        return max((len(self.pool.lookup(s.scope, hashes)) for s in self.instances
+                    if not s.closing), default=0)
 
     def adopt(self, req: Request, kv: KVExport | None, switching: bool) -> bool:
         """Import the KV of a request whose first segment ran elsewhere, onto an instance here;
@@ -135,7 +152,12 @@ class Transfers:
             self.stats.recomputed += 1
             return False
         workers = sched.inst.workers
-        homes = self.pool.alloc(workers, len(kv.blocks), self.pool.least_used(workers))
+        hit = sched.take_cached(req, kv.first_block) if kv.first_block else []
+        if len(hit) < kv.first_block:      # evicted since the sender was told: recompute
+            self.pool.release(hit)
+            self.stats.recomputed += 1
+            return False
+        homes = hit + self.pool.alloc(workers, len(kv.blocks), self.pool.least_used(workers))
         dt = _np_dtype(kv.dtype)
         blocks = [np.frombuffer(b, dtype=dt).reshape(kv.block_shape) for b in kv.blocks]
         sent = format_of(kv)
@@ -143,14 +165,17 @@ class Transfers:
             blocks = [convert_block(b, sent.row, self.format.row, self.info.head_size)
                       for b in blocks]
         ticket = self.seq.next_ticket()
-        for w, items in self._layout_rows(homes, sched.inst.first, sched.inst.size).items():
+        for w, items in self._layout_rows(homes[len(hit):], sched.inst.first,
+                                          sched.inst.size).items():
             data = np.stack([blocks[i][:, k, :] for _, (i, k) in items], axis=1)
             self.seq.send([w], ImportCmd(ticket, tuple(r for r, _ in items),
                                          np.ascontiguousarray(data).tobytes()))
         req.homes, req.num_computed, req.instance = homes, kv.num_computed, sched.inst.index
+        req.cached_blocks = len(hit)
         req.started = time.perf_counter()
         sched.running.append(req)
         self.stats.imported += 1
+        self.stats.cached_blocks += len(hit)
         self.stats.kv_bytes += sum(len(b) for b in kv.blocks)
         return True
 
@@ -160,7 +185,14 @@ class Transfers:
             return None
         per_block = int(np.prod(self.block_shape)) * np.dtype(_np_dtype(kv.dtype)).itemsize
         need = -(-kv.num_computed // self.block_size)
-        if len(kv.blocks) != need or any(len(b) != per_block for b in kv.blocks) \
+        if kv.first_block + len(kv.blocks) != need or kv.first_block < 0 \
+                or any(len(b) != per_block for b in kv.blocks) \
                 or not 0 < kv.num_computed < len(req.tokens):
             return None
-        return self.instances.choose(req, need_blocks=need)
+        if not kv.first_block:
+            return self.instances.choose(req, need_blocks=need)
+        # the instance that caches the blocks not sent (the sender was told one does)
+        return next((s for s in self.instances if not s.closing and s.fits(req)
+                     and len(self.pool.lookup(s.scope, s.hashes(req, kv.first_block)))
+                     >= kv.first_block
+                     and self.pool.total_free(s.inst.workers) >= len(kv.blocks)), None)

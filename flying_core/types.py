@@ -56,6 +56,10 @@ class SamplingSpec:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     structured: StructuredSpec | None = None
+    # vLLM's prompt_logprobs: for each prompt token after the first, its raw logprob and the
+    # top-k (0: the prompt token only). Such a request reads no cached prefix (its logits
+    # must be computed), as in vLLM.
+    prompt_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -114,6 +118,9 @@ class TokenEvent:
     instance: int
     text: str = ""          # incremental text (stop strings already applied)
     logprobs: tuple[TokenLogprob, ...] = ()   # one per token when the request asked for them
+    # with the request's first token, when it asked for prompt_logprobs: one per prompt token;
+    # the first (which nothing predicts: vLLM's None) has rank 0 and no logprob
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -284,3 +291,6 @@ class KVExport:
     num_computed: int                     # tokens whose KV the blocks hold
     blocks: tuple[bytes, ...]
     layout: str = "LBHNC/k_then_v"        # order/row format of the bytes (kv_format.KVFormat)
+    # the blocks are the request's from this one on: the receiver said it caches the first
+    # `first_block` (its prefix cache), so they were not sent
+    first_block: int = 0

@@ -244,7 +244,8 @@ class Worker:
         match cmd:
             case StepCmd():
                 tokens, ms = self.step(cmd)
-                return StepDone(cmd.ticket, self.rank, tuple(tokens), ms) \
+                return StepDone(cmd.ticket, self.rank, tuple(tokens), ms,
+                                tuple(self.runners[cmd.size].prompt_out)) \
                     if cmd.first == self.rank else None
             case MoveCmd():
                 nbytes, ms = self.move(cmd)

@@ -56,7 +56,8 @@ def reference_outputs(
     """Plain vLLM's outputs with any further vLLM SamplingParams (`sampling`: penalties,
     logit_bias, min_tokens, stop_token_ids, ... ; greedy and ignore_eos unless given): per
     prompt {"token_ids": [...], "text": str, "finish_reason": str, "logprobs": None or, per
-    output token, [[token_id, logprob, rank], ...] in vLLM's order (sampled token first)}."""
+    output token, [[token_id, logprob, rank], ...] in vLLM's order (sampled token first),
+    "prompt_logprobs": None or the same per prompt token, the first None}."""
     req = {
         "mode": "outputs",
         "prompts": [[int(t) for t in p] for p in prompts],
@@ -191,7 +192,8 @@ def _child(req: dict[str, Any]) -> dict[str, Any]:
     if req["mode"] == "outputs":
         outs = llm.generate([{"prompt_token_ids": p} for p in req["prompts"]], params,
                             use_tqdm=False)
-        return {"outputs": [_output(o.outputs[0]) for o in outs]}
+        return {"outputs": [{**_output(o.outputs[0]), "prompt_logprobs": _steps(
+            o.prompt_logprobs)} for o in outs]}
     if req["mode"] == "chat":
         outs = llm.chat(req["messages"], params, use_tqdm=False)
         out = outs[0].outputs[0]
@@ -199,10 +201,16 @@ def _child(req: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown mode {req['mode']!r}")
 
 
-def _output(out) -> dict[str, Any]:
-    lps = None if out.logprobs is None else [
+def _steps(steps) -> list | None:
+    """vLLM's per-token logprob dicts as [[token_id, logprob, rank], ...] (None kept)."""
+    return None if steps is None else [
+        None if step is None else
         [[int(t), float(lp.logprob), int(lp.rank)] for t, lp in step.items()]
-        for step in out.logprobs]
+        for step in steps]
+
+
+def _output(out) -> dict[str, Any]:
+    lps = _steps(out.logprobs)
     return {"token_ids": list(out.token_ids), "text": out.text,
             "finish_reason": out.finish_reason, "logprobs": lps}
 

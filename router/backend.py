@@ -35,6 +35,9 @@ class TextDelta:
     text: str                             # may be "" (e.g. text held back for stop matching)
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprob, ...] = ()   # one per token id when the request asked
+    # with the first token, when the request asked for prompt_logprobs: one per prompt token
+    # (the first has rank 0: vLLM's None)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

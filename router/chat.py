@@ -70,11 +70,14 @@ class _Common(BaseModel):
     skip_special_tokens: bool | None = True
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
+    prompt_logprobs: int | None = None    # vLLM's: checked in `_prompt_logprobs`
 
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)   # 0: only with echo (the prompt alone)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool | None = False   # the prompt before the text (and its logprobs, with logprobs)
 
 
 class ChatRequest(_Common):
@@ -90,8 +93,26 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop) if s)
 
 
+def _prompt_logprobs(body: _Common, derived: int | None) -> int | None:
+    """The request's prompt_logprobs (vLLM's checks: none > 0 when streaming, -1 is the
+    whole vocabulary, which Flying does not return); `derived`: echo's (the logprobs k)."""
+    k = body.prompt_logprobs
+    if k is None:
+        return derived
+    if body.stream and (k > 0 or k == -1):
+        raise InvalidArgument("`prompt_logprobs` are not available when `stream=True`.")
+    if k == -1:
+        raise InvalidArgument(f"'prompt_logprobs': -1 (the whole vocabulary) is not supported "
+                              f"by Flying; at most {MAX_LOGPROBS}")
+    if not 0 <= k <= MAX_LOGPROBS:
+        raise InvalidArgument(f"'prompt_logprobs' must be in [0, {MAX_LOGPROBS}] (or -1), "
+                              f"got {k}")
+    return k
+
+
 def _sampling(body: _Common, max_tokens: int, logprobs: int | None,
-              defaults: dict[str, Any], rid: str, chat: bool) -> SamplingSpec:
+              defaults: dict[str, Any], rid: str, chat: bool,
+              prompt_logprobs: int | None = None) -> SamplingSpec:
     """The request's sampling; an omitted parameter takes the model's generation_config
     default (`defaults`), else vLLM's neutral one: user -> model -> vLLM, as vLLM does."""
     structured = structured_spec(body.response_format, body.structured_outputs,
@@ -117,7 +138,8 @@ def _sampling(body: _Common, max_tokens: int, logprobs: int | None,
         logit_bias=tuple(sorted((int(t), float(b)) for t, b in (body.logit_bias or {}).items())),
         min_tokens=body.min_tokens or 0, stop_token_ids=tuple(body.stop_token_ids or ()),
         include_stop_str_in_output=bool(body.include_stop_str_in_output),
-        skip_special_tokens=body.skip_special_tokens is not False, structured=structured)
+        skip_special_tokens=body.skip_special_tokens is not False, structured=structured,
+        prompt_logprobs=_prompt_logprobs(body, prompt_logprobs))
 
 
 def choices(req: GatewayRequest, n: int) -> list[GatewayRequest]:
@@ -229,7 +251,12 @@ def completion_request(body: CompletionRequest, rid: str,
                        defaults: dict[str, Any]) -> list[GatewayRequest]:
     """One GatewayRequest per choice."""
     prompt, ids = _prompt(body.prompt)
-    sampling = _sampling(body, body.max_tokens or 16, body.logprobs, defaults, rid, False)
+    if body.max_tokens == 0 and not body.echo:
+        raise InvalidArgument("max_tokens: must be >= 1 (0 only with echo: the prompt alone)")
+    # vLLM: echo asks for the prompt's logprobs with the output's k; echo with max_tokens 0
+    # generates one token that the response leaves out
+    sampling = _sampling(body, 1 if body.max_tokens == 0 else body.max_tokens or 16, body.logprobs, defaults, rid, False,
+                         body.logprobs if body.echo else None)
     return choices(GatewayRequest(rid, prompt, ids, sampling, body.priority or 0), body.n or 1)
 
 

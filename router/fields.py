@@ -30,7 +30,6 @@ NEUTRAL: dict[str, tuple] = {
     "spaces_between_special_tokens": (None, True),
     "truncate_prompt_tokens": _NONE,
     "truncation_side": _NONE,
-    "prompt_logprobs": _NONE,
     "logprob_token_ids": _EMPTY,
     "allowed_token_ids": _EMPTY,
     "bad_words": _EMPTY,
@@ -53,7 +52,7 @@ CHAT_NEUTRAL: dict[str, tuple] = {
     "tool_choice": (None, "none", "auto"),            # without tools both mean "no tool"
     "reasoning_effort": _NONE,
     "include_reasoning": (None, True),                # no reasoning parser: nothing to drop
-    "echo": (None, False),
+    "echo": (None, False),                            # the last message's echo: not yet
     "add_generation_prompt": (None, True),
     "continue_final_message": (None, False),
     "add_special_tokens": (None, False),
@@ -65,7 +64,6 @@ CHAT_NEUTRAL: dict[str, tuple] = {
     "return_prompt_text": (None, False),
 }
 COMPLETION_NEUTRAL: dict[str, tuple] = {
-    "echo": (None, False),                            # prompt logprobs: not yet
     "suffix": _EMPTY,
     "prompt_embeds": _EMPTY,
     "add_special_tokens": (None, True),               # the agent's tokenizer adds them

@@ -57,8 +57,10 @@ def penalized(s: pb.SamplingParams) -> bool:
     presence/frequency penalties count output tokens only, and a structured output's grammar
     state lives with the request. A segment that carries the output so far as its prompt
     would lose that, so such requests are not split across nodes (repetition_penalty counts
-    prompt and output alike: no matter)."""
-    return s.presence_penalty != 0.0 or s.frequency_penalty != 0.0 or s.HasField("structured")
+    prompt and output alike: no matter). Nor are requests for prompt logprobs: the prompt's
+    logits are computed once, on the node that computes the whole prompt."""
+    return (s.presence_penalty != 0.0 or s.frequency_penalty != 0.0
+            or s.HasField("structured") or s.HasField("prompt_logprobs"))
 
 
 def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
@@ -68,6 +70,7 @@ def resume_request(req: pb.GenerateRequest, produced: list[int], from_agent: str
     cont.sampling.CopyFrom(req.sampling)
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
     cont.sampling.min_tokens = max(0, req.sampling.min_tokens - len(produced))
+    cont.sampling.ClearField("prompt_logprobs")     # sent with the first segment's token
     cont.prompt_token_ids.ids.extend([*req.prompt_token_ids.ids, *produced])
     cont.continued_tokens = req.continued_tokens + len(produced)
     cont.resume.from_agent = from_agent
@@ -85,6 +88,8 @@ def continue_request(req: pb.GenerateRequest, produced: list[int], attempt: int
     cont.ClearField("instance")
     cont.sampling.max_tokens = req.sampling.max_tokens - len(produced)
     cont.sampling.min_tokens = max(0, req.sampling.min_tokens - len(produced))
+    if produced:
+        cont.sampling.ClearField("prompt_logprobs")  # sent with the first token already
     cont.prompt_token_ids.ids.extend(produced)
     cont.continued_tokens = req.continued_tokens + len(produced)
     return cont

@@ -17,7 +17,7 @@ from flying import logs
 from flying.errors import STATUS_TABLE, http_status
 from flying.settings import RouterSettings
 from flying_core.errors import FlyingError, Internal, NotFound, Unavailable
-from router import chat, fanout
+from router import chat, echo, fanout
 from router.backend import Backend, Done, GatewayRequest, TextDelta
 from router.edge import Edge, error_body, error_response, sse
 from router.metrics import RequestTrack, RouterMetrics
@@ -99,11 +99,16 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
             raise NotFound(f"The model '{name}' does not exist (served: {', '.join(known)})")
         return name or settings.model_name
 
-    async def serve(request: Request, reqs: list[GatewayRequest], shape: Shape, body: Any):
+    async def serve(request: Request, reqs: list[GatewayRequest], shape: Shape, body: Any,
+                    echo_text: str | None = None, prompt_only: bool = False):
         state, track = request.state.log, metrics.track()
         it, streaming = None, False
         try:
-            it = fanout.merge([backend.generate(r) for r in reqs])
+            streams = [backend.generate(r) for r in reqs]
+            if echo_text is not None:
+                streams = [echo.echoed(s, echo_text, shape.k is not None, prompt_only)
+                           for s in streams]
+            it = fanout.merge(streams)
             if not body.stream:
                 results = await _until_disconnect(request, collect(it, len(reqs), track, state))
                 return JSONResponse(shape.full(results))
@@ -143,6 +148,7 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
                       state: dict) -> list[tuple[str, Done, tuple]]:
         texts: list[list[str]] = [[] for _ in range(n)]
         lps: list[list] = [[] for _ in range(n)]
+        plps: list[tuple] = [() for _ in range(n)]
         dones: dict[int, Done] = {}
         try:
             async for i, ev in it:
@@ -150,11 +156,12 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
                     track.tokens(len(ev.token_ids))
                     texts[i].append(ev.text)
                     lps[i].extend(ev.logprobs)
+                    plps[i] = plps[i] or ev.prompt_logprobs
                 elif isinstance(ev, Done):
                     dones[i] = check_done(ev)
                     if len(dones) == n:
                         finish([dones[j] for j in range(n)], track, state)
-                        return [("".join(texts[j]), dones[j], tuple(lps[j]))
+                        return [("".join(texts[j]), dones[j], tuple(lps[j]), plps[j])
                                 for j in range(n)]
             raise Internal("the backend ended the stream without a result")
         finally:
@@ -211,8 +218,10 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
     async def completions(body: chat.CompletionRequest, request: Request):
         rid = request.state.request_id
         reqs = chat.completion_request(body, rid, defaults)
-        shape = Shape(False, rid, model_for(body.model), tokenizer, body.logprobs)
-        return await serve(request, reqs, shape, body)
+        shape = Shape(False, rid, model_for(body.model), tokenizer, body.logprobs,
+                      reqs[0].sampling.prompt_logprobs is not None and not body.stream)
+        text = echo.prompt_text(reqs[0], tokenizer) if body.echo else None
+        return await serve(request, reqs, shape, body, text, body.max_tokens == 0)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: chat.ChatRequest, request: Request):
@@ -220,7 +229,9 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
         model = model_for(body.model)
         reqs = chat.chat_request(body, rid, tokenizer, chat_max_tokens, defaults)
         k = (body.top_logprobs or 0) if body.logprobs else None
-        return await serve(request, reqs, Shape(True, rid, model, tokenizer, k), body)
+        shape = Shape(True, rid, model, tokenizer, k,
+                      reqs[0].sampling.prompt_logprobs is not None and not body.stream)
+        return await serve(request, reqs, shape, body)
 
     @app.get("/v1/models")
     async def models() -> dict:

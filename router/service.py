@@ -62,7 +62,9 @@ class DispatchBackend:
             async for resp in stream:
                 if resp.HasField("chunk"):
                     yield TextDelta(resp.chunk.text, tuple(resp.chunk.token_ids),
-                                    tuple(map(wire.logprob_from_pb, resp.chunk.logprobs)))
+                                    tuple(map(wire.logprob_from_pb, resp.chunk.logprobs)),
+                                    tuple(map(wire.logprob_from_pb,
+                                              resp.chunk.prompt_logprobs)))
                 else:
                     c = resp.complete
                     yield Done(c.finish_reason, c.usage.prompt_tokens,

@@ -13,12 +13,14 @@ LOGPROB_FLOOR = -9999.0   # vLLM's (and OpenAI's) JSON-safe stand-in for -inf
 
 class Shape:
     """`tokenizer` names tokens in logprobs (each decoded alone, as vLLM does); without one
-    they read "token_id:N" (vLLM's return_tokens_as_token_ids)."""
+    they read "token_id:N" (vLLM's return_tokens_as_token_ids). `prompt_logprobs`: whether
+    the response carries them (completions: in each choice; chat: beside the choices)."""
 
     def __init__(self, chat: bool, rid: str, model: str, tokenizer: Any = None,
-                 top_logprobs: int | None = None):
+                 top_logprobs: int | None = None, prompt_logprobs: bool = False):
         self.chat, self.rid, self.model, self.created = chat, rid, model, int(time.time())
         self.tokenizer, self.k = tokenizer, top_logprobs
+        self.with_prompt = prompt_logprobs
         self._offset: dict[int, int] = {}      # choice -> completion text_offset so far
 
     def _obj(self, choices: list, stream: bool) -> dict:
@@ -44,11 +46,19 @@ class Shape:
         return {"index": index, "delta": {"role": "assistant", "content": ""},
                 "logprobs": None, "finish_reason": None}
 
-    def full(self, results: list[tuple[str, Done, tuple[TokenLogprob, ...]]]) -> dict:
-        """The non-streamed response: one (text, Done, logprobs) per choice, in order."""
-        choices = [self.choice(i, text, done.finish_reason, False, lps)
-                   for i, (text, done, lps) in enumerate(results)]
-        return {**self._obj(choices, False), "usage": usage([d for _, d, _ in results])}
+    def full(self, results: list[tuple]) -> dict:
+        """The non-streamed response: one (text, Done, logprobs, prompt logprobs) per
+        choice, in order."""
+        choices = [self.choice(i, r[0], r[1].finish_reason, False, r[2])
+                   for i, r in enumerate(results)]
+        out = {**self._obj(choices, False), "usage": usage([r[1] for r in results])}
+        if self.with_prompt:
+            if self.chat:   # vLLM's ChatCompletionResponse: the first choice's, once
+                out["prompt_logprobs"] = self.prompt_logprobs(results[0][3])
+            else:
+                for c, r in zip(choices, results):
+                    c["prompt_logprobs"] = self.prompt_logprobs(r[3])
+        return out
 
     def chunk(self, choices: list, usage_: Any = ...) -> dict:
         obj = self._obj(choices, True)
@@ -76,12 +86,32 @@ class Shape:
             tok = self.token(lp.token_id)
             out["text_offset"].append(offset)
             out["tokens"].append(tok)
+            offset += len(tok)
+            if lp.rank == 0:     # an echoed first prompt token: nothing predicts it
+                out["token_logprobs"].append(None)
+                out["top_logprobs"].append(None)
+                continue
             out["token_logprobs"].append(max(lp.logprob, LOGPROB_FLOOR))
             out["top_logprobs"].append({self.token(t): max(v, LOGPROB_FLOOR)
                                         for t, v in self._entries(lp)[:self.k + 1]})
-            offset += len(tok)
         self._offset[index] = offset
         return out
+
+    def prompt_logprobs(self, lps: tuple[TokenLogprob, ...]) -> list | None:
+        """vLLM's `prompt_logprobs`: None for the first prompt token, then per token a dict
+        token id -> {logprob, rank, decoded_token}: the prompt token first, then the top-k."""
+        if not lps:
+            return None
+
+        def entry(lp: TokenLogprob) -> dict | None:
+            if lp.rank == 0:
+                return None
+            out = {str(lp.token_id): (lp.logprob, lp.rank)}
+            for r, (t, v) in enumerate(lp.top, 1):
+                out.setdefault(str(t), (v, r))
+            return {t: {"logprob": max(v, LOGPROB_FLOOR), "rank": r,
+                        "decoded_token": self.token(int(t))} for t, (v, r) in out.items()}
+        return [entry(lp) for lp in lps]
 
     def _chat_entry(self, lp: TokenLogprob) -> dict:
         def one(token_id: int, value: float) -> dict:

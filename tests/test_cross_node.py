@@ -98,3 +98,29 @@ def test_broken_transfer_falls_back_to_recompute(nodes, prompts, reference):
     assert s1.tokens + s2.tokens == reference[0]
     s3 = second_segment(b, p, s1, None, "lost-b")               # no transfer at all
     assert s1.tokens + s3.tokens == reference[0]
+
+
+def test_transfer_skips_the_blocks_the_receiver_caches(nodes, prompts, reference):
+    """B already served the prompt: its prefix cache holds the prompt's full blocks, so A
+    sends only the rest (the export starts at B's first uncached block) and B's tokens still
+    equal the reference."""
+    a, b = nodes
+    p = prompts[0]                                    # 40+ tokens: one full block at least
+    whole_text(b, p)                                  # B caches p's full blocks
+    before = b.handoff_stats()
+    at = len(p) + 3
+    s1 = first_segment(a, p, at, "skip-a")
+    skip = b.cached_prefix_blocks(tuple(p) + tuple(s1.tokens))
+    assert at // 32 >= skip >= len(p) // 32 >= 1     # B cached p and its own same tokens
+    kv = a.export_kv(s1.request_id, skip=skip)
+    need = -(-at // 32)
+    assert kv.first_block == skip and len(kv.blocks) == need - skip
+    s2 = second_segment(b, p, s1, kv, "skip-b")
+    assert s1.tokens + s2.tokens == reference[0]
+    after = b.handoff_stats()
+    assert after.imported == before.imported + 1
+    assert after.cached_blocks == before.cached_blocks + skip
+    # the wire carries where the blocks start
+    from flying import wire
+    assert wire.kv_from_chunks(list(wire.kv_to_chunks(kv))) == kv
+    assert a.kv_blocks_used() == 0

@@ -89,15 +89,22 @@ def test_vllm_sampling_fields_and_logprobs_round_trip():
                      presence_penalty=0.5, frequency_penalty=-0.75, repetition_penalty=1.25,
                      logit_bias=((5, -100.0), (7, 2.5)), min_tokens=2, stop_token_ids=(9, 4),
                      include_stop_str_in_output=True, skip_special_tokens=False,
-                     structured=StructuredSpec("regex", "[a-z]+"))
+                     structured=StructuredSpec("regex", "[a-z]+"), prompt_logprobs=4)
     back = wire.sampling_from_pb(pb.SamplingParams.FromString(
         wire.sampling_to_pb(s).SerializeToString()))
     assert back == s
     zero = wire.sampling_from_pb(wire.sampling_to_pb(SamplingSpec(logprobs=0)))
     assert zero.logprobs == 0 and zero.repetition_penalty == 1.0 and zero.skip_special_tokens
+    assert zero.prompt_logprobs is None
+    assert wire.sampling_from_pb(wire.sampling_to_pb(
+        SamplingSpec(prompt_logprobs=0))).prompt_logprobs == 0
     lp = TokenLogprob(7, -0.5, 2, ((3, -0.25), (7, -0.5)))
     msg = wire.chunk_to_pb([TokenEvent("r", (7,), 0, "x", (lp,))])
     assert [wire.logprob_from_pb(x) for x in msg.chunk.logprobs] == [lp]
+    first = TokenLogprob(1, 0.0, 0)      # the first prompt token's: vLLM's None
+    msg = wire.chunk_to_pb([TokenEvent("r", (7,), 0, "x", (lp,), (first, lp)),
+                            TokenEvent("r", (8,), 0, "y")])
+    assert [wire.logprob_from_pb(x) for x in msg.chunk.prompt_logprobs] == [first, lp]
 
 
 def test_kv_format_travels_with_the_chunks():
