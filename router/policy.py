@@ -35,7 +35,7 @@ decided while a node is switching, warming, draining or restarting):
    only once it has lasted `regime_confirm_s` (a load swinging faster than that moves nothing).
    **Trend**: when the arrival rate rose by `trend_enter` req/s per second per worker over
    `trend_window_s` and, projected `trend_horizon_s` ahead, reaches `trend_rate` req/s per
-   worker, BURST is entered and confirmed at once and the split may come after
+   worker, on `trend_ticks` evaluations in a row, BURST is entered and confirmed at once and the split may come after
    `onset_dwell_s` (a burst is split before its backlog builds up).
 4. After `min_dwell_s` in the current layout, every aligned layout is scored by the profile at
    the node's demand (`views.score_layout`; layouts with an unprofiled size are skipped, and
@@ -101,6 +101,7 @@ class _Node:
     costs: tuple = ()                       # the smoothed profile
     onset: bool = False                     # the last regime change was a trend onset
     growing: bool = False                   # the backlog grew over grow_window_s
+    rising: int = 0                         # evaluations in a row the rate rose fast
     urgent_until: float = -math.inf         # an urgent merge's size / reservation lasts
     urgent_size: int = 0
     reserved: int | None = None             # instance index reserved for urgent traffic
@@ -201,8 +202,10 @@ class Policy:
         st.history.add(now, sig.arrival_rate, waiting)
         st.growing = st.history.backlog_growth(c.grow_window_s) >= c.grow_min * n
         slope = st.history.rate_slope(c.trend_window_s)
-        onset = (slope >= c.trend_enter * n and
-                 sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
+        rising = (slope >= c.trend_enter * n and
+                  sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
+        st.rising = st.rising + 1 if rising else 0
+        onset = st.rising >= c.trend_ticks
         if onset and st.regime != Regime.BURST:
             st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
             return

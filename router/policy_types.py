@@ -60,8 +60,9 @@ class PolicyConfig:
     profile_alpha: float = 0.2      # EWMA weight of a new profile observation (1: raw)
     trend_window_s: float = 1.0     # the arrival rate is compared with its value this long ago
     trend_enter: float = 1.0        # rate rise (req/s per s, per worker) that is a burst onset
-    trend_rate: float = 1.0         # ... when the rate projected ahead reaches this per worker
+    trend_rate: float = 4.0         # ... when the rate projected ahead reaches this per worker
     trend_horizon_s: float = 2.0    # how far ahead the rising rate is projected
+    trend_ticks: int = 2            # ... on this many evaluations in a row (noise is no trend)
     onset_dwell_s: float = 1.0      # least time in a layout before a trend-driven split
     grow_window_s: float = 1.0      # the backlog is compared with its value this long ago
     grow_min: float = 1.0           # backlog growth per worker that makes a switch HARD
@@ -83,3 +84,5 @@ class PolicyConfig:
             raise ValueError("profile_alpha must be in (0, 1]")
         if min(self.trend_window_s, self.grow_window_s) <= 0:
             raise ValueError("trend_window_s and grow_window_s must be > 0")
+        if self.trend_ticks < 1:
+            raise ValueError("trend_ticks must be >= 1")

@@ -406,3 +406,35 @@ def test_config_rejects_bad_smoothing_and_windows():
         PolicyConfig(profile_alpha=0.0)
     with pytest.raises(ValueError):
         PolicyConfig(trend_window_s=0.0)
+
+
+def _poisson_rates(seed=7, rate=1.0, seconds=600, dt=0.5):
+    """The arrival rate the router would report (arrivals in the last 2 s / 2), every dt."""
+    import random
+    rng, t, arrivals = random.Random(seed), 0.0, []
+    while t < seconds:
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    return [(k * dt, sum(1 for a in arrivals if k * dt - 2.0 < a <= k * dt) / 2.0)
+            for k in range(int(seconds / dt))]
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_poisson_noise_at_low_load_is_no_burst_onset(seed):
+    p, layout, burst_ticks, decisions = Policy(), (2,), 0, []
+    rates = _poisson_rates(seed)                              # 1 req/s for 10 minutes
+    for now, rate in rates:
+        view = NodeView("n", status(layout, 0, 1))            # GPU: TP-2 is right here
+        for d in p.evaluate([view], {"n": LoadSignals(arrival_rate=rate)}, now):
+            decisions.append(d)
+            layout = d.layout
+        burst_ticks += p.regime("n") == Regime.BURST
+    assert decisions == [] and layout == (2,)
+    assert burst_ticks <= len(rates) // 100      # a rare cluster of arrivals at most
+    # the same noise read tick by tick, without the projection's floor, is a burst often
+    loose = Policy(PolicyConfig(trend_rate=0.0, trend_ticks=1))
+    for now, rate in rates:
+        loose.evaluate([NodeView("n", status((2,), 0, 1))],
+                       {"n": LoadSignals(arrival_rate=rate)}, now)
+        burst_ticks -= loose.regime("n") == Regime.BURST
+    assert burst_ticks < 0
