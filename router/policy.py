@@ -145,14 +145,13 @@ class Policy:
             if v.status.layout != st.layout:
                 if st.layout:
                     st.since = max(st.since, now)
-                st.layout = v.status.layout
+                st.layout, st.reserved = v.status.layout, None   # indexes changed meaning
             sig = loads.get(v.name, LoadSignals())
             if st.smoother is None:
                 st.smoother = Smoother(c.profile_alpha)
                 st.history = History(max(c.trend_window_s, c.grow_window_s))
             st.costs = st.smoother.update(v.status.costs)
-            if st.reserved is not None and (now >= st.urgent_until
-                                            or st.reserved >= len(v.status.instances)):
+            if st.reserved is not None and now >= st.urgent_until:
                 st.reserved = None
             self._track_regime(st, v.status, sig, now)
             d = self._decide(v, sig, st, now)

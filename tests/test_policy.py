@@ -394,6 +394,10 @@ def test_urgent_waiting_reserves_the_fastest_instance_when_tp_is_slower():
     assert p.reserved("n") == 1 and p.reservations(0.0) == {"n": 1}   # the less busy replica
     p.evaluate([NodeView("n", s)], {}, 2.0)
     assert p.reserved("n", 2.0) == 1                                  # held for urgent_hold_s
+    q = Policy(PolicyConfig(urgent_hold_s=5.0))
+    q.evaluate([NodeView("n", s)], urgent, 0.0)
+    q.evaluate([NodeView("n", status((2,), 12, 16, costs=CPU))], {}, 1.0)
+    assert q.reserved("n", 1.0) is None                  # the layout changed: indexes did too
     p.evaluate([NodeView("n", s)], {}, 5.5)
     assert p.reserved("n", 5.5) is None and p.reservations() == {}
     fresh = {"n": LoadSignals(urgent_waiting=1, urgent_wait_s=0.1)}
