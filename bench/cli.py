@@ -15,8 +15,10 @@ load only; ``--model tiny|smollm2``, default tiny) are separate runs, not part o
 
 Runs the scenarios over every system (bench/scenarios.py), then writes ``<out>/summary.json``
 and ``<out>/summary.md`` (the README table, with the command that made it) and prints the
-tables; ``check`` verifies that ``<out>/summary.md`` matches its JSON. Exit status 0 when
-every system ran and no request failed (cold restart excepted: its failed requests are the
+tables; ``check`` recomputes every metric and headline from the committed per-request
+records (``<out>/records/*.jsonl.gz``) and verifies that the JSON and ``<out>/summary.md``
+match them. Exit status 0 when every system ran, kept to its schedule (send-lag guard) and no
+request failed (cold restart excepted: its failed requests are the
 recorded cost of restarting), 1 otherwise, 2 on a bad argument. ``check`` also verifies
 ``<out>/engine.md`` against ``engine.json`` when there is one.
 
@@ -62,7 +64,7 @@ def problems(results: dict[str, dict]) -> list[str]:
     for name, res in results.items():
         for system, e in res["systems"].items():
             status = e.get("status", "")
-            if status.startswith("not run: failed"):
+            if status.startswith(("not run: failed", "invalid")):
                 out.append(f"{name}/{system}: {status[:200]}")
             if system == "cold-restart":
                 continue
@@ -85,7 +87,8 @@ def check(out: str) -> list[str]:
     found = [f for f in ("summary.json", "engine.json") if Path(out, f).is_file()]
     if not found:
         return [f"{out}: neither summary.json nor engine.json"]
-    return (summary.verify(out) if "summary.json" in found else []) + \
+    from bench import recheck
+    return (recheck.verify(out) + summary.verify(out) if "summary.json" in found else []) + \
         (engine_report.verify(out) if "engine.json" in found else [])
 
 

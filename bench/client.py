@@ -3,8 +3,12 @@
 Each request is sent at its arrival time (``POST {base}/v1/completions``, ``stream: true``,
 ``temperature: 0``, ``ignore_eos``, ``priority``, ``stream_options.include_usage``) whatever
 the state of earlier ones, and yields one :class:`~bench.records.Record`: send time, TTFT,
-the time of every streamed token chunk, end time, output tokens (the final usage when the
-server reports it, else the number of token chunks), HTTP status and error text. Failed
+the time of every streamed token chunk and how many tokens it carried (from ``logprobs``
+when ``token_logprobs`` asks for them: ``logprobs: 0`` returns each sampled token, so a
+chunk bundling k tokens is counted as k), end time, output tokens (the final usage when the
+server reports it, else the number of token chunks), HTTP status and error text. Each
+record keeps its scheduled and actual send time: ``send_lag_guard`` refuses a run whose
+load generator fell behind its schedule. Failed
 requests are recorded, never dropped; the whole run is bounded by ``total_timeout_s``.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
+import numpy as np
 
 from bench.records import Record
 from bench.workloads import Request
@@ -38,6 +43,7 @@ class ClientConfig:
     total_timeout_s: float = 900.0        # the whole run
     connect_timeout_s: float = 10.0
     max_connections: int | None = None    # None: unbounded (open loop)
+    token_logprobs: bool = False          # ask logprobs=0: exact tokens per streamed chunk
 
 
 def request_body(req: Request, cfg: ClientConfig, model: str | None) -> dict:
@@ -49,6 +55,8 @@ def request_body(req: Request, cfg: ClientConfig, model: str | None) -> dict:
         body["ignore_eos"] = True
     if cfg.send_priority:
         body["priority"] = req.priority
+    if cfg.token_logprobs:
+        body["logprobs"] = 0
     if cfg.include_usage:
         body["stream_options"] = {"include_usage": True}
     body.update(cfg.extra_body)
@@ -64,6 +72,17 @@ def _chunk_text(obj: dict) -> str:
     if "text" in c:
         return c.get("text") or ""
     return (c.get("delta") or {}).get("content") or ""
+
+
+def _chunk_token_count(obj: dict) -> int | None:
+    """Tokens in one streamed event when it lists them (completions ``logprobs.tokens``,
+    chat ``logprobs.content``); None when it does not say."""
+    choices = obj.get("choices") or []
+    lp = choices[0].get("logprobs") if choices and isinstance(choices[0], dict) else None
+    if not isinstance(lp, dict):
+        return None
+    toks = lp.get("tokens") if "tokens" in lp else lp.get("content")
+    return len(toks) if isinstance(toks, list) and toks else None
 
 
 def _finish_reason(obj: dict) -> str | None:
@@ -112,7 +131,7 @@ class _Run:
                 rec.error = f"HTTP {resp.status_code}: {text}"[:ERROR_TEXT_MAX]
                 rec.end_s = self.now()
                 return
-            chunks, done = 0, False
+            chunks, done, counted = 0, False, True
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
@@ -128,9 +147,12 @@ class _Run:
                     code = err.get("code") if isinstance(err, dict) else None
                     rec.error = f"stream error {code or ''}: {msg}".strip()[:ERROR_TEXT_MAX]
                     continue
-                if _chunk_text(obj):
+                k = _chunk_token_count(obj)
+                if _chunk_text(obj) or k:
                     chunks += 1
                     rec.token_times.append(t)
+                    counted = counted and k is not None
+                    rec.chunk_tokens.append(k or 0)
                     if rec.first_token_s is None:
                         rec.first_token_s = t
                 rec.finish_reason = _finish_reason(obj) or rec.finish_reason
@@ -140,8 +162,10 @@ class _Run:
                     rec.prompt_tokens = int(usage.get("prompt_tokens") or rec.prompt_tokens)
                     rec.usage_reported = True
             rec.end_s = self.now()
+            if not counted:
+                rec.chunk_tokens = []          # some chunk did not say: see Record.chunk_sizes
             if not rec.usage_reported:
-                rec.output_tokens = chunks
+                rec.output_tokens = sum(rec.chunk_tokens) if counted and chunks else chunks
             if not done and rec.error is None:
                 rec.error = "stream ended without [DONE]"
 
@@ -185,6 +209,19 @@ async def run_workload(requests: Sequence[Request], cfg: ClientConfig,
         if rec.send_s is None:
             rec.error = rec.error or "not sent before the total timeout"
     return records
+
+
+def send_lag_guard(records: Sequence[Record], max_p99_s: float) -> str | None:
+    """Why a run must be refused because its load generator fell behind (None: it kept to
+    its schedule): the p99 of (actual send - scheduled send) over the requests sent."""
+    lags = sorted(r.send_lag for r in records if r.send_lag is not None)
+    if not lags:
+        return None
+    p99 = float(np.percentile(lags, 99))
+    if p99 <= max_p99_s:
+        return None
+    return (f"invalid: the load generator fell behind (send-lag p99 {p99 * 1e3:.0f} ms > "
+            f"{max_p99_s * 1e3:.0f} ms; max {lags[-1] * 1e3:.0f} ms)")
 
 
 def run(requests: Sequence[Request], cfg: ClientConfig) -> list[Record]:

@@ -48,6 +48,8 @@ def vllm_server(name: str, cfg, tp: int, dp: int, log_dir: str | Path, **overrid
     """Stock ``vllm serve`` with the testbed's model, dtype, KV bytes per worker and CPU set
     (``cfg``: a systems.BedConfig); its ``max_model_len`` is what one instance's KV holds
     (vLLM refuses to start otherwise: it holds 3968 tokens of 16 MiB, we 4064).
+    Configured for a small box: one API server (``vllm serve`` otherwise starts one per DP
+    rank, two busy front ends on two cores) and the same CPU set as Flying's agent and router.
     ``overrides``: other ServeConfig fields (``enforce_eager``, ``api_server_count`` ...)."""
     from bench.vllm_serve import ServeConfig, VllmServer
     per_instance = cfg.kv_bytes * tp // kv_bytes_per_token(cfg.model)
@@ -57,6 +59,6 @@ def vllm_server(name: str, cfg, tp: int, dp: int, log_dir: str | Path, **overrid
                      tensor_parallel_size=tp, data_parallel_size=dp, kvcache_space_gib=None,
                      served_model_name="tiny",          # vLLM's own default API servers
                      extra_args=["--kv-cache-memory-bytes", str(cfg.kv_bytes)],
-                     env=bench_env(), cpus=cfg.cpus)
+                     env=bench_env(), cpus=cfg.cpus, api_server_count=1)
     sc = replace(sc, **overrides)
     return VllmServer(sc, Path(log_dir) / f"{name}.log")

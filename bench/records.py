@@ -4,6 +4,7 @@ All times are seconds on one monotonic clock, relative to the start of the run.
 """
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,8 @@ class Record:
     send_s: float | None = None           # when the request was actually sent
     first_token_s: float | None = None
     token_times: list[float] = field(default_factory=list)   # every streamed token chunk
+    chunk_tokens: list[int] = field(default_factory=list)    # tokens in each chunk (empty:
+    #                                                          the server did not say)
     end_s: float | None = None
     output_tokens: int = 0
     usage_reported: bool = False          # output_tokens came from the final usage
@@ -52,11 +55,30 @@ class Record:
             return None
         return (self.end_s - self.first_token_s) / (self.output_tokens - 1)
 
+    def chunk_sizes(self) -> list[int]:
+        """Tokens carried by each streamed chunk: as the server reported them (logprobs or
+        cumulative usage), else 1 each when the chunks add up to `output_tokens`, else the
+        first chunk 1 token and the rest of `output_tokens` spread as evenly as whole tokens
+        allow over the others."""
+        n = len(self.token_times)
+        if len(self.chunk_tokens) == n:
+            return [int(k) for k in self.chunk_tokens]
+        if n <= 1 or self.output_tokens <= n:
+            return [1] * n
+        q, r = divmod(self.output_tokens - 1, n - 1)
+        return [1] + [q + (i < r) for i in range(n - 1)]
+
     @property
     def itls(self) -> list[float]:
-        """Gaps between consecutive streamed token chunks."""
-        t = self.token_times
-        return [b - a for a, b in zip(t, t[1:])]
+        """Inter-token latencies, per TOKEN: a chunk carrying k tokens after a gap g counts
+        as k gaps of g / k (its tokens spread over its interval); the first chunk's extra
+        tokens came with the first token and add no gap."""
+        t, k = self.token_times, self.chunk_sizes()
+        out: list[float] = []
+        for a, b, n in zip(t, t[1:], k[1:]):
+            n = max(1, n)
+            out += [(b - a) / n] * n
+        return out
 
     @property
     def send_lag(self) -> float | None:
@@ -72,12 +94,19 @@ class Record:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _open(path: str | Path, mode: str):
+    """gzip for a ``.gz`` path (records are committed compressed), plain text otherwise."""
+    if str(path).endswith(".gz"):
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
 def save_jsonl(records: Iterable[Record], path: str | Path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with _open(path, "w") as f:
         for r in records:
             f.write(json.dumps(r.to_dict()) + "\n")
 
 
 def load_jsonl(path: str | Path) -> list[Record]:
-    with open(path, encoding="utf-8") as f:
+    with _open(path, "r") as f:
         return [Record.from_dict(json.loads(line)) for line in f if line.strip()]

@@ -120,6 +120,21 @@ def _class_mean(res: dict, system: str, cls: str):
     return (m.get(cls) or {}).get("ttft_mean")
 
 
+STATICS = ("static-dp", "static-tp")
+
+
+def _vs_best(h: dict, res: dict, metric: str, key: str, lower: bool, get=None) -> None:
+    """Flying against the BEST static layout for this metric (not the weaker one):
+    ``best_static_<key>`` names it, ``<key>_flying_over_best_static`` is Flying / best
+    (lower is better for latencies: <= 1 means Flying is at least as good; for throughput
+    >= 1 does)."""
+    get = get or (lambda s: _all(res, s).get(metric))
+    vals = {s: get(s) for s in STATICS if get(s) is not None}
+    best = (min if lower else max)(vals, key=vals.get, default=None)
+    h[f"best_static_{key}"] = best
+    h[f"{key}_flying_over_best_static"] = mx.ratio(get("flying"), vals[best]) if best else None
+
+
 def headline(scenario: str, res: dict) -> dict:
     """The ratios the paper reports, measured in this run (None where a side is missing)."""
     ran = [s for s in ORDER if (res["systems"].get(s) or {}).get("metrics")]
@@ -130,20 +145,21 @@ def headline(scenario: str, res: dict) -> dict:
     if cold and cold["restarts"]:
         h["cold_restart"] = cold
     if scenario == "burst":
-        h["p90_ttft_static_tp_over_flying"] = mx.ratio(_all(res, "static-tp").get("ttft_p90"),
-                                                       _all(res, "flying").get("ttft_p90"))
+        _vs_best(h, res, "ttft_p90", "p90_ttft", lower=True)
+        _vs_best(h, res, "output_tok_s", "tok_s", lower=False)
         h["tok_s_flying_over_static_dp"] = mx.ratio(_all(res, "flying").get("output_tok_s"),
                                                     _all(res, "static-dp").get("output_tok_s"))
+        h["p90_ttft_static_tp_over_flying"] = mx.ratio(_all(res, "static-tp").get("ttft_p90"),
+                                                       _all(res, "flying").get("ttft_p90"))
     elif scenario == "low":
-        statics = [s for s in ("static-dp", "static-tp") if _all(res, s).get("ttft_mean")]
-        best = min(statics, key=lambda s: _all(res, s)["ttft_mean"], default=None)
-        h["best_static"] = best
-        h["mean_ttft_flying_over_best_static"] = mx.ratio(
-            _all(res, "flying").get("ttft_mean"), _all(res, best).get("ttft_mean")) \
-            if best else None
+        _vs_best(h, res, "ttft_mean", "mean_ttft", lower=True)
+        h["best_static"] = h.get("best_static_mean_ttft")
     elif scenario == "priority":
         h["mean_ttft_urgent_s"] = {s: _class_mean(res, s, "urgent") for s in ran}
         h["mean_ttft_all_s"] = {s: _all(res, s).get("ttft_mean") for s in ran}
+        _vs_best(h, res, "ttft_mean", "mean_ttft_all", lower=True)
+        _vs_best(h, res, "ttft_mean", "mean_ttft_urgent", lower=True,
+                 get=lambda s: _class_mean(res, s, "urgent"))
         h["mean_ttft_all_static_tp_over_flying"] = mx.ratio(
             _all(res, "static-tp").get("ttft_mean"), _all(res, "flying").get("ttft_mean"))
         h["mean_ttft_urgent_static_tp_over_flying"] = mx.ratio(

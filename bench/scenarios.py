@@ -7,6 +7,11 @@ Flying's policy made in the same scenario (same times into the run; for ``long``
 offsets from the probe that caused them). Stock vLLM runs last, one server per layout for
 every scenario. ``run_all`` writes ``<out>/<scenario>.json`` after every system, so a cut-off
 run still leaves what it measured.
+
+Per-request records go to ``<out>/records/<scenario>-<system>.jsonl.gz`` (committed beside
+summary.json; ``flying bench check`` recomputes every metric from them). A system whose load
+generator fell behind (send-lag p99 over ``FLYING_BENCH_MAX_SEND_LAG_MS``, default 50 ms) is
+refused: its entry says ``invalid: ...`` and carries no metrics, and the run exits nonzero.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from bench import plots, plots_suite, report
 from bench import workloads_suite as ws
-from bench.client import ClientConfig, run
+from bench.client import ClientConfig, run, send_lag_guard
 from bench.datasets import TokenCounter
 from bench.metrics import SLO
 from bench.model_files import extended_model, kv_bytes_per_token, vllm_server
@@ -30,12 +35,14 @@ BENCH_SLO = SLO(ttft_s=1.0, tpot_s=0.05)
 START = {"burst": "tp", "low": "tp", "priority": "tp", "long": "dp"}   # Flying's first layout
 KV_BYTES, MAX_MODEL_LEN = 16 << 20, 8192
 VLLM_LAYOUTS = {"vllm-dp": (1, 2), "vllm-tp": (2, 1)}    # (tp, dp)
+MAX_SEND_LAG_S = float(os.environ.get("FLYING_BENCH_MAX_SEND_LAG_MS", "50")) / 1e3
 Log = Callable[[str], None]
 
 
 def replay(run_: SystemRun, reqs, on_start: Callable[[float], None] | None = None
            ) -> tuple[list[Record], float, float]:
     cfg = ClientConfig(base_url=run_.base_url, model=run_.model, request_timeout_s=900.0,
+                       token_logprobs=True,
                        total_timeout_s=(reqs[-1].arrival_s if reqs else 0.0) + 1200.0)
     t0 = time.time()
     if on_start:
@@ -123,21 +130,26 @@ class Suite:
             entry["longest_served"] = max((p["context"] for p in probes if p["ok"]), default=0)
         else:
             recs, t0, t1 = replay(run_, w.requests, schedule)
-        path = self.out / "records" / f"{scenario}-{run_.name}.jsonl"
+        path = self.out / "records" / f"{scenario}-{run_.name}.jsonl.gz"
         path.parent.mkdir(exist_ok=True)
         save_jsonl(recs, path)
         entry["records"] = str(path.relative_to(self.out))
         entry["switches"] = switch_report(run_, t0, t1)
-        entry["metrics"] = report.metrics_for(recs, BENCH_SLO)
+        entry["max_send_lag_p99_s"] = MAX_SEND_LAG_S
+        invalid = send_lag_guard(recs, MAX_SEND_LAG_S)
+        if invalid:
+            entry["status"] = invalid
+        else:
+            entry["metrics"] = report.metrics_for(recs, BENCH_SLO)
         if run_.name == "cold-restart":
             entry["restart_impact"] = report.restart_impact(recs, entry["switches"]["events"])
         entry["wall_s"] = time.time() - t_wall
         entry["loadavg_after"] = os.getloadavg()      # the box is shared: note its load
         entry.update(run_.info)
         res["systems"][run_.name] = entry
-        a = entry["metrics"]["all"]
-        self.log(f"[{scenario}] {run_.name}: failed={a['failed']} ttft_p90="
-                 f"{a['ttft_p90']} switches={entry['switches']['count']} "
+        a = (entry.get("metrics") or {}).get("all") or {}
+        self.log(f"[{scenario}] {run_.name}: {entry['status']} failed={a.get('failed')} "
+                 f"ttft_p90={a.get('ttft_p90')} switches={entry['switches']['count']} "
                  f"({entry['wall_s']:.0f} s)")
         self.save(scenario)
 
@@ -228,7 +240,7 @@ class Suite:
         res = self.result(scenario)
         recs, layouts = {}, {}
         for name, e in res["systems"].items():
-            if e.get("records"):
+            if e.get("records") and e.get("metrics"):       # invalid runs are not shown
                 recs[name] = load_jsonl(self.out / e["records"])
                 if not name.startswith("vllm"):
                     layouts[name] = [tuple(x) for x in e["switches"]["timeline"]]

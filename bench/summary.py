@@ -11,10 +11,15 @@ from pathlib import Path
 from bench import report
 
 HEADLINE_TEXT = {
+    "p90_ttft_flying_over_best_static": "burst P90 TTFT, Flying / best static ({})",
     "p90_ttft_static_tp_over_flying": "burst P90 TTFT, static TP / Flying",
+    "tok_s_flying_over_best_static": "output tokens/s, Flying / best static ({})",
     "tok_s_flying_over_static_dp": "output tokens/s, Flying / static DP",
-    "best_static": "best static layout at low load (mean TTFT)",
-    "mean_ttft_flying_over_best_static": "mean TTFT, Flying / best static",
+    "mean_ttft_flying_over_best_static": "mean TTFT, Flying / best static ({})",
+    "mean_ttft_all_flying_over_best_static": "mean TTFT of all requests, Flying / best static "
+                                             "({})",
+    "mean_ttft_urgent_flying_over_best_static": "mean TTFT of urgent requests, Flying / best "
+                                                "static ({})",
     "mean_ttft_all_static_tp_over_flying": "mean TTFT of all requests, static TP / Flying",
     "mean_ttft_urgent_static_tp_over_flying": "mean TTFT of urgent requests, static TP / Flying",
     "longest_flying_over_static_dp": "longest request served, Flying / static DP",
@@ -43,6 +48,8 @@ def _headline_lines(h: dict) -> list[str]:
     for key, text in HEADLINE_TEXT.items():
         if key in h:
             v = h[key]
+            best = h.get("best_static_" + key.split("_flying_over_best_static")[0])
+            text = text.format(best or "-")
             out.append(f"- {text}: " + (f"**{v:.2f}x**" if isinstance(v, float) else
                                          f"**{v if v is not None else '-'}**"))
     if "longest_served" in h:

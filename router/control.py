@@ -50,9 +50,10 @@ class Controller:
             self.dispatcher.kick.clear()
             if not self.enabled or not self.leader.is_leader:
                 continue
-            views = self.cluster.views()
-            decisions = self.policy.evaluate(views, self.dispatcher.signals(), time.monotonic(),
+            views, now = self.cluster.views(), time.monotonic()
+            decisions = self.policy.evaluate(views, self.dispatcher.signals(), now,
                                              tuple(self.dispatcher.pending.values()))
+            self.dispatcher.reserved = self.policy.reservations(now)
             for d in decisions:
                 if d.node in self._busy:
                     continue

@@ -64,6 +64,7 @@ class Dispatcher:
         self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
         self.loads: dict[str, NodeLoad] = {}
         self.pending: dict[str, PendingRequest] = {}
+        self.reserved: dict[str, int] = {}   # node -> instance the policy keeps for urgent
         self.kick = asyncio.Event()   # wakes the policy loop (a request needs a merge)
 
     def load(self, node: str) -> NodeLoad:
@@ -98,7 +99,8 @@ class Dispatcher:
             cached = (self.affinity.cached_tokens(tokens, views)
                       if self.affinity is not None and len(tokens) else None)
             found, why = place(views, cls.context_tokens, cls.urgent,
-                               PlacementConfig(queue_when_full=True), n_prompt, cached)
+                               PlacementConfig(queue_when_full=True), n_prompt, cached,
+                               self.reserved)
             if found is not None:
                 self.pending.pop(req.request_id, None)
                 if cached is not None:

@@ -27,6 +27,10 @@ Rules, in order:
    waiting) over the least loaded fitting instance, and more than `balance_rel` times its
    load, gets no credit for its cache.
 
+6. Reserved instances (`reserved`: node -> instance index, the layout policy's reservation
+   for urgent traffic while urgent requests wait): an urgent request goes to a reserved
+   instance when one fits; a normal request avoids reserved instances when another fits.
+
 When nothing fits, `place` returns `(None, reason)`:
 
 - `NO_NODE`: no serving node with an available instance (UNAVAILABLE, 503);
@@ -137,18 +141,31 @@ def _bounded(views: list[NodeView], cached: Mapping[tuple[str, int], int] | None
         load[t] - least <= cfg.balance_abs or load[t] <= cfg.balance_rel * least)}
 
 
+def _reserve(options: list[_Option], reserved: Mapping[str, int] | None, urgent: bool
+             ) -> list[_Option]:
+    """Rule 6: urgent requests to reserved instances, others elsewhere (when one fits)."""
+    if not reserved:
+        return options
+    mine = [o for o in options if reserved.get(o.placement.node) == o.placement.instance]
+    rest = [o for o in options if reserved.get(o.placement.node) != o.placement.instance]
+    return (mine or rest) if urgent else (rest or mine)
+
+
 def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
           cfg: PlacementConfig = PlacementConfig(), prompt_tokens: int = 0,
           cached: Mapping[tuple[str, int], int] | None = None,
+          reserved: Mapping[str, int] | None = None,
           ) -> tuple[Placement | None, Unplaced | None]:
     """Pick a node and instance for a request of `context_tokens` (prompt + max_tokens).
     Returns `(placement, None)` or `(None, reason)`; see the module doc for the rules.
-    `cached` (rule 5): (node, instance) -> prompt tokens it likely caches, of `prompt_tokens`."""
+    `cached` (rule 5): (node, instance) -> prompt tokens it likely caches, of `prompt_tokens`;
+    `reserved` (rule 6): node -> instance reserved for urgent traffic."""
     views = [v for v in views if v.serving]
     options = _options(views, context_tokens, cfg, need_room=True, prompt=prompt_tokens,
                        cached=_bounded(views, cached, cfg))
     if options:
-        return min(options, key=lambda o: _key(o, urgent)).placement, None
+        return min(_reserve(options, reserved, urgent),
+                   key=lambda o: _key(o, urgent)).placement, None
     if not any(i.available for v in views for i in v.status.instances):
         return None, Unplaced.NO_NODE
     long_enough = any(i.available and context_tokens <= i.max_context_tokens

@@ -20,24 +20,39 @@ decided while a node is switching, warming, draining or restarting):
    shrinks the node below it while the hold lasts. Router-wide requests: one merge per
    evaluation, on the node needing the smallest merge, then the least loaded; none while any
    node is mid-switch (its new layout may hold the request).
-2. **Load regime** with separate enter/exit levels: `backlog` = (requests waiting on the node +
+2. **Urgent requests waiting** (after `memory_dwell_s`): when urgent requests have waited
+   `hard_wait_s` on the node, either a HARD switch to the layout with the lowest step time
+   for them (kind "urgent", when it beats the current one by `latency_gain`; on GPUs: merge
+   to TP) whose size is then held `urgent_hold_s` (no load-driven switch undoes it), or, when
+   the current layout is already the fastest and has several instances, its fastest instance
+   is *reserved* for urgent traffic for `urgent_hold_s` (`reserved(node)`; placement sends
+   urgent requests there and others elsewhere).
+3. **Load regime** with separate enter/exit levels: `backlog` = (requests waiting on the node +
    `queue_depth`) per worker; `load` = (running + waiting + `queue_depth` + `arrival_rate *
    rate_horizon_s`) per worker. BURST is entered at `backlog >= burst_enter` and left at
    `backlog <= burst_exit`; LOW is entered at `load <= low_enter` and left at
    `load >= low_exit`; NORMAL in between. The regime is tracked on every evaluation and acts
    only once it has lasted `regime_confirm_s` (a load swinging faster than that moves nothing).
-3. After `min_dwell_s` in the current layout, every aligned layout is scored by the profile at
+   **Trend**: when the arrival rate rose by `trend_enter` req/s per second per worker over
+   `trend_window_s` and, projected `trend_horizon_s` ahead, reaches `trend_rate` req/s per
+   worker, on `trend_ticks` evaluations in a row, BURST is entered and confirmed at once and the split may come after
+   `onset_dwell_s` (a burst is split before its backlog builds up).
+4. After `min_dwell_s` in the current layout, every aligned layout is scored by the profile at
    the node's demand (`views.score_layout`; layouts with an unprofiled size are skipped, and
    so are layouts whose largest instance cannot hold the longest in-flight request or the
    memory hold):
    - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
      beats the current one by `throughput_gain` (replicas win when the profile says so);
-   - LOW, **latency merge**: switch to the layout with the lowest per-token step time at the
+   - LOW, **latency merge** (after `latency_dwell_s` in the layout): switch to the layout with the lowest per-token step time at the
      expected batch if it beats the current one by `latency_gain` (a TP-slower profile never
      merges; a node merged for memory goes back to replicas once its hold is over);
    - NORMAL: no change. Ties go to the layout that disturbs fewer workers.
-4. **Preempt mode**: HARD when urgent requests wait on the node and the oldest has waited
-   `hard_wait_s` or more, or when a memory merge is for an urgent request; SOFT otherwise.
+   Profiles are smoothed first (`policy_signals.Smoother`, weight `profile_alpha`), so one
+   noisy measurement cannot flip a decision.
+5. **Preempt mode**: HARD when urgent requests wait on the node and the oldest has waited
+   `hard_wait_s` or more, when a memory merge is for an urgent request, on a trend onset, or
+   when the node's backlog grew by `grow_min` requests per worker over `grow_window_s` (a
+   burst is never left waiting on a SOFT drain); SOFT otherwise.
 
 Flapping is prevented by the dwell times, the enter/exit bands, the gain margins and the
 one-decision-per-node rule. After a decision the node gets none until its status shows the
@@ -46,85 +61,29 @@ the first time may be switched at once.
 """
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from flying_core.types import GroupStatus, PreemptMode
+from router.policy_signals import History, Smoother, fastest_step
+from router.policy_types import (  # noqa: F401 - re-exported: the policy's public interface
+    LoadSignals,
+    PendingRequest,
+    PolicyConfig,
+    Reconfigure,
+    Regime,
+)
 from router.views import (
     NodeView,
     aligned_layouts,
     capacity_tokens,
     changed_workers,
-    costs_by_size,
     fits,
     merge_for,
     score_layout,
+    step_ms,
 )
-
-
-@dataclass(frozen=True)
-class PendingRequest:
-    """A request no instance can hold now (placement said NEEDS_MERGE)."""
-    context_tokens: int
-    urgent: bool = False
-
-
-@dataclass(frozen=True)
-class LoadSignals:
-    """What the router measured for one node recently."""
-    arrival_rate: float = 0.0              # requests/s routed to the node
-    queue_depth: int = 0                   # requests held at the router for it (not in status)
-    pending: tuple[PendingRequest, ...] = ()   # requests for it that fit no instance
-    urgent_waiting: int = 0                # urgent requests waiting for it (router + node)
-    urgent_wait_s: float = 0.0             # how long the oldest of them has waited
-    longest_inflight_tokens: int = 0       # longest context running on it (0: unknown)
-
-
-class Regime(enum.StrEnum):
-    LOW = "low"
-    NORMAL = "normal"
-    BURST = "burst"
-
-
-@dataclass(frozen=True)
-class Reconfigure:
-    node: str
-    layout: tuple[int, ...]
-    mode: PreemptMode
-    reason: str
-    kind: str = ""                         # memory | throughput | latency
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    min_dwell_s: float = 5.0        # least time in a layout before a load-driven switch
-    memory_dwell_s: float = 0.5     # least time in a layout before a memory merge
-    memory_hold_s: float = 10.0     # a memory merge's size is kept this long
-    burst_enter: float = 2.0        # backlog per worker entering BURST
-    burst_exit: float = 0.5         # backlog per worker leaving BURST
-    low_enter: float = 1.0          # load per worker entering LOW
-    low_exit: float = 2.0           # load per worker leaving LOW
-    regime_confirm_s: float = 1.0   # a regime must last this long before it switches a node
-    rate_horizon_s: float = 0.5     # arrivals expected within this horizon count as load
-    throughput_gain: float = 0.10   # a split must add this fraction of tokens/s
-    latency_gain: float = 0.10      # a merge must cut this fraction of the step time
-    hard_wait_s: float = 0.5        # urgent requests waiting this long: HARD preempt
-    max_batch: int = 0              # batch cap when scoring (0: largest profiled batch)
-    switch_timeout_s: float = 30.0  # a decided layout not seen by then: decide afresh
-
-    def __post_init__(self):
-        if not 0 <= self.burst_exit < self.burst_enter:
-            raise ValueError("need 0 <= burst_exit < burst_enter")
-        if not 0 <= self.low_enter < self.low_exit:
-            raise ValueError("need 0 <= low_enter < low_exit")
-        if self.low_enter >= self.burst_enter:
-            raise ValueError("need low_enter < burst_enter")
-        if not (0 <= self.throughput_gain < 1 and 0 <= self.latency_gain < 1):
-            raise ValueError("gains must be in [0, 1)")
-        if min(self.min_dwell_s, self.memory_dwell_s, self.memory_hold_s) < 0:
-            raise ValueError("times must be >= 0")
 
 
 @dataclass
@@ -137,6 +96,15 @@ class _Node:
     hold_until: float = -math.inf
     target: tuple[int, ...] | None = None   # decided, not yet seen in the node's status
     target_at: float = -math.inf
+    smoother: Smoother | None = None
+    history: History | None = None
+    costs: tuple = ()                       # the smoothed profile
+    onset: bool = False                     # the last regime change was a trend onset
+    growing: bool = False                   # the backlog grew over grow_window_s
+    rising: int = 0                         # evaluations in a row the rate rose fast
+    urgent_until: float = -math.inf         # an urgent merge's size / reservation lasts
+    urgent_size: int = 0
+    reserved: int | None = None             # instance index reserved for urgent traffic
 
 
 class Policy:
@@ -148,6 +116,17 @@ class Policy:
 
     def regime(self, node: str) -> Regime:
         return self._nodes.get(node, _Node()).regime
+
+    def reserved(self, node: str, now: float | None = None) -> int | None:
+        """The instance of `node` reserved for urgent traffic (None: none)."""
+        st = self._nodes.get(node)
+        if st is None or st.reserved is None or (now is not None and now >= st.urgent_until):
+            return None
+        return st.reserved
+
+    def reservations(self, now: float | None = None) -> dict[str, int]:
+        """Every node's reserved instance (see `reserved`)."""
+        return {n: r for n in self._nodes if (r := self.reserved(n, now)) is not None}
 
     def evaluate(self, views: Iterable[NodeView], loads: Mapping[str, LoadSignals], now: float,
                  pending: Sequence[PendingRequest] = ()) -> list[Reconfigure]:
@@ -166,8 +145,14 @@ class Policy:
             if v.status.layout != st.layout:
                 if st.layout:
                     st.since = max(st.since, now)
-                st.layout = v.status.layout
+                st.layout, st.reserved = v.status.layout, None   # indexes changed meaning
             sig = loads.get(v.name, LoadSignals())
+            if st.smoother is None:
+                st.smoother = Smoother(c.profile_alpha)
+                st.history = History(max(c.trend_window_s, c.grow_window_s))
+            st.costs = st.smoother.update(v.status.costs)
+            if st.reserved is not None and now >= st.urgent_until:
+                st.reserved = None
             self._track_regime(st, v.status, sig, now)
             d = self._decide(v, sig, st, now)
             if d is not None:
@@ -213,8 +198,19 @@ class Policy:
         backlog = waiting / n
         load = (waiting + sum(i.running for i in s.instances)
                 + sig.arrival_rate * c.rate_horizon_s) / n
+        st.history.add(now, sig.arrival_rate, waiting)
+        st.growing = st.history.backlog_growth(c.grow_window_s) >= c.grow_min * n
+        slope = st.history.rate_slope(c.trend_window_s)
+        rising = (slope >= c.trend_enter * n and
+                  sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
+        st.rising = st.rising + 1 if rising else 0
+        onset = st.rising >= c.trend_ticks
+        if onset and st.regime != Regime.BURST:
+            st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
+            return
         r = st.regime
-        if r == Regime.BURST:
+        fresh_onset = st.onset and now - st.regime_since < c.trend_horizon_s + c.regime_confirm_s
+        if r == Regime.BURST and not fresh_onset:
             r = Regime.NORMAL if backlog <= c.burst_exit else r
         elif backlog >= c.burst_enter:
             r = Regime.BURST
@@ -223,7 +219,7 @@ class Policy:
         elif r == Regime.NORMAL and load <= c.low_enter:
             r = Regime.LOW
         if r != st.regime:
-            st.regime, st.regime_since = r, now
+            st.regime, st.regime_since, st.onset = r, now, False
 
     def _decide(self, v: NodeView, sig: LoadSignals, st: _Node, now: float
                 ) -> Reconfigure | None:
@@ -236,30 +232,42 @@ class Policy:
                 found = merge_for(s, req.context_tokens)
                 if found:
                     return self._memory(v, req, sig, st, now, found)
-        if (now - st.since < c.min_dwell_s or st.regime == Regime.NORMAL
+        costs = {x.tp_size: x for x in st.costs if x.decode_ms}
+        if now - st.since >= c.memory_dwell_s and self._hard(sig):
+            d = self._urgent(v, sig, st, costs, now)
+            if d is not None:
+                return d
+        dwell = (max(c.min_dwell_s, c.latency_dwell_s) if st.regime == Regime.LOW else
+                 c.onset_dwell_s if st.onset else c.min_dwell_s)
+        if (now - st.since < dwell or st.regime == Regime.NORMAL
                 or now - st.regime_since < c.regime_confirm_s):
             return None
-        costs = costs_by_size(s)
         need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
+        keep = st.urgent_size if now < st.urgent_until else 0
+        rate = sig.arrival_rate + (max(0.0, st.history.rate_slope(c.trend_window_s))
+                                   * c.trend_horizon_s if st.onset else 0.0)
         demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
-                           + sig.arrival_rate * c.rate_horizon_s)
+                           + rate * c.rate_horizon_s)
         current = score_layout(s.layout, costs, demand, c.max_batch)
         if current is None:
             return None
         cands = []
         for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
-            if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need):
+            if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need) \
+                    or max(lo) < keep:
                 continue
             sc = score_layout(lo, costs, demand, c.max_batch)
             if sc is not None:
                 cands.append((lo, sc, changed_workers(s.layout, lo)))
         if not cands:
             return None
-        mode = PreemptMode.HARD if self._hard(sig) else PreemptMode.SOFT
+        hard = self._hard(sig) or (st.regime == Regime.BURST and (st.growing or st.onset))
+        mode = PreemptMode.HARD if hard else PreemptMode.SOFT
         if st.regime == Regime.BURST:
             lo, sc, _ = min(cands, key=lambda t: (-t[1].throughput_tps, t[2], t[0]))
             if sc.throughput_tps >= current.throughput_tps * (1 + c.throughput_gain):
-                why = (f"throughput: backlog at {demand} requests; {list(lo)} gives "
+                why = (f"throughput: backlog at {demand} requests"
+                       f"{' (arrivals rising)' if st.onset else ''}; {list(lo)} gives "
                        f"{sc.throughput_tps:.0f} tok/s vs {current.throughput_tps:.0f} for "
                        f"{list(s.layout)}")
                 return Reconfigure(v.name, lo, mode, why, "throughput")
@@ -269,6 +277,38 @@ class Policy:
             why = (f"latency: low load ({demand} requests); {list(lo)} steps in "
                    f"{sc.latency_ms:.1f} ms vs {current.latency_ms:.1f} ms for {list(s.layout)}")
             return Reconfigure(v.name, lo, mode, why, "latency")
+        return None
+
+    def _urgent(self, v: NodeView, sig: LoadSignals, st: _Node, costs, now: float
+                ) -> Reconfigure | None:
+        """Rule 2: urgent requests have waited; HARD switch to a layout whose fastest
+        instance steps fastest for them, or reserve the current layout's fastest instance."""
+        c, s = self.cfg, v.status
+        batch = max(1, sig.urgent_waiting)
+        current = fastest_step(s.layout, costs, batch)
+        if current is None:
+            return None
+        need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
+        best = None
+        for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
+            ms = fastest_step(lo, costs, batch)
+            if lo == s.layout or ms is None or (
+                    need and max(capacity_tokens(s, x) for x in lo) < need):
+                continue
+            key = (ms, changed_workers(s.layout, lo), lo)
+            best = key if best is None or key < best else best
+        st.urgent_until = now + c.urgent_hold_s
+        if best is not None and best[0] <= current * (1 - c.latency_gain):
+            ms, _, lo = best
+            st.urgent_size, st.reserved = max(lo), None
+            why = (f"urgent: {sig.urgent_waiting} urgent requests waited "
+                   f"{sig.urgent_wait_s:.2f} s; {list(lo)} steps {batch} in {ms:.1f} ms vs "
+                   f"{current:.1f} ms for {list(s.layout)}")
+            return Reconfigure(v.name, lo, PreemptMode.HARD, why, "urgent")
+        if len(s.instances) > 1:
+            st.reserved = min(s.instances, key=lambda i: (
+                step_ms(costs.get(i.tp_size), i.running + 1, math.inf), i.waiting,
+                i.index)).index
         return None
 
     def _global_merge(self, ready: list[NodeView], loads: Mapping[str, LoadSignals],

@@ -188,3 +188,21 @@ def test_structured_outputs_equal_plain_vllm(gateway, tiny_model, layout):
         assert got.text == want["text"]
         if "json" in theirs:
             jsonschema.validate(json.loads(got.text), SCHEMA)
+
+
+def test_bench_client_counts_every_streamed_token(gateway):
+    """The benchmark's load generator against the real gateway: `logprobs: 0` lists each
+    chunk's tokens, so per-chunk counts add up to the usage total (per-token ITL)."""
+    import asyncio
+
+    from bench.client import ClientConfig, run_workload
+    from bench.workloads import Request
+    reqs = [Request(id=f"b{i}", arrival_s=0.05 * i, prompt="The quick brown fox",
+                    prompt_tokens=5, max_tokens=24) for i in range(4)]
+    cfg = ClientConfig(f"http://127.0.0.1:{gateway.settings.http_port}", model="flying",
+                       api_key="x", token_logprobs=True, send_priority=False)
+    recs = asyncio.run(run_workload(reqs, cfg))
+    for r in recs:
+        assert r.ok and r.usage_reported and r.output_tokens == 24, r.error
+        assert len(r.chunk_tokens) == len(r.token_times) and sum(r.chunk_tokens) == 24
+        assert len(r.itls) == 24 - r.chunk_tokens[0]

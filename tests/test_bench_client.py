@@ -32,6 +32,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     if kind == "hang":
         await asyncio.sleep(30)
+    if kind == "bundled":               # 6 tokens in 3 chunks of 1, 3, 2 (logprobs lists them)
+        await asyncio.sleep(FIRST_DELAY)
+        for k in (1, 3, 2):
+            if k > 1:
+                await asyncio.sleep(GAP * k)    # k tokens generated since the last chunk
+            obj = {"choices": [{"index": 0, "text": "x" * k, "finish_reason": None,
+                                "logprobs": {"tokens": ["x"] * k,
+                                             "token_logprobs": [-0.1] * k}}]}
+            await resp.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
     usage = ... if kind == "nousage" or not body.get("stream_options") else None
     n = body["max_tokens"]
     await asyncio.sleep(FIRST_DELAY)
@@ -149,3 +161,14 @@ def test_request_body_options():
                                      ignore_eos=False, extra_body={"top_k": 1}), None)
     assert b == {"prompt": "hello", "max_tokens": N_TOK, "temperature": 0.0, "stream": True,
                  "top_k": 1}
+
+
+async def test_bundled_chunks_count_every_token(server):
+    base, bodies = server
+    [r] = await run_workload([req(0, "bundled")],
+                             ClientConfig(base, model="m", token_logprobs=True))
+    assert bodies[0]["logprobs"] == 0
+    assert r.ok and r.chunk_tokens == [1, 3, 2] and r.output_tokens == 6
+    gaps = r.itls
+    assert len(gaps) == 5                                  # per token, not per chunk (2)
+    assert all(GAP * 0.8 <= g < GAP + 0.5 for g in gaps)  # a 3-token chunk: 3 gaps of ~GAP

@@ -187,3 +187,22 @@ def test_verify_finds_a_stale_table(results, tmp_path):
     results["burst"]["systems"]["flying"]["metrics"]["all"]["failed"] = 5
     (tmp_path / "burst.json").write_text(json.dumps(results["burst"]))
     assert any("rows differ" in b for b in summary.verify(tmp_path))
+
+
+def test_headlines_compare_with_the_best_static_layout_per_metric(results):
+    h = results["burst"]["headline"]
+    # P90 TTFT: static DP (0.5 s) is the better static layout, not static TP (4.0 s)
+    assert h["best_static_p90_ttft"] == "static-dp"
+    assert h["p90_ttft_flying_over_best_static"] == pytest.approx(0.8 / 0.5)
+    assert h["best_static_tok_s"] == "static-dp"
+    assert h["tok_s_flying_over_best_static"] == pytest.approx(0.95)
+    md = summary.markdown(json.loads(json.dumps(summary.build(results, "x", 60.0, True))))
+    assert "burst P90 TTFT, Flying / best static (static-dp): **1.60x**" in md
+    prio = _result("priority", {
+        "static-dp": _entry(1.0, 900.0, urgent=0.4, ttft_mean=0.8),
+        "static-tp": _entry(3.0, 700.0, urgent=0.15, ttft_mean=2.0),
+        "flying": _entry(1.0, 900.0, urgent=0.1, ttft_mean=0.9)})["headline"]
+    assert (prio["best_static_mean_ttft_all"], prio["best_static_mean_ttft_urgent"]) == (
+        "static-dp", "static-tp")
+    assert prio["mean_ttft_all_flying_over_best_static"] == pytest.approx(0.9 / 0.8)
+    assert prio["mean_ttft_urgent_flying_over_best_static"] == pytest.approx(0.1 / 0.15)

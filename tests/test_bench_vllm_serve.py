@@ -134,3 +134,19 @@ def test_real_vllm_serve_tiny(tiny_model, tmp_path):
     assert srv.group_pids() == []
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                    for p in pids)
+
+
+def test_benchmark_vllm_is_configured_for_the_box(tmp_path):
+    """Stock vLLM rows: one API server (not one per DP rank) on Flying's CPU set."""
+    import json
+
+    from bench.model_files import vllm_server
+    from bench.systems import BedConfig
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 4,
+        "num_hidden_layers": 2}))
+    srv = vllm_server("vllm-dp", BedConfig(str(tmp_path), cpus="0-1"), 1, 2, tmp_path)
+    cmd = srv.cfg.command()
+    assert cmd[:3] == ["taskset", "-c", "0-1"]
+    assert "--api-server-count 1" in " ".join(cmd)
+    assert "--data-parallel-size 2" in " ".join(cmd)

@@ -101,3 +101,17 @@ def test_unprofiled_size_uses_the_default_step():
     views = [node("a", inst(0, 0, 1, waiting=2), inst(1, 1, 1, waiting=1), costs=())]
     p, _ = place(views, 100, cfg=PlacementConfig(default_step_ms=3.0))
     assert p.instance == 1 and p.expected_wait_ms == 3.0
+
+
+def test_a_reserved_instance_takes_urgent_requests_and_no_others():
+    # instance 0 is busier; the policy reserved it for urgent traffic
+    views = [node("a", inst(0, 0, 1, waiting=4, running=6), inst(1, 1, 1, running=2),
+                  costs=CPU)]
+    assert place(views, 100, urgent=True)[0].instance == 1              # unreserved: fastest
+    assert place(views, 100, urgent=True, reserved={"a": 0})[0].instance == 0
+    assert place(views, 100, reserved={"a": 1})[0].instance == 0        # normal avoids it
+    # a reserved instance that cannot hold the request does not block it
+    full = [node("a", inst(0, 0, 1, used=64), inst(1, 1, 1), costs=CPU)]
+    assert place(full, 100, urgent=True, reserved={"a": 0})[0].instance == 1
+    only = [node("a", inst(0, 0, 1), costs=CPU)]
+    assert place(only, 100, reserved={"a": 0})[0].instance == 0         # nothing else fits

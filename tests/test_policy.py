@@ -315,3 +315,130 @@ def test_scripted_day_on_gpu():
     assert [(d.kind, d.layout) for _, d in decisions] == [
         ("latency", (2,)), ("throughput", (1, 1)), ("latency", (2,))]
     assert [t for t, _ in decisions] == [1.0, 11.0, 61.0]
+
+
+# ---------------------------------------------------------------- trend, growth, noise, urgent
+
+
+def test_burst_onset_splits_on_the_rising_rate_within_three_ticks():
+    # the arrival rate climbs from 1 to 16 req/s while the backlog is still small (1 waiting)
+    rates = [1.0] * 10 + [2.0, 4.0, 8.0, 16.0, 16.0, 16.0]
+    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r)) for k, r in enumerate(rates)]
+    decisions, layout = drive(Policy(), (2,), timeline, costs=CPU)
+    assert layout == (1, 1) and len(decisions) == 1
+    t, d = decisions[0]
+    assert d.kind == "throughput" and d.mode == PreemptMode.HARD
+    assert t <= 5.0 + 3 * 0.5                                    # onset at t = 5.0
+    # without the trend rule nothing happens while the backlog is small
+    slow = Policy(PolicyConfig(trend_enter=1e9))
+    assert drive(slow, (2,), timeline, costs=CPU)[0] == []
+
+
+def test_a_short_rate_wobble_is_no_onset():
+    rates = [2.0, 3.0] * 20                                 # +1 req/s then back, every tick
+    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r)) for k, r in enumerate(rates)]
+    assert drive(Policy(), (2,), timeline, costs=CPU)[0] == []
+
+
+def test_a_growing_queue_switches_hard():
+    timeline = steady(0, 5, 0, 4) + [(5 + k * 0.5, 4 * (k + 1), 16, None) for k in range(10)]
+    decisions, layout = drive(Policy(), (2,), timeline)
+    assert layout == (1, 1)
+    [(t, d)] = decisions
+    assert d.kind == "throughput" and d.mode == PreemptMode.HARD and t <= 6.5
+
+
+def _noisy(k):
+    """DP steps 10 ms; the TP-2 measurement swings 0.7x / 1.4x of that, tick by tick."""
+    base = {1: 10.0, 2: 11.0, 4: 13.0, 8: 17.0, 16: 25.0}
+    f = 0.7 if k % 2 else 1.4
+    return (LayoutCost(1, 0.5, dict(base)),
+            LayoutCost(2, 0.8, {b: ms * f for b, ms in base.items()}))
+
+
+def _drive_noisy(policy, ticks):
+    layout, decisions = (1, 1), []
+    for k in range(ticks):
+        view = NodeView("n", status(layout, 0, 1, costs=_noisy(k)))
+        for d in policy.evaluate([view], {}, k * 0.5):
+            decisions.append(d)
+            layout = d.layout
+    return decisions
+
+
+def test_low_load_over_a_noisy_profile_does_not_switch():
+    assert _drive_noisy(Policy(), 240) == []                  # two minutes of ticks
+    # the same measurements unsmoothed flip the layout back and forth
+    raw = _drive_noisy(Policy(PolicyConfig(profile_alpha=1.0)), 240)
+    assert len(raw) >= 3 and {d.layout for d in raw} == {(2,), (1, 1)}
+
+
+def test_urgent_waiting_triggers_a_hard_merge_and_holds_it():
+    urgent = LoadSignals(urgent_waiting=2, urgent_wait_s=1.0)
+    timeline = steady(0, 4, 12, 16, urgent) + steady(4, 20, 12, 16)
+    decisions, layout = drive(Policy(PolicyConfig(urgent_hold_s=5.0)), (1, 1), timeline)
+    (t0, d0), (t1, d1) = decisions
+    assert (t0, d0.kind, d0.layout, d0.mode) == (0.0, "urgent", (2,), PreemptMode.HARD)
+    # the burst splits it again only once urgent requests stopped waiting and the hold ended
+    assert d1.kind == "throughput" and layout == (1, 1) and t1 >= 3.5 + 5.0
+
+
+def test_urgent_waiting_reserves_the_fastest_instance_when_tp_is_slower():
+    p = Policy(PolicyConfig(urgent_hold_s=5.0))
+    s = status((1, 1), 12, 16, costs=CPU)
+    s = GroupStatus(**{**s.__dict__, "instances": (
+        InstanceStatus(**{**s.instances[0].__dict__, "running": 10}),
+        InstanceStatus(**{**s.instances[1].__dict__, "running": 6}))})
+    urgent = {"n": LoadSignals(urgent_waiting=1, urgent_wait_s=0.8)}
+    assert p.evaluate([NodeView("n", s)], urgent, 0.0) == []          # TP-2 is slower: no merge
+    assert p.reserved("n") == 1 and p.reservations(0.0) == {"n": 1}   # the less busy replica
+    p.evaluate([NodeView("n", s)], {}, 2.0)
+    assert p.reserved("n", 2.0) == 1                                  # held for urgent_hold_s
+    q = Policy(PolicyConfig(urgent_hold_s=5.0))
+    q.evaluate([NodeView("n", s)], urgent, 0.0)
+    q.evaluate([NodeView("n", status((2,), 12, 16, costs=CPU))], {}, 1.0)
+    assert q.reserved("n", 1.0) is None                  # the layout changed: indexes did too
+    p.evaluate([NodeView("n", s)], {}, 5.5)
+    assert p.reserved("n", 5.5) is None and p.reservations() == {}
+    fresh = {"n": LoadSignals(urgent_waiting=1, urgent_wait_s=0.1)}
+    p.evaluate([NodeView("n", s)], fresh, 6.0)
+    assert p.reserved("n") is None                                    # not waited long enough
+
+
+def test_config_rejects_bad_smoothing_and_windows():
+    with pytest.raises(ValueError):
+        PolicyConfig(profile_alpha=0.0)
+    with pytest.raises(ValueError):
+        PolicyConfig(trend_window_s=0.0)
+
+
+def _poisson_rates(seed=7, rate=1.0, seconds=600, dt=0.5):
+    """The arrival rate the router would report (arrivals in the last 2 s / 2), every dt."""
+    import random
+    rng, t, arrivals = random.Random(seed), 0.0, []
+    while t < seconds:
+        t += rng.expovariate(rate)
+        arrivals.append(t)
+    return [(k * dt, sum(1 for a in arrivals if k * dt - 2.0 < a <= k * dt) / 2.0)
+            for k in range(int(seconds / dt))]
+
+
+@pytest.mark.parametrize("seed", [1, 7, 42])
+def test_poisson_noise_at_low_load_is_no_burst_onset(seed):
+    p, layout, burst_ticks, decisions = Policy(), (2,), 0, []
+    rates = _poisson_rates(seed)                              # 1 req/s for 10 minutes
+    for now, rate in rates:
+        view = NodeView("n", status(layout, 0, 1))            # GPU: TP-2 is right here
+        for d in p.evaluate([view], {"n": LoadSignals(arrival_rate=rate)}, now):
+            decisions.append(d)
+            layout = d.layout
+        burst_ticks += p.regime("n") == Regime.BURST
+    assert decisions == [] and layout == (2,)
+    assert burst_ticks <= len(rates) // 100      # a rare cluster of arrivals at most
+    # the same noise read tick by tick, without the projection's floor, is a burst often
+    loose = Policy(PolicyConfig(trend_rate=0.0, trend_ticks=1))
+    for now, rate in rates:
+        loose.evaluate([NodeView("n", status((2,), 0, 1))],
+                       {"n": LoadSignals(arrival_rate=rate)}, now)
+        burst_ticks -= loose.regime("n") == Regime.BURST
+    assert burst_ticks < 0

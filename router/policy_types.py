@@ -1,0 +1,88 @@
+"""The layout policy's inputs, outputs and settings (see `router.policy` for the rules)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from flying_core.types import PreemptMode
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A request no instance can hold now (placement said NEEDS_MERGE)."""
+    context_tokens: int
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class LoadSignals:
+    """What the router measured for one node recently."""
+    arrival_rate: float = 0.0              # requests/s routed to the node
+    queue_depth: int = 0                   # requests held at the router for it (not in status)
+    pending: tuple[PendingRequest, ...] = ()   # requests for it that fit no instance
+    urgent_waiting: int = 0                # urgent requests waiting for it (router + node)
+    urgent_wait_s: float = 0.0             # how long the oldest of them has waited
+    longest_inflight_tokens: int = 0       # longest context running on it (0: unknown)
+
+
+class Regime(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    BURST = "burst"
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    node: str
+    layout: tuple[int, ...]
+    mode: PreemptMode
+    reason: str
+    kind: str = ""                         # memory | urgent | throughput | latency
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    min_dwell_s: float = 5.0        # least time in a layout before a load-driven switch
+    memory_dwell_s: float = 0.5     # least time in a layout before a memory merge
+    memory_hold_s: float = 10.0     # a memory merge's size is kept this long
+    burst_enter: float = 2.0        # backlog per worker entering BURST
+    burst_exit: float = 0.5         # backlog per worker leaving BURST
+    low_enter: float = 1.0          # load per worker entering LOW
+    low_exit: float = 2.0           # load per worker leaving LOW
+    regime_confirm_s: float = 1.0   # a regime must last this long before it switches a node
+    rate_horizon_s: float = 0.5     # arrivals expected within this horizon count as load
+    throughput_gain: float = 0.10   # a split must add this fraction of tokens/s
+    latency_gain: float = 0.10      # a merge must cut this fraction of the step time
+    hard_wait_s: float = 0.5        # urgent requests waiting this long: HARD preempt
+    max_batch: int = 0              # batch cap when scoring (0: largest profiled batch)
+    switch_timeout_s: float = 30.0  # a decided layout not seen by then: decide afresh
+    latency_dwell_s: float = 10.0   # least time in a layout before a latency merge/split
+    profile_alpha: float = 0.2      # EWMA weight of a new profile observation (1: raw)
+    trend_window_s: float = 1.0     # the arrival rate is compared with its value this long ago
+    trend_enter: float = 1.0        # rate rise (req/s per s, per worker) that is a burst onset
+    trend_rate: float = 4.0         # ... when the rate projected ahead reaches this per worker
+    trend_horizon_s: float = 2.0    # how far ahead the rising rate is projected
+    trend_ticks: int = 2            # ... on this many evaluations in a row (noise is no trend)
+    onset_dwell_s: float = 1.0      # least time in a layout before a trend-driven split
+    grow_window_s: float = 1.0      # the backlog is compared with its value this long ago
+    grow_min: float = 1.0           # backlog growth per worker that makes a switch HARD
+    urgent_hold_s: float = 5.0      # an urgent merge / reservation lasts this long
+
+    def __post_init__(self):
+        if not 0 <= self.burst_exit < self.burst_enter:
+            raise ValueError("need 0 <= burst_exit < burst_enter")
+        if not 0 <= self.low_enter < self.low_exit:
+            raise ValueError("need 0 <= low_enter < low_exit")
+        if self.low_enter >= self.burst_enter:
+            raise ValueError("need low_enter < burst_enter")
+        if not (0 <= self.throughput_gain < 1 and 0 <= self.latency_gain < 1):
+            raise ValueError("gains must be in [0, 1)")
+        if min(self.min_dwell_s, self.memory_dwell_s, self.memory_hold_s,
+               self.latency_dwell_s, self.onset_dwell_s, self.urgent_hold_s) < 0:
+            raise ValueError("times must be >= 0")
+        if not 0 < self.profile_alpha <= 1:
+            raise ValueError("profile_alpha must be in (0, 1]")
+        if min(self.trend_window_s, self.grow_window_s) <= 0:
+            raise ValueError("trend_window_s and grow_window_s must be > 0")
+        if self.trend_ticks < 1:
+            raise ValueError("trend_ticks must be >= 1")
