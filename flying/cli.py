@@ -1,4 +1,4 @@
-"""`flying` console script: agent, router, up, model, bench.
+"""`flying` console script: agent, router, up, model, bench, sim.
 
 Imports are lazy so `flying --help` answers at once (importing vLLM takes seconds).
 """
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".bench")
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both",
                    help="engine: the model(s) to compare on")
+
+    p = sub.add_parser("sim", help="simulate the cluster at scale (writes summary.json + PNG)")
+    from bench.sim.args import add_args as sim_args
+    sim_args(p)
     return parser
 
 
@@ -92,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "bench":
             from bench.cli import run_bench
             return run_bench(ns.scenario, quick=ns.quick, out=ns.out, model=ns.model)
+        if ns.command == "sim":
+            from bench.sim.cli import run as run_sim
+            try:
+                run_sim(ns)
+            except ValueError as e:
+                print(f"flying sim: {e}", file=sys.stderr)
+                return 2
+            return 0
     except st.SettingsError as e:
         print(f"flying: configuration error: {e}", file=sys.stderr)
         return 2
