@@ -68,11 +68,28 @@ def burst(n: int = 480, scale: float = 2.0, seed: int = 0, prompt: int = 109,
     return np.column_stack([t, lengths[:n, 0], lengths[:n, 1]])
 
 
+def bench_lengths(n: int = 480, seed: int = 1) -> np.ndarray:
+    """(prompt, output) lengths shaped like the burst benchmark's ShareGPT sample
+    (bench/results/cpu-2core/burst.json "lengths": prompt mean 109, p50 64.5, max 258; output
+    mean 122.5, p50 128, max 128): lognormal prompts (median 64.5, sigma 1.0) cut to
+    [4, 256]; outputs 128 for 90 %, the rest uniform in [4, 128)."""
+    rng = np.random.default_rng(seed)
+    prompt = np.clip(np.round(rng.lognormal(np.log(64.5), 1.0, n)), 4, 256)
+    out = np.where(rng.random(n) < 0.9, 128, rng.integers(4, 128, n))
+    return np.column_stack([prompt, out])
+
+
+def burst_bench(n: int = 480, seed: int = 1) -> np.ndarray:
+    """The committed burst benchmark's workload: `burst_arrivals(480, seed=1, scale=2)`
+    (bench/workloads_suite.py) with `bench_lengths`."""
+    return burst(n, scale=2.0, seed=seed, lengths=bench_lengths(n, seed))
+
+
 def load(name: str, scale: float = 1.0, duration_s: float = 0.0, seed: int = 0) -> np.ndarray:
     if name == "azure-conv":
         return azure("conv", scale, duration_s, seed)
     if name == "azure-code":
         return azure("code", scale, duration_s, seed)
     if name == "burst":
-        return burst(scale=scale * 2.0, seed=seed)
+        return burst(scale=scale * 2.0, seed=1, lengths=bench_lengths(480, seed=1))
     raise ValueError(f"unknown trace {name!r} (known: {', '.join(TRACES)})")
