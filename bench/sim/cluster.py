@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from bench.sim import memo
 from bench.sim.node import Node, Req
 from bench.sim.profile import Profile
 from router.classify import classify
@@ -50,6 +51,7 @@ class SimConfig:
 class Cluster:
     def __init__(self, cfg: SimConfig, profile: Profile):
         self.cfg, self.p = cfg, profile
+        memo.install()
         self.env = simpy.Environment()
         self.rng = random.Random(cfg.seed)
         dp, tp = (1,) * cfg.workers, (cfg.workers,)
