@@ -23,7 +23,7 @@ def run(args) -> dict:
     names = args.systems.split(",")
     bad = [n for n in names if n not in SYSTEMS]
     if bad:
-        raise SystemExit(f"flying sim: unknown system(s) {bad} (known: {', '.join(SYSTEMS)})")
+        raise ValueError(f"unknown system(s) {bad} (known: {', '.join(SYSTEMS)})")
     for name in names:
         t0 = time.monotonic()
         c = Cluster(SimConfig(system=name, nodes=args.nodes, workers=workers, start=args.start,
