@@ -1,4 +1,4 @@
-"""`flying` console script: agent, router, up, model, bench.
+"""`flying` console script: agent, router, up, model, bench, sim.
 
 Imports are lazy so `flying --help` answers at once (importing vLLM takes seconds).
 """
@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=None, help="overload: x capacity (10)")
     p.add_argument("--requests", type=int, default=None,
                    help="overload: send this many requests instead of --seconds")
+
+    p = sub.add_parser("sim", help="simulate the cluster at scale (writes summary.json + PNG)")
+    from bench.sim.args import add_args as sim_args
+    sim_args(p)
     return parser
 
 
@@ -106,6 +110,14 @@ def main(argv: list[str] | None = None) -> int:
                 extra = {"seconds": 10.0, "factor": 3.0, "max_queue": 4, **extra}
             return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
                              switches=ns.switches, extra=extra)
+        if ns.command == "sim":
+            from bench.sim.cli import run as run_sim
+            try:
+                run_sim(ns)
+            except ValueError as e:
+                print(f"flying sim: {e}", file=sys.stderr)
+                return 2
+            return 0
     except st.SettingsError as e:
         print(f"flying: configuration error: {e}", file=sys.stderr)
         return 2

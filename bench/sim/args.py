@@ -1,0 +1,27 @@
+"""`flying sim`'s flags (kept free of heavy imports: the `flying` parser builds them)."""
+from __future__ import annotations
+
+import argparse
+
+TRACES = ("azure-conv", "azure-code", "burst")
+SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--trace", choices=TRACES, default="azure-conv")
+    ap.add_argument("--scale", type=float, default=1.0, help="replay k copies of the trace")
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="seconds of the trace to replay (0: all)")
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--gpus-per-node", type=int, default=0,
+                    help="workers per node (0: the profile's)")
+    ap.add_argument("--profile", default="cpu-2core-tiny",
+                    help="a name in bench/sim_profiles/ or a JSON path")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated, of: {', '.join(SYSTEMS)}")
+    ap.add_argument("--start", choices=("tp", "dp"), default="tp",
+                    help="first layout of flying and cold-restart")
+    ap.add_argument("--sample-nodes", type=int, default=8,
+                    help="nodes placement looks at per request (power-of-d choices)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True, help="output folder (summary.json, timeline.png)")

@@ -1,0 +1,159 @@
+"""The simulated cluster: the router's own modules decide, simulated nodes serve.
+
+Per request: `router.classify.classify` then `router.placement.place` over the nodes' views
+(`router.views.NodeView` of each node's `GroupStatus`, built from its live state, with
+`PlacementConfig(queue_when_full=True)` as `router.dispatch` uses). Above `sample_nodes`
+nodes, placement sees a random sample of that many nodes (power-of-d choices) to keep the
+simulation linear in requests; requests no node takes now wait in a router queue, retried
+every `tick_s`. Every `policy_interval_s` (the router's 0.5 s), `router.policy.Policy.evaluate`
+gets every node's view and `LoadSignals`, and its `Reconfigure` decisions run as live switches
+(`Node.switch`) or, for the cold-restart system, as restarts (`Node.restart`).
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from bench.sim import memo
+from bench.sim.node import Node, Req
+from bench.sim.profile import Profile
+from router.classify import classify
+from router.placement import PlacementConfig, Unplaced, place
+from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
+from router.views import NodeView, single_worker_tokens
+
+SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
+PLACE_CFG = PlacementConfig(queue_when_full=True)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    system: str = "flying"
+    nodes: int = 1
+    workers: int = 2
+    start: str = "tp"               # Flying's / cold restart's first layout: tp | dp
+    policy_interval_s: float = 0.5
+    tick_s: float = 0.05            # router queue retry period
+    sample_nodes: int = 8           # placement looks at this many nodes (all when fewer)
+    timeline_s: float = 1.0         # timeline bucket
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self):
+        if self.system not in SYSTEMS:
+            raise ValueError(f"unknown system {self.system!r} (known: {', '.join(SYSTEMS)})")
+
+
+class Cluster:
+    def __init__(self, cfg: SimConfig, profile: Profile):
+        self.cfg, self.p = cfg, profile
+        memo.install()
+        self.env = simpy.Environment()
+        self.rng = random.Random(cfg.seed)
+        dp, tp = (1,) * cfg.workers, (cfg.workers,)
+        first = dp if cfg.system == "static-dp" or (
+            cfg.system != "static-tp" and cfg.start == "dp") else tp
+        self.nodes = [Node(self.env, f"node-{i}", profile, cfg.workers, first, self._done)
+                      for i in range(cfg.nodes)]
+        self.by_name = {n.name: n for n in self.nodes}
+        self.queue: deque[Req] = deque()
+        self.done: list[Req] = []
+        self.failed: list[Req] = []
+        self.arrived: dict[str, int] = {n.name: 0 for n in self.nodes}
+        self.rate: dict[str, float] = {n.name: 0.0 for n in self.nodes}
+        self.switch_events: list[tuple] = []
+        self.policy = Policy(cfg.policy)
+        self.busy: set[str] = set()
+        self.tokens_by_bucket: dict[int, int] = {}
+
+    # ------------------------------------------------------------ requests
+    def _done(self, r: Req) -> None:
+        self.done.append(r)
+        b = int(r.t_done // self.cfg.timeline_s)
+        self.tokens_by_bucket[b] = self.tokens_by_bucket.get(b, 0) + r.output
+
+    def _views(self, nodes) -> list[NodeView]:
+        return [NodeView(n.name, n.status()) for n in nodes]
+
+    def _try_place(self, r: Req) -> bool:
+        nodes = self.nodes
+        if len(nodes) > self.cfg.sample_nodes:
+            nodes = self.rng.sample(nodes, self.cfg.sample_nodes)
+        views = self._views(nodes)
+        c = classify(r.prompt, r.output, r.priority, single_worker_tokens(views))
+        pl, why = place(views, c.context_tokens, c.urgent, PLACE_CFG, r.prompt)
+        if pl is None:
+            if why == Unplaced.TOO_LONG:
+                self.failed.append(r)
+                return True
+            if why == Unplaced.NEEDS_MERGE:
+                self.pending.append(PendingRequest(c.context_tokens, c.urgent))
+            return False
+        self.by_name[pl.node].submit(r, pl.instance)
+        self.arrived[pl.node] += 1
+        return True
+
+    def _arrivals(self, rows: np.ndarray):
+        env = self.env
+        for i, (t, p, o) in enumerate(rows):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            r = Req(i, float(t), int(p), max(1, int(o)))
+            if self.queue or not self._try_place(r):
+                self.queue.append(r)
+
+    def _retry(self):
+        while True:
+            yield self.env.timeout(self.cfg.tick_s)
+            while self.queue and self._try_place(self.queue[0]):
+                self.queue.popleft()
+
+    # ------------------------------------------------------------ policy
+    def _control(self):
+        cfg, env = self.cfg, self.env
+        alpha = 0.3
+        while True:
+            yield env.timeout(cfg.policy_interval_s)
+            for name, k in self.arrived.items():
+                self.rate[name] = (1 - alpha) * self.rate[name] + alpha * k / cfg.policy_interval_s
+                self.arrived[name] = 0
+            qd = len(self.queue) // max(1, len(self.nodes))
+            pending, self.pending = tuple(self.pending), []
+            loads = {n.name: LoadSignals(arrival_rate=self.rate[n.name], queue_depth=qd)
+                     for n in self.nodes}
+            views = [v for v in self._views(self.nodes)]
+            for d in self.policy.evaluate(views, loads, env.now, pending):
+                if d.node in self.busy:
+                    continue
+                self.busy.add(d.node)
+                env.process(self._apply(d))
+
+    def _apply(self, d):
+        node = self.by_name[d.node]
+        t0 = self.env.now
+        if self.cfg.system == "cold-restart":
+            yield from node.restart(d.layout)
+        else:
+            yield from node.switch(d.layout)
+        self.switch_events.append((t0, d.node, d.layout, d.kind, self.env.now - t0))
+        self.busy.discard(d.node)
+        self.policy.settled(d.node)
+
+    # ------------------------------------------------------------ run
+    def run(self, rows: np.ndarray, drain_s: float = 600.0) -> None:
+        self.pending: list[PendingRequest] = []
+        self.n = len(rows)
+        self.env.process(self._arrivals(rows))
+        self.env.process(self._retry())
+        if self.cfg.system in ("flying", "cold-restart"):
+            self.env.process(self._control())
+        end = float(rows[-1, 0]) if len(rows) else 0.0
+        step = max(1.0, end / 20)
+        t = 0.0
+        while t < end + drain_s and len(self.done) + len(self.failed) < self.n:
+            t += step
+            self.env.run(until=t)

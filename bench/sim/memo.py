@@ -1,0 +1,37 @@
+"""Memoized views of the policy's pure layout arithmetic, for the simulator's speed.
+
+`router.policy` scores every aligned layout of every node on each evaluation
+(`views.score_layout`, `views.changed_workers`, `views.aligned_layouts`): at 128 nodes that is
+most of a simulation's time. The three are pure functions, so the simulator installs cached
+wrappers in `router.policy`'s namespace (same results; the policy's code is unchanged).
+`score_layout`'s cost table is keyed by the identity of its `LayoutCost` objects: a
+simulated node reports its profile's objects, never copies.
+"""
+from __future__ import annotations
+
+import functools
+
+import router.policy as policy
+from router import views
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    scores: dict = {}
+
+    def score_layout(layout, costs, demand, max_batch=0):
+        key = (layout, tuple(map(id, costs.values())), demand, max_batch)
+        if key not in scores:
+            if len(scores) > 1_000_000:
+                scores.clear()
+            scores[key] = views.score_layout(layout, costs, demand, max_batch)
+        return scores[key]
+
+    policy.score_layout = score_layout
+    policy.changed_workers = functools.lru_cache(maxsize=65536)(views.changed_workers)
+    policy.aligned_layouts = functools.lru_cache(maxsize=1024)(views.aligned_layouts)
+    _installed = True

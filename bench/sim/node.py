@@ -1,0 +1,218 @@
+"""A simulated node: W workers in a layout of instances, each stepping its batch.
+
+An instance admits waiting requests (KV blocks and `max_running` permitting) and runs steps:
+a step with prefill work costs `decode_ms(decoding batch) + chunk * prefill_ms_per_token`
+(chunked at `max_batch_tokens`); a pure-decode stretch with a fixed batch is ONE event lasting
+`k * step_ms(b)`, k = the fewest tokens any running request still has to make. An arrival
+interrupts the stretch: the step in progress finishes, then the new request joins the batch.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import simpy
+
+from bench.sim.profile import Profile
+from flying_core import layout as lay
+from flying_core.types import GroupStatus, InstanceStatus
+from router.views import blocks_for
+
+
+@dataclass(eq=False)
+class Req:
+    id: int
+    arrival: float
+    prompt: int
+    output: int
+    priority: int = 0
+    prefill_left: int = 0
+    left: int = 0                 # output tokens still to make
+    blocks: int = 0
+    t_first: float = -1.0
+    t_done: float = -1.0
+
+    def __post_init__(self):
+        self.prefill_left, self.left = self.prompt, self.output
+
+    @property
+    def context(self) -> int:
+        return self.prompt + self.output
+
+
+@dataclass(eq=False)
+class Instance:
+    index: int
+    first: int
+    size: int
+    waiting: deque = field(default_factory=deque)
+    running: list = field(default_factory=list)
+    kv_used: int = 0
+    in_span: bool = False
+    stopped: bool = False
+    idle: simpy.Event | None = None
+    proc: simpy.Process | None = None
+
+
+class Node:
+    def __init__(self, env: simpy.Environment, name: str, profile: Profile, workers: int,
+                 layout: tuple[int, ...], on_done):
+        self.env, self.name, self.p, self.workers = env, name, profile, workers
+        self.on_done = on_done            # callback(req) when a request finishes
+        self.state = "serving"
+        self.switches = self.restarts = 0
+        self.instances: list[Instance] = []
+        self._build(layout)
+
+    # ------------------------------------------------------------ status (what the agent reports)
+    @property
+    def layout(self) -> tuple[int, ...]:
+        return tuple(i.size for i in self.instances)
+
+    def status(self) -> GroupStatus:
+        p, wb = self.p, self.p.kv_blocks_per_worker
+        insts = tuple(InstanceStatus(
+            i.index, tuple(range(i.first, i.first + i.size)), len(i.waiting), len(i.running),
+            wb * i.size, i.kv_used, min(p.max_model_len, wb * i.size * p.block_size),
+            self.state == "serving") for i in self.instances)
+        return GroupStatus(self.state, self.layout, insts, p.possible_tp_sizes, p.block_size,
+                           p.max_model_len, p.costs, self.switches, self.restarts)
+
+    def load(self) -> int:
+        return sum(len(i.waiting) + len(i.running) for i in self.instances)
+
+    # ------------------------------------------------------------ requests
+    def submit(self, req: Req, index: int) -> None:
+        inst = self.instances[index]
+        req.blocks = blocks_for(req.context, self.p.block_size)
+        inst.waiting.append(req)
+        self._wake(inst)
+
+    def _wake(self, inst: Instance) -> None:
+        if inst.idle is not None and not inst.idle.triggered:
+            inst.idle.succeed()
+        elif inst.in_span:
+            inst.in_span = False
+            inst.proc.interrupt()
+
+    def _admit(self, inst: Instance) -> None:
+        cap = self.p.kv_blocks_per_worker * inst.size
+        while inst.waiting and len(inst.running) < self.p.max_running:
+            r = inst.waiting[0]
+            if inst.kv_used + r.blocks > cap and inst.running:
+                break
+            inst.waiting.popleft()
+            inst.kv_used += r.blocks
+            inst.running.append(r)
+
+    def _finish(self, inst: Instance) -> None:
+        done = [r for r in inst.running if r.left <= 0]
+        if done:
+            inst.running = [r for r in inst.running if r.left > 0]
+            for r in done:
+                r.t_done = self.env.now
+                inst.kv_used -= r.blocks
+                self.on_done(r)
+
+    def _run(self, inst: Instance):
+        env, cost = self.env, self.p.cost(inst.size)
+        while not inst.stopped:
+            self._admit(inst)
+            if not inst.running:
+                inst.idle = env.event()
+                yield inst.idle
+                inst.idle = None
+                continue
+            decoding = [r for r in inst.running if r.prefill_left == 0]
+            filling = [r for r in inst.running if r.prefill_left > 0]
+            if filling:
+                budget = max(1, self.p.max_batch_tokens - len(decoding))
+                chunks = []
+                for r in filling:
+                    n = min(r.prefill_left, budget)
+                    if n <= 0:
+                        break
+                    chunks.append((r, n))
+                    budget -= n
+                ms = (cost.step_ms(len(decoding)) if decoding else 0.0) + \
+                    sum(n for _, n in chunks) * cost.prefill_ms_per_token
+                yield env.timeout(ms / 1e3)
+                for r in decoding:
+                    r.left -= 1
+                for r, n in chunks:
+                    r.prefill_left -= n
+                    if r.prefill_left == 0:
+                        r.t_first, r.left = env.now, r.left - 1
+            else:
+                s = cost.step_ms(len(decoding)) / 1e3
+                k = min(r.left for r in decoding)
+                start = env.now
+                inst.in_span = True
+                try:
+                    yield env.timeout(k * s)
+                    j = k
+                except simpy.Interrupt:
+                    j = min(k, math.floor((env.now - start) / s) + 1)
+                    inst.in_span = False
+                    yield env.timeout(max(0.0, start + j * s - env.now))
+                inst.in_span = False
+                for r in decoding:
+                    r.left -= j
+            self._finish(inst)
+
+    # ------------------------------------------------------------ layouts
+    def _build(self, layout: tuple[int, ...], carry=()) -> None:
+        self.instances = [Instance(i.index, i.first, i.size) for i in lay.instances(layout)]
+        for r in sorted(carry, key=lambda r: r.arrival):   # least loaded instance takes it
+            inst = min(self.instances, key=lambda i: (len(i.waiting) / i.size, i.index))
+            inst.waiting.append(r)
+        for inst in self.instances:
+            inst.proc = self.env.process(self._run(inst))
+
+    def _stop(self):
+        """Stop every instance after its step in progress; returns (requests held, KV tokens
+        of the running ones)."""
+        for inst in self.instances:
+            inst.stopped = True
+            self._wake(inst)
+        yield simpy.AllOf(self.env, [i.proc for i in self.instances])
+        held = [r for i in self.instances for r in list(i.running) + list(i.waiting)]
+        kv_tokens = sum(r.prompt - r.prefill_left + r.output - r.left
+                        for i in self.instances for r in i.running)
+        return held, kv_tokens
+
+    def switch(self, layout: tuple[int, ...]):
+        """A live switch: wait for the running steps, move the KV of changed workers over the
+        link (`kv_bytes_per_token / link_gb_s`), pay the fixed cost; requests carry over."""
+        self.state = "switching"
+        old = self.layout
+        held, kv_tokens = yield from self._stop()
+        frac = sum(i.size for i in lay.instances(old)) and _changed_fraction(old, layout)
+        move_s = kv_tokens * frac * self.p.kv_bytes_per_token / (self.p.link_gb_s * 1e9)
+        yield self.env.timeout(move_s + self.p.switch_fixed_ms / 1e3)
+        for r in held:                      # re-admitted in the new layout, progress kept
+            r.blocks = blocks_for(r.context, self.p.block_size)
+        self._build(layout, held)
+        self.switches += 1
+        self.state = "serving"
+        return move_s
+
+    def restart(self, layout: tuple[int, ...]):
+        """A cold restart: stop, reload the weights (`cold_start_s`); in-flight requests start
+        over (tokens already streamed keep their first-token time)."""
+        self.state = "restarting"
+        held, _ = yield from self._stop()
+        yield self.env.timeout(self.p.cold_start_s)
+        for r in held:
+            r.left = r.output - (1 if r.t_first >= 0 else 0)
+            r.prefill_left = r.prompt
+        self._build(layout, held)
+        self.restarts += 1
+        self.state = "serving"
+
+
+def _changed_fraction(old: tuple[int, ...], new: tuple[int, ...]) -> float:
+    """Share of the node's workers a switch disturbs (their KV moves)."""
+    from router.views import changed_workers
+    return changed_workers(old, new) / max(1, sum(new))

@@ -1,0 +1,59 @@
+"""Summaries and the timeline plot of simulated runs (the bench's metric names)."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench.sim.cluster import Cluster
+
+SLO_TTFT_S, SLO_TPOT_S = 1.0, 0.05     # the bench's goodput SLO (bench/results summary.md)
+
+
+def summarize(c: Cluster) -> dict:
+    done = [r for r in c.done if r.t_first >= 0]
+    ttft = np.array([r.t_first - r.arrival for r in done]) * 1e3
+    tpot = np.array([(r.t_done - r.t_first) / (r.output - 1) for r in done if r.output > 1])
+    good = sum(1 for r in done if r.t_first - r.arrival <= SLO_TTFT_S and (
+        r.output <= 1 or (r.t_done - r.t_first) / (r.output - 1) <= SLO_TPOT_S))
+    t0 = min((r.arrival for r in done), default=0.0)
+    span = max((r.t_done for r in done), default=0.0) - t0
+    return {
+        "requests": c.n, "finished": len(done), "failed": len(c.failed),
+        "unfinished": c.n - len(done) - len(c.failed),
+        "ttft_p50_ms": pct(ttft, 50), "ttft_p90_ms": pct(ttft, 90), "ttft_p99_ms": pct(ttft, 99),
+        "tpot_p50_ms": pct(tpot * 1e3, 50),
+        "output_tok_s": sum(r.output for r in done) / span if span > 0 else 0.0,
+        "goodput_rps": good / span if span > 0 else 0.0,
+        "switches": len(c.switch_events),
+        "switch_s_total": float(sum(e[4] for e in c.switch_events)),
+        "sim_span_s": span,
+    }
+
+
+def pct(a, q) -> float:
+    return float(np.percentile(a, q)) if len(a) else 0.0
+
+
+def plot_timeline(runs: dict[str, Cluster], rows: np.ndarray, path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    step = next(iter(runs.values())).cfg.timeline_s if runs else 1.0
+    if len(rows):
+        bins = np.arange(0, rows[-1, 0] + step, step)
+        h, _ = np.histogram(rows[:, 0], bins)
+        a1.plot(bins[:-1], h / step, color="grey")
+    a1.set_ylabel("arrivals / s")
+    a1.set_title(title)
+    for name, c in runs.items():
+        b = sorted(c.tokens_by_bucket)
+        line, = a2.plot([x * step for x in b], [c.tokens_by_bucket[x] / step for x in b],
+                        label=f"{name} ({len(c.switch_events)} switches)", lw=1)
+        for e in c.switch_events[:200]:
+            a2.axvline(e[0], color=line.get_color(), alpha=0.15, lw=0.5)
+    a2.set_ylabel("output tokens / s (finished)")
+    a2.set_xlabel("time (s)")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
