@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
                              switches=ns.switches, extra=extra)
         if ns.command == "sim":
+            try:
+                import simpy  # noqa: F401 - the dev extra (make setup installs it)
+            except ImportError:
+                print("flying sim: needs simpy (pip install 'flying[dev]' or make setup)",
+                      file=sys.stderr)
+                return 2
             from bench.sim.cli import run as run_sim
             try:
                 run_sim(ns)
