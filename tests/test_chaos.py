@@ -154,11 +154,14 @@ def test_broken_kv_transfer_is_recomputed_exactly(procs, faulty_a, fault):
     from tests.agentkit import collect
     proxy, proxy_addr = faulty_a
     proxy.fault, proxy.sent = "" if fault == "none" else fault, 0
-    prompt = list(range(40, 110))
+    # a prompt of its own per fault, its reference run on A: B must not hold it in its prefix
+    # cache, else B asks A to skip those blocks and there is nothing left to break
+    base = 40 + 100 * ["none", "crc", "drop", "die"].index(fault)
+    prompt = list(range(base, base + 70))
     with grpc.insecure_channel(procs.addr("A")) as ca, \
             grpc.insecure_channel(procs.addr("B")) as cb:
         a, b = pb_grpc.AgentStub(ca), pb_grpc.AgentStub(cb)
-        whole, _ = collect(b, gen_request(ids=prompt, max_tokens=12))
+        whole, _ = collect(a, gen_request(ids=prompt, max_tokens=12))
         req = gen_request(ids=prompt, max_tokens=12)
         req.request_id = f"kvfault-{fault}"
         req.split.handoff_at, req.split.remote = len(prompt) + 5, True   # 75 tokens: 3 blocks
