@@ -14,7 +14,8 @@ one GPU. Checks, in bfloat16 and float32:
               contiguous result, and the profiler shows no copy kernel
   ipc         (cuda) a pool shared with a second process through CUDA IPC: each side sees the
               other's writes, no copy
-  gemm        timing: one GEMM per fused slice (the view model's QKV) vs one fused GEMM
+  gemm        timing: one GEMM per fused slice (the view model's QKV) vs one fused GEMM,
+              launched one by one and (cuda) 32 of each in one CUDA graph
 `--device cpu` runs everything but IPC (tests/test_gpu_check.py does, and checks the views and
 attention here against flying_core's own code). Self-contained on purpose: a GPU box with only
 torch and Triton can run it from a bare checkout.
@@ -228,7 +229,29 @@ def time_gemms(device: str, dtype, quick: bool) -> dict:
         one = _time(lambda x=x: F.linear(x, fused), device, 20 if quick else 100)
         rows[str(tokens)] = {"slices_ms": round(sliced, 4), "fused_ms": round(one, 4),
                              "slices_over_fused": round(sliced / one, 3)}
+        if device == "cuda":    # as a decode step runs them: 32 layers in one CUDA graph
+            g_sliced = _time_graphed(lambda x=x: torch.cat([F.linear(x, p) for p in pieces],
+                                                           -1))
+            g_one = _time_graphed(lambda x=x: F.linear(x, fused))
+            rows[str(tokens)].update({"graphed_slices_ms": round(g_sliced, 4),
+                                      "graphed_fused_ms": round(g_one, 4),
+                                      "graphed_slices_over_fused": round(g_sliced / g_one, 3)})
     return rows
+
+
+def _time_graphed(fn, layers: int = 32, reps: int = 20) -> float:
+    """Milliseconds per call of `fn` captured `layers` times in one CUDA graph (no launch
+    overhead between calls, as in a captured decode step)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(layers):
+            fn()
+    return _time(g.replay, "cuda", reps) / layers
 
 
 # ------------------------------------------------------------------ CUDA IPC
