@@ -39,7 +39,7 @@ def outcome(stream):
 
 def test_urgent_request_sheds_the_least_urgent_queued_one(stub):
     ids = list(range(5, 40))
-    running = stub.Generate(req(ids, 150, 1), timeout=120)
+    running = stub.Generate(req(ids, 400, 1), timeout=120)   # outlasts the queue checks
     next(running)              # started, and more urgent than any below: never preempted
     queued = []
     for prio in (3, 5, 4):                                  # max_running=1: these wait
