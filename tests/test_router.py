@@ -126,7 +126,10 @@ def test_client_disconnect_mid_stream_aborts_on_the_agent(cluster):
         assert r.status_code == 200
         first = next(r.iter_lines())
         assert first.startswith("data: ") and "choices" in first
-        assert kv_in_use(cluster) > 0        # the agent holds the request's KV
+        held = time.monotonic() + 1.0        # the agent holds the request's KV (its status
+        while kv_in_use(cluster) == 0:       # is published once per driver loop: poll)
+            assert time.monotonic() < held, "no KV held while the stream runs"
+            time.sleep(0.02)
         t = time.monotonic()
     while kv_in_use(cluster) > 0:
         assert time.monotonic() - t < natural_s / 2, "the agent kept serving a gone client"
