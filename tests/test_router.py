@@ -226,11 +226,12 @@ def test_killed_agent_fails_over_and_loses_nothing(cluster):
     ones B had started continue on A from the tokens they had streamed)."""
     client = OpenAI(base_url=f"{cluster['http']}/v1", api_key="x", max_retries=0)
     outcome: dict[int, tuple] = {}
+    TOKENS = 400    # long enough that requests overlap (A fills up) and B's still run at the kill
 
     def one(i):
         try:
             r = client.completions.create(model="flying", prompt=f"fail {i} " * 4,
-                                          max_tokens=200, extra_body={"ignore_eos": True})
+                                          max_tokens=TOKENS, extra_body={"ignore_eos": True})
             outcome[i] = ("ok", r.usage.completion_tokens)
         except Exception as e:  # noqa: BLE001 - recorded, and the assertion below names it
             outcome[i] = ("error", getattr(e, "status_code", None), str(e)[:200])
@@ -252,7 +253,7 @@ def test_killed_agent_fails_over_and_loses_nothing(cluster):
     for t in threads:
         t.join(300)
     assert not any(t.is_alive() for t in threads)
-    assert outcome == {i: ("ok", 200) for i in range(len(threads))}, outcome
+    assert outcome == {i: ("ok", TOKENS) for i in range(len(threads))}, outcome
 
 
 def test_after_a_node_is_killed_new_requests_are_served(cluster):
