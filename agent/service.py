@@ -2,52 +2,23 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import grpc
 import structlog
 
 from agent.node import Node
+from agent.session import AgentSession
+from agent.streams import Outbox, RequestOutput
 from flying import logs, wire
-from flying.errors import abort, error_of, unary_errors
+from flying.errors import abort, unary_errors
 from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying_core.errors import FlyingError, Unavailable
-from flying_core.types import Finished, FinishReason, TokenEvent
 
 # one KV block per message: a large model's block is MiBs (the 4 MiB default is too small)
 KV_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 256 << 20),)
 log = logs.get("flying.agent")
-
-
-class EventStream:
-    """Driver thread -> one request's gRPC stream. Events are buffered and the event loop is
-    woken once per batch (not once per token), so a stream that falls behind sends what
-    accumulated as one chunk. Hand-written: asyncio.Queue wakes the loop per item and has no
-    drain-all."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.buf, self.lock = loop, [], threading.Lock()
-        self.ready = asyncio.Event()
-
-    def put(self, ev) -> None:
-        with self.lock:
-            self.buf.append(ev)
-            wake = len(self.buf) == 1
-        if wake:
-            self.loop.call_soon_threadsafe(self.ready.set)
-
-    async def take(self) -> list:
-        """Everything that arrived since the last take (waits for at least one event)."""
-        while True:
-            await self.ready.wait()
-            with self.lock:
-                out, self.buf = self.buf, []
-                self.ready.clear()
-            if out:
-                return out
 
 
 class AgentService(pb_grpc.AgentServicer):
@@ -55,45 +26,31 @@ class AgentService(pb_grpc.AgentServicer):
         self.node, self.tls = node, tls
 
     async def Generate(self, request, context):
-        events = EventStream(asyncio.get_running_loop())
+        """One request on its own stream (clients other than the router use this)."""
+        events = Outbox(asyncio.get_running_loop())
         try:
             if self.node.tokenizer is None:
                 raise Unavailable(f"node is {self.node.state}")
             spec = wire.spec_from_pb(request, self.node.tokenizer)
-            sink = events.put
             if request.HasField("resume"):
                 kv = await self.pull_kv(request.resume, spec.prompt_token_ids)
-                self.node.adopt(spec, kv, sink)
+                self.node.adopt(spec, kv, events.put)
             else:
-                self.node.submit(spec, sink)
+                self.node.submit(spec, events.put)
         except FlyingError as e:
             await abort(context, e)
         structlog.contextvars.bind_contextvars(request_id=spec.request_id)
-        track = _Track(self.node.metrics)
-        finished = False
+        output, finished = RequestOutput(spec, self.node), False
         try:
-            while True:
+            while not finished:
                 batch = await events.take()
-                tokens = [ev for ev in batch if isinstance(ev, TokenEvent)]
-                if tokens:
-                    track.token(sum(len(ev.token_ids) for ev in tokens))
-                    yield wire.chunk_to_pb(tokens)
-                ev = batch[-1]
-                if not isinstance(ev, Finished):
+                if not batch:
                     continue
-                finished = True
-                track.done(ev)
-                log.info("request finished", reason=ev.reason.value,
-                         prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
-                         ttft_ms=round(ev.ttft_ms, 2), queue_ms=round(ev.queue_ms, 2),
-                         instance=ev.instance, priority=spec.priority)
-                if ev.reason == FinishReason.ERROR and ev.code:   # e.g. shed at a full queue
-                    await abort(context, error_of(ev.code, ev.error))
-                if ev.reason == FinishReason.ERROR:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                        f"worker failure while serving: {ev.error}")
-                yield wire.complete_to_pb(ev, self.node.name)
-                return
+                msgs, err, finished = output.convert(batch)
+                for m in msgs:
+                    yield m
+                if err is not None:
+                    await abort(context, err)
         except asyncio.CancelledError:
             log.info("request cancelled by the client")
             raise
@@ -101,6 +58,17 @@ class AgentService(pb_grpc.AgentServicer):
             if not finished:
                 self.node.abort(spec.request_id)
             structlog.contextvars.unbind_contextvars("request_id")
+
+    async def Session(self, request_iterator, context):
+        """Every request of one router over one stream (agent/session.py)."""
+        session = AgentSession(self.node, self.pull_kv, asyncio.get_running_loop())
+        reader = asyncio.create_task(session.read(request_iterator))
+        try:
+            while (msg := await session.next_message()) is not None:
+                yield msg
+        finally:
+            reader.cancel()
+            session.close()
 
     @unary_errors
     async def Reconfigure(self, request, context):
@@ -153,24 +121,3 @@ class AgentService(pb_grpc.AgentServicer):
     @unary_errors
     async def Abort(self, request, context):
         return pb.AbortResponse(found=self.node.abort(request.request_id))
-
-
-class _Track:
-    """Per-request latency metrics as the agent sees them."""
-
-    def __init__(self, metrics):
-        self.m, self.t0, self.last = metrics, time.perf_counter(), None
-
-    def token(self, n: int) -> None:
-        now = time.perf_counter()
-        if self.last is None:
-            self.m.ttft.observe(now - self.t0)
-        else:
-            self.m.itl.observe((now - self.last) / max(1, n))
-        self.last = now
-        self.m.tokens.inc(n)
-
-    def done(self, ev: Finished) -> None:
-        self.m.e2e.observe(time.perf_counter() - self.t0)
-        self.m.queue.observe(ev.queue_ms / 1e3)
-        self.m.finished.labels(ev.reason.value).inc()

@@ -11,6 +11,7 @@ from flying.tls import TLSFiles
 from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying.wire import status_from_pb
+from router.session import RequestStream, Session
 from router.views import NodeView
 
 log = logs.get("flying.router.agents")
@@ -42,6 +43,7 @@ class AgentClient:
         self.asked: float | None = None   # when the first status unanswered so far was asked
         self.failures = 0
         self._issued = self._applied = 0   # refreshes overlap (poll + on-demand): newest wins
+        self.session: Session | None = None
 
     @property
     def healthy(self) -> bool:
@@ -86,12 +88,20 @@ class AgentClient:
                 log.warning("agent down", agent=self.address, error=e.code().name)
                 self._healthy = False
 
+    def generate(self, req: pb.GenerateRequest) -> RequestStream:
+        """Start a request on this agent over the shared session (router/session.py)."""
+        if self.session is None or not self.session.open:
+            self.session = Session(self.stub)
+        return self.session.generate(req)
+
     async def poll(self) -> None:
         while True:
             await self.refresh()
             await asyncio.sleep(self.poll_s)
 
     async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
         await self.channel.close()
 
 

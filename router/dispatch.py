@@ -141,7 +141,7 @@ class Dispatcher:
         if target is None or not target.view().serving:
             target = first_agent   # B went away: A resumes it (recompute of its own KV)
         cont = resume_request(req, tokens, first_agent.address)
-        call = target.stub.Generate(cont)
+        call = target.generate(cont)
         try:
             async for resp in call:
                 if resp.HasField("complete"):
@@ -172,7 +172,7 @@ class Dispatcher:
                 load.urgent_waiting[req.request_id] = time.monotonic()
             req.instance = placement.instance
             remote = self._split(req, placement)
-            call = agent.stub.Generate(req)
+            call = agent.generate(req)
             produced, done, tokens = False, False, []
             try:
                 async for resp in call:

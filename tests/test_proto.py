@@ -16,8 +16,8 @@ def test_generated_code_is_current(tmp_path):
 def test_names_the_issue_fixed():
     agent = flying_pb2.DESCRIPTOR.services_by_name["Agent"]
     router = flying_pb2.DESCRIPTOR.services_by_name["Router"]
-    assert set(agent.methods_by_name) == {"Generate", "Reconfigure", "GetStatus", "Abort",
-                                          "ExportKV"}
+    assert set(agent.methods_by_name) == {"Generate", "Session", "Reconfigure", "GetStatus",
+                                          "Abort", "ExportKV"}
     assert set(router.methods_by_name) == {"Generate", "GetClusterStatus", "Reconfigure"}
     assert agent.methods_by_name["Generate"].server_streaming
     req = flying_pb2.ReconfigureRequest(instance_sizes=[2, 1, 1], mode=flying_pb2.HARD)

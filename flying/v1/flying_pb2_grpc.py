@@ -41,6 +41,11 @@ class AgentStub:
                 request_serializer=flying_dot_v1_dot_flying__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=flying_dot_v1_dot_flying__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/flying.v1.Agent/Session',
+                request_serializer=flying_dot_v1_dot_flying__pb2.SessionRequest.SerializeToString,
+                response_deserializer=flying_dot_v1_dot_flying__pb2.SessionEvents.FromString,
+                _registered_method=True)
         self.Reconfigure = channel.unary_unary(
                 '/flying.v1.Agent/Reconfigure',
                 request_serializer=flying_dot_v1_dot_flying__pb2.ReconfigureRequest.SerializeToString,
@@ -69,6 +74,12 @@ class AgentServicer:
     """
 
     def Generate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +116,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=flying_dot_v1_dot_flying__pb2.GenerateRequest.FromString,
                     response_serializer=flying_dot_v1_dot_flying__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=flying_dot_v1_dot_flying__pb2.SessionRequest.FromString,
+                    response_serializer=flying_dot_v1_dot_flying__pb2.SessionEvents.SerializeToString,
             ),
             'Reconfigure': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconfigure,
@@ -156,6 +172,33 @@ class Agent:
             '/flying.v1.Agent/Generate',
             flying_dot_v1_dot_flying__pb2.GenerateRequest.SerializeToString,
             flying_dot_v1_dot_flying__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/flying.v1.Agent/Session',
+            flying_dot_v1_dot_flying__pb2.SessionRequest.SerializeToString,
+            flying_dot_v1_dot_flying__pb2.SessionEvents.FromString,
             options,
             channel_credentials,
             insecure,
