@@ -68,6 +68,7 @@ class Driver:
                                    self.handoff_stats)
         self.requests: dict[str, Request] = {}
         self.outbox: list[tuple[Callable[[Event], None], Event]] = []
+        self.unrendered: list[Request] = []      # requests with tokens decided, not rendered
         self.inbox: queue.Queue[Posted] = queue.Queue()
         self.stats_wait: tuple[CollectStats, list] | None = None
         self.stopping = False
@@ -98,6 +99,9 @@ class Driver:
                 self.dispatch()
                 for reply in self.seq.replies(timeout=0.05):
                     self.on_reply(reply)
+                if self.unrendered:     # (also from replies the switcher took)
+                    self.dispatch()     # the next steps go out before this step's text:
+                    self.render()       # detokenizing and events overlap the model
                 self.transfers.expire()
                 self.publish()
         except Unavailable as e:
@@ -143,6 +147,7 @@ class Driver:
         if self.switcher.pending is None:
             for sched in self.instances:
                 for req in [r for r in sched.running if r.handoff_due()]:
+                    req.render()
                     if req.spec.split.remote:
                         self.requests.pop(req.id, None)
                         self.transfers.hold(req)
@@ -200,7 +205,9 @@ class Driver:
                 reason = FinishReason.ABORT
             elif req.id in tokens:
                 reason = req.emit_token(tokens[req.id][0], sched.inst.index, self.eos_ids,
-                                        self.max_model_len, tokens[req.id][1])
+                                        self.max_model_len, tokens[req.id][1], defer=True)
+                if req.unrendered:
+                    self.unrendered.append(req)
             if reason is not None:
                 self.retire(req, reason)
 
@@ -252,6 +259,12 @@ class Driver:
         if self.stats_wait is not None:
             self.stats_wait[0].result.set_exception(error)
             self.stats_wait = None
+
+    def render(self) -> None:
+        """Text and events of the tokens the last replies decided (Request.render)."""
+        reqs, self.unrendered = self.unrendered, []
+        for req in reqs:
+            req.render()
 
     def publish(self) -> None:
         """Publish the status, then hand out the events the turn produced: whoever sees a

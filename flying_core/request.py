@@ -74,6 +74,9 @@ class Request:
     eos_ids: frozenset[int] = frozenset()   # the model's EOS tokens (banned before min_tokens)
     grammar: Any = None              # flying_core.grammar.GrammarState of a structured output
     prompt_lps: list[TokenLogprob | None] | None = None   # prompt_logprobs by position
+    # tokens decided but not yet detokenized and emitted (emit_token(defer=True)): the driver
+    # renders them after it sent the next step, so text work overlaps the model
+    unrendered: list[tuple[int, int, TokenLogprob | None]] = field(default_factory=list)
 
     def wants_prompt_logprobs(self, start: int) -> bool:
         """Whether a chunk from `start` computes prompt logprobs: the request asked, the
@@ -141,11 +144,13 @@ class Request:
             output_ids=tuple(self.tokens[self.num_prompt:]) if history else ())
 
     def emit_token(self, token: int, instance: int, eos_ids: frozenset[int],
-                   max_model_len: int, logprob: TokenLogprob | None = None
-                   ) -> FinishReason | None:
+                   max_model_len: int, logprob: TokenLogprob | None = None,
+                   defer: bool = False) -> FinishReason | None:
         """Append a sampled token; its event; the finish reason if it ends the request.
         As vLLM: no stop of any kind before min_tokens, and a stop token's own text (EOS
-        or stop_token_ids) is left out unless include_stop_str_in_output."""
+        or stop_token_ids) is left out unless include_stop_str_in_output. `defer`: when the
+        token does not end the request and no stop string could (none asked), only decide;
+        `render()` makes its text and event later."""
         now = time.perf_counter()
         self.first_token = self.first_token or now
         self.tokens.append(token)
@@ -155,6 +160,12 @@ class Request:
         may_stop = self.num_output >= s.min_tokens
         stop_token = may_stop and (token in s.stop_token_ids or (
             token in eos_ids and not s.ignore_eos))
+        if (defer and not s.stop and not stop_token and self.num_output < s.max_tokens
+                and len(self.tokens) < max_model_len
+                and (self.grammar is None or not self.grammar.done)):
+            self.unrendered.append((token, instance, logprob))
+            return None
+        self.render()
         if stop_token and not s.include_stop_str_in_output:
             text, stopped = "", False
         else:
@@ -169,6 +180,14 @@ class Request:
         self._emit(TokenEvent(self.id, (token,), instance, text,
                               () if logprob is None else (logprob,), self._take_prompt()))
         return reason
+
+    def render(self) -> None:
+        """Text and events of the tokens emit_token deferred, in order."""
+        for token, instance, logprob in self.unrendered:
+            text, _ = self.detok.add(token, check_stops=False)   # no stop strings: deferred
+            self._emit(TokenEvent(self.id, (token,), instance, text,
+                                  () if logprob is None else (logprob,), self._take_prompt()))
+        self.unrendered.clear()
 
     def _take_prompt(self) -> tuple[TokenLogprob, ...]:
         """The prompt logprobs, once (with the first token); the first prompt token's entry
@@ -186,6 +205,7 @@ class Request:
                code: str = "") -> None:
         if self.done:
             return
+        self.render()            # its tokens' events come before the one that ends it
         self.done = True
         now = time.perf_counter()
         ttft = ((self.first_token or now) - self.arrival) * 1e3
