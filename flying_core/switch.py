@@ -33,6 +33,8 @@ from flying_core.sequencer import Sequencer
 from flying_core.transfer import Held
 from flying_core.types import FinishReason, PreemptMode, SwitchReport
 
+MOVE_WAIT_S = 60.0   # a switch's KV move: no worker finished its part for this long, it failed
+
 
 @dataclass
 class Migration:
@@ -147,20 +149,26 @@ class Switcher:
         return p
 
     def _move(self, moves: list[Move], workers: list[int]) -> tuple[int, list[float]]:
+        """Send the move and wait for every worker's part. Every worker's pipe is read
+        meanwhile, not only an awaited one's: a worker whose reply is large (an export's KV)
+        blocks writing it into its full pipe, and the move's other workers wait for it."""
         ticket = self.seq.next_ticket()
         self.seq.send(workers, MoveCmd(ticket, tuple(moves)))
-        nbytes, ms = 0, []
-        for w in workers:
-            while True:
-                reply = self.seq.reply_from(w)
+        got: dict[int, Moved] = {}
+        last = time.perf_counter()
+        while len(got) < len(workers):
+            for reply in self.seq.replies(timeout=0.05):
                 if isinstance(reply, Failed):
-                    raise Unavailable(f"worker {w}: KV move failed: {reply.error}")
+                    raise Unavailable(f"worker {reply.worker}: KV move failed: {reply.error}")
                 if isinstance(reply, Moved) and reply.ticket == ticket:
-                    break
-                self.on_reply(reply)
-            nbytes += reply.nbytes
-            ms.append(reply.ms)
-        return nbytes, ms
+                    got[reply.worker], last = reply, time.perf_counter()
+                else:
+                    self.on_reply(reply)
+            if time.perf_counter() - last > MOVE_WAIT_S:
+                late = [w for w in workers if w not in got]
+                raise Unavailable(f"workers {late} did not finish a KV move in "
+                                  f"{MOVE_WAIT_S:.0f}s")
+        return sum(r.nbytes for r in got.values()), [got[w].ms for w in workers]
 
     def _execute(self, p: PendingSwitch) -> None:
         insts = self.instances
