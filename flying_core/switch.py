@@ -211,5 +211,6 @@ class Switcher:
         p.report = SwitchReport(
             p.cmd.layout, (now - p.t0) * 1e3,
             migrated=sum(r not in held for r, _, _ in mig.assignments),
-            recomputed=sum(r not in held for r in mig.recompute), drained=p.drained, kv_bytes_moved=nbytes,
-            step_wait_ms=(p.t_exec - p.t0) * 1e3, worker_move_ms=tuple(move_ms))
+            recomputed=sum(r not in held for r in mig.recompute), drained=p.drained,
+            kv_bytes_moved=nbytes, step_wait_ms=(p.t_exec - p.t0) * 1e3,
+            worker_move_ms=tuple(move_ms))
