@@ -59,13 +59,13 @@ class Driver:
         budget = Budget(cfg.max_batch_tokens, cfg.max_running, cfg.tbt_slo_ms,
                         costs.step_ms, costs.prefill_ms)
         self.instances = Instances(self.pool, cfg.block_size, budget, layout)
-        self.switcher = Switcher(seq, self.pool, self.instances, info.num_kv_heads,
-                                 self.on_reply)
         self.handoff_stats = HandoffStats()
         self.handoffs = Handoffs(seq, self.pool, self.instances, info.num_kv_heads,
                                  self.handoff_stats)
         self.transfers = Transfers(seq, self.pool, self.instances, info, cfg.block_size,
                                    self.handoff_stats)
+        self.switcher = Switcher(seq, self.pool, self.instances, info.num_kv_heads,
+                                 self.on_reply, self.transfers.held)
         self.requests: dict[str, Request] = {}
         self.outbox: list[tuple[Callable[[Event], None], Event]] = []
         self.unrendered: list[Request] = []      # requests with tokens decided, not rendered

@@ -7,9 +7,10 @@ t % s. Nothing is copied to change layout; only heads of in-flight requests move
 (kv_plan.plan_moves), packed before any write so a plan may permute blocks freely.
 
 On a CPU node the pools live in shared memory (`share_with_peers`): a worker then pulls the
-heads it receives straight out of its peers' pools (a memcpy, no socket), tells each source it
-is done reading, and writes only after every reader of its own pool said so. On a GPU node the
-same pull reads the peers' pools through CUDA IPC handles exchanged once at start (over
+heads it receives straight out of its peers' pools (a memcpy, no socket) once each source said
+it reached the move (so every command queued before it there has written), tells each source
+it is done reading, and writes only after every reader of its own pool said so. On a GPU
+node the same pull reads the peers' pools through CUDA IPC handles exchanged once at start (over
 NVLink), with a device synchronisation before each "done" and before each write (not yet run
 on a GPU). Elsewhere the heads travel point-to-point over the world group.
 
@@ -25,6 +26,8 @@ import torch.distributed as dist
 
 from flying_core.kv_format import row_format, split_kv
 from flying_core.kv_plan import Move
+
+READY = 1   # tag of the "my earlier commands are done" message that opens a pull
 
 
 class KVPool:
@@ -147,7 +150,19 @@ class KVPool:
         return received
 
     def _pull(self, me: int, sends, recvs, group) -> int:
-        """Shared-memory exchange: read peers' pools, handshake, then write."""
+        """Shared-memory exchange: wait until every source reached this move, read peers'
+        pools, handshake, then write.
+
+        A source may still be carrying out commands queued before the move whose writes the
+        driver does not wait for (a KV import has no reply): reading its pool before it says
+        "ready" would take the bytes from before them."""
+        self._sync()   # my earlier writes are complete before I say "ready"
+        ready = torch.zeros(1)
+        reqs = [dist.isend(ready, dst, group=group, tag=READY) for dst in sends if dst != me]
+        reqs += [dist.irecv(torch.zeros(1), src, group=group, tag=READY)
+                 for src in recvs if src != me]
+        for r in reqs:
+            r.wait()
         inbox = {src: self._read_peer(me, src, ms) for src, ms in recvs.items()}
         self._sync()   # my reads of peers' pools are complete before I say so
         done = torch.zeros(1)

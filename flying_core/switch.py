@@ -9,6 +9,10 @@ A request goes to the new instance that already holds most of its KV homes; home
 instance's workers stay where they are (only their heads are redistributed for the new TP
 size), the others get fresh blocks there. If the new instance has no room for them, the
 request falls back to recompute (its KV is freed and it re-prefills every token it has).
+The KV a cross-node first segment left held for export (transfer.Held) on a retiring instance
+moves the same way: a home's bytes lie where its instance's TP layout put them, and the new
+layout hands out homes whose bytes overlap them. With no room, the held KV is dropped (its
+export then fails and the second segment recomputes).
 """
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ from flying_core.kv_plan import Move, plan_moves
 from flying_core.layout import Instance
 from flying_core.request import Request
 from flying_core.sequencer import Sequencer
+from flying_core.transfer import Held
 from flying_core.types import FinishReason, PreemptMode, SwitchReport
+
+MOVE_WAIT_S = 60.0   # a switch's KV move: no worker finished its part for this long, it failed
 
 
 @dataclass
@@ -98,9 +105,11 @@ class Switcher:
     move (they belong to instances that keep serving)."""
 
     def __init__(self, seq: Sequencer, pool: BlockPool, instances: Instances,
-                 num_kv_heads: int, on_reply: Callable[[Reply], None]):
+                 num_kv_heads: int, on_reply: Callable[[Reply], None],
+                 held: dict[str, Held]):
         self.seq, self.pool, self.instances = seq, pool, instances
         self.num_kv_heads, self.on_reply = num_kv_heads, on_reply
+        self.held = held                 # request id -> KV kept for export (transfer.Transfers)
         self.pending: PendingSwitch | None = None
         self.count = 0
 
@@ -140,20 +149,26 @@ class Switcher:
         return p
 
     def _move(self, moves: list[Move], workers: list[int]) -> tuple[int, list[float]]:
+        """Send the move and wait for every worker's part. Every worker's pipe is read
+        meanwhile, not only an awaited one's: a worker whose reply is large (an export's KV)
+        blocks writing it into its full pipe, and the move's other workers wait for it."""
         ticket = self.seq.next_ticket()
         self.seq.send(workers, MoveCmd(ticket, tuple(moves)))
-        nbytes, ms = 0, []
-        for w in workers:
-            while True:
-                reply = self.seq.reply_from(w)
+        got: dict[int, Moved] = {}
+        last = time.perf_counter()
+        while len(got) < len(workers):
+            for reply in self.seq.replies(timeout=0.05):
                 if isinstance(reply, Failed):
-                    raise Unavailable(f"worker {w}: KV move failed: {reply.error}")
+                    raise Unavailable(f"worker {reply.worker}: KV move failed: {reply.error}")
                 if isinstance(reply, Moved) and reply.ticket == ticket:
-                    break
-                self.on_reply(reply)
-            nbytes += reply.nbytes
-            ms.append(reply.ms)
-        return nbytes, ms
+                    got[reply.worker], last = reply, time.perf_counter()
+                else:
+                    self.on_reply(reply)
+            if time.perf_counter() - last > MOVE_WAIT_S:
+                late = [w for w in workers if w not in got]
+                raise Unavailable(f"workers {late} did not finish a KV move in "
+                                  f"{MOVE_WAIT_S:.0f}s")
+        return sum(r.nbytes for r in got.values()), [got[w].ms for w in workers]
 
     def _execute(self, p: PendingSwitch) -> None:
         insts = self.instances
@@ -161,7 +176,10 @@ class Switcher:
         running = [(r, old[i]) for i in p.retiring for r in insts[i].running]
         for r, _ in running:
             r.handed_off = True   # a split names instances of the old layout: colocate instead
-        mig = plan_migration(running, p.cmd.layout, self.pool, self.num_kv_heads)
+        retired = {(old[i].first, old[i].size): old[i] for i in p.retiring}
+        held = {h.req: h for h in self.held.values() if (h.first, h.size) in retired}
+        mig = plan_migration(running + [(r, retired[h.first, h.size]) for r, h in held.items()],
+                             p.cmd.layout, self.pool, self.num_kv_heads)
         nbytes, move_ms = 0, []
         if mig.moves:
             workers = sorted({w for i in p.retiring for w in old[i].workers})
@@ -174,17 +192,25 @@ class Switcher:
         for req, target, homes in mig.assignments:
             req.homes, req.cached_blocks = homes, 0
             req.home = req.home if req.home is not None and target.holds(req.home) else None
+            if req in held:       # still held for export, now in the new instance's layout
+                held[req].first, held[req].size = target.first, target.size
+                continue
             req.instance = target.index
             insts[target.index].running.append(req)
             insts[target.index].commit(req)   # its full blocks are cached in the new scope
         for req in mig.recompute:
             self.pool.release(req.homes)
             req.homes, req.num_computed, req.home, req.cached_blocks = [], 0, None, 0
+            if req in held:       # no room for the held KV: its export fails (recompute)
+                del self.held[req.id]
+                continue
             req.preemptions += 1
             insts.unplaced.append(req)
         insts.place_unplaced()
         now = time.perf_counter()
         p.report = SwitchReport(
-            p.cmd.layout, (now - p.t0) * 1e3, migrated=len(mig.assignments),
-            recomputed=len(mig.recompute), drained=p.drained, kv_bytes_moved=nbytes,
-            step_wait_ms=(p.t_exec - p.t0) * 1e3, worker_move_ms=tuple(move_ms))
+            p.cmd.layout, (now - p.t0) * 1e3,
+            migrated=sum(r not in held for r, _, _ in mig.assignments),
+            recomputed=sum(r not in held for r in mig.recompute), drained=p.drained,
+            kv_bytes_moved=nbytes, step_wait_ms=(p.t_exec - p.t0) * 1e3,
+            worker_move_ms=tuple(move_ms))
