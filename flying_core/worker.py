@@ -120,6 +120,11 @@ class Worker:
         dtype = None if g.device == "cpu" else _engine_config(g, 1).model_config.dtype
         backend_name = attention_backend(g.device, dtype)
         base = _engine_config(g, 1, backend_name)
+        # as vLLM's own worker (WorkerBase): IR op priorities and the torch-wrap state are set
+        # once for the process, before any model is built or compiled
+        import vllm.ir
+        base.kernel_config.ir_op_priority.set_default()
+        vllm.ir.set_default_torch_wrap(base.compilation_config.ir_enable_torch_wrap)
         hf = base.model_config.hf_config
         text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
         heads, kv_heads = text.num_attention_heads, text.num_key_value_heads
