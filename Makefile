@@ -32,7 +32,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-all: setup
-	$(BIN)/python -m pytest --run-slow --run-soak $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/flying bench all

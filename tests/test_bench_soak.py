@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from bench import soak
 
 
@@ -17,7 +15,6 @@ def test_layouts_split_aligned_from_refused():
     assert soak.expected([5, 6, 7], 2) == [5, 6]
 
 
-@pytest.mark.soak
 def test_quick_soak_matches_plain_vllm(tmp_path):
     rc = soak.run(tmp_path, switches=30, quick=True, seed=1)
     res = json.loads((tmp_path / "soak.json").read_text())
