@@ -15,7 +15,8 @@ one GPU. Checks, in bfloat16 and float32:
   ipc         (cuda) a pool shared with a second process through CUDA IPC: each side sees the
               other's writes, no copy
   gemm        timing: one GEMM per fused slice (the view model's QKV) vs one fused GEMM,
-              launched one by one and (cuda) 32 of each in one CUDA graph
+              launched one by one and (cuda) 32 of each in one CUDA graph; a row-parallel
+              layer on a strided column slice of its weight vs on a contiguous copy
 `--device cpu` runs everything but IPC (tests/test_gpu_check.py does, and checks the views and
 attention here against flying_core's own code). Self-contained on purpose: a GPU box with only
 torch and Triton can run it from a bare checkout.
@@ -239,6 +240,32 @@ def time_gemms(device: str, dtype, quick: bool) -> dict:
     return rows
 
 
+def time_row_parallel(device: str, dtype, quick: bool) -> dict:
+    """Row-parallel layers at tp=2 as the view model runs them: F.linear on a strided column
+    slice of the full weight (stride (in_full, 1), no copy) vs on a contiguous copy of that
+    slice. Llama-3-8B's o_proj [4096, 4096] and down_proj [4096, 14336]; on CUDA 32 of each
+    in one CUDA graph, on CPU launched one by one."""
+    shapes = {"o_proj": (4096, 4096), "down_proj": (4096, 14336)} if not quick else \
+        {"o_proj": (256, 256)}
+    out: dict = {}
+    for name, (out_f, in_f) in shapes.items():
+        full = torch.randn(out_f, in_f, device=device).to(dtype)
+        view = full.narrow(1, 0, in_f // 2)
+        copy = view.contiguous()
+        rows = {}
+        for tokens in ((1, 16, 256, 2048) if not quick else (1, 16)):
+            x = torch.randn(tokens, in_f // 2, device=device).to(dtype)
+            timed = (_time_graphed if device == "cuda" else
+                     lambda fn: _time(fn, device, 20))
+            strided = timed(lambda x=x, w=view: F.linear(x, w))
+            contiguous = timed(lambda x=x, w=copy: F.linear(x, w))
+            rows[str(tokens)] = {"strided_ms": round(strided, 4),
+                                 "contiguous_ms": round(contiguous, 4),
+                                 "strided_over_contiguous": round(strided / contiguous, 3)}
+        out[name] = rows
+    return out
+
+
 def _time_graphed(fn, layers: int = 32, reps: int = 20) -> float:
     """Milliseconds per call of `fn` captured `layers` times in one CUDA graph (no launch
     overhead between calls, as in a captured decode step)."""
@@ -303,6 +330,7 @@ def run(device: str, quick: bool) -> dict:
             except Exception as e:  # noqa: BLE001 - a failed check is a result, not a crash
                 res["checks"][f"{key}/{name}"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         res["gemm"][name] = time_gemms(device, dtype, quick)
+        res.setdefault("gemm_row_parallel", {})[name] = time_row_parallel(device, dtype, quick)
     res["ok"] = all(c["ok"] for c in res["checks"].values())
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     return res
