@@ -16,6 +16,8 @@ themselves (kv_pool, kv_plan, kv_format, batch) on CUDA tensors, in bfloat16 and
               locked, padded to the captured size by `graph_size`); after a tp1 -> tp2 move in
               place the tp=2 graphs' replays equal eager tp=1 attention: the pool never moves,
               so graphs captured at warm-up survive a switch
+  staging     (CUDA only) `BatchBuffers.on_device`: a step's arrays reach the GPU in one
+              host-to-device copy of the staging buffer, equal to the host arrays
 `--device cpu` runs pool_move (through /dev/shm) and the eager half of graphs, as
 tests/test_gpu_flying.py does. Writes DIR/gpu_flying.json; exit 0 when every check passed.
 """
@@ -327,6 +329,34 @@ def _time_replay(g: Graph, reps: int = 200) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ one staging copy
+
+def check_staging(device: str) -> dict:
+    """The runner's batch reaches the GPU in ONE host-to-device copy (the profiler counts the
+    memcpys) and every array equals its host original."""
+    from torch.profiler import ProfilerActivity, profile
+    bs = 16
+    buf = BatchBuffers(bs, 64, 8, 8, pin=True)
+    seqs = tuple(SeqChunk(f"r{i}", tuple(range(i + 1)), 3 * i, tuple(range(i, i + 4)),
+                          SampleParams() if i % 2 else None) for i in range(6))
+    host = buf.fill(seqs)
+    dev = torch.device(device)
+    buf.on_device(host, dev)                       # allocates the device buffer once
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        d = buf.on_device(host, dev)
+        torch.cuda.synchronize()
+    copies = [e.name for e in prof.events() if "memcpy" in e.name.lower()
+              and "htod" in e.name.lower().replace(" ", "").replace("_", "")]
+    fields = ("input_ids", "positions", "slot_mapping", "query_start_loc", "seq_lens",
+              "block_table", "logits_rows")
+    equal = all(torch.equal(getattr(host, f), getattr(d, f).cpu()) for f in fields)
+    on_gpu = all(getattr(d, f).device.type == "cuda" for f in fields)
+    return {"ok": equal and on_gpu and len(copies) == 1, "arrays_equal": equal,
+            "htod_copies": len(copies), "copy_events": copies[:4],
+            "staging_bytes": int(buf.host.numel())}
+
+
 # ------------------------------------------------------------------ main
 
 def run(device: str) -> dict:
@@ -344,6 +374,11 @@ def run(device: str) -> dict:
         except Exception as e:  # noqa: BLE001
             res["checks"][f"graphs/{name}"] = {"ok": False,
                                                "error": f"{type(e).__name__}: {e}"}
+    if device == "cuda":
+        try:
+            res["checks"]["staging"] = check_staging(device)
+        except Exception as e:  # noqa: BLE001
+            res["checks"]["staging"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     res["ok"] = bool(res["checks"]) and all(c["ok"] for c in res["checks"].values())
     res["wall_s"] = round(time.perf_counter() - t0, 2)
     return res

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared run on a lent GPU machine (torch + Triton, no vLLM): both torch-level check
-# scripts, then the CPU-side tests of the same code under that machine's torch. Logs and JSON
+# scripts, Llama-3-8B's measured step cost per TP shard (the simulator's H200 profile), then the CPU-side tests of the same code under that machine's torch. Logs and JSON
 # go to $OUT (the device tool brings them back); commit them under bench/results/gpu-h200/.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -9,6 +9,8 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 { nvidia-smi -L; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
 timeout 240 python3 bench/gpu_check.py --out "$OUT" > "$OUT/gpu_check.log" 2>&1; echo "gpu_check rc=$?"
 timeout 240 python3 bench/gpu_flying.py --out "$OUT" > "$OUT/gpu_flying.log" 2>&1; echo "gpu_flying rc=$?"
+timeout 300 python3 bench/gpu_step_cost.py --out "$OUT" > "$OUT/gpu_step_cost.log" 2>&1; echo "gpu_step_cost rc=$?"
+tail -5 "$OUT/gpu_step_cost.log"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_kv_views.py tests/test_batch.py \
     tests/test_gpu_check.py tests/test_gpu_flying.py > "$OUT/pytest.log" 2>&1; echo "pytest rc=$?"
 tail -3 "$OUT/pytest.log"

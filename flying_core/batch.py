@@ -8,8 +8,9 @@ the step's tokens; the only per-chunk Python work is reading the chunk's tuples.
 Hand-written (not vLLM's `InputBatch`/`BlockTable`): those keep persistent per-request state
 that vLLM's scheduler updates incrementally, while our step commands carry each chunk whole;
 this is the stateless half of the same idea (pre-allocated pinned-size arrays, numpy math).
-The torch tensors in a `Batch` share memory with the buffers: they are valid until the next
-`fill`, which is all one synchronous step needs.
+The torch tensors in a `Batch` share memory with one staging buffer: they are valid until the
+next `fill`, which is all one synchronous step needs; `on_device` gives the same batch on a GPU
+through one host-to-device copy of that buffer (not one per array).
 
 Two device-agnostic pieces a GPU step needs (pure too): `decode_first` orders the chunks the
 way backends with a `reorder_batch_threshold` require (decodes first) and gives the inverse to
@@ -57,18 +58,30 @@ class BatchBuffers:
         self._alloc(max_tokens, max_seqs, max_blocks)
 
     def _alloc(self, max_tokens: int, max_seqs: int, max_blocks: int) -> None:
-        """Zeroed torch tensors (page-locked with `pin`, so a GPU step's host-to-device copies
-        run asynchronously) and the numpy arrays that alias them."""
+        """One zeroed byte buffer (page-locked with `pin`, so a GPU step's host-to-device copy
+        runs asynchronously) carved into typed torch views at 8-byte-aligned offsets, and the
+        numpy arrays that alias them; `on_device` copies the whole buffer in one transfer."""
         self.max_tokens, self.max_seqs, self.max_blocks = max_tokens, max_seqs, max_blocks
         shapes = {"ids": (max_tokens, torch.int64), "pos": (max_tokens, torch.int64),
                   "slots": (max_tokens, torch.int64), "qsl": (max_seqs + 1, torch.int32),
                   "seq_lens": (max_seqs, torch.int32),
                   "table": ((max_seqs, max_blocks), torch.int32),
                   "rows": (max_seqs, torch.int64)}
-        self._t = {k: torch.zeros(shape, dtype=dt, pin_memory=self.pin)
-                   for k, (shape, dt) in shapes.items()}
+        self._layout, end = {}, 0
+        for k, (shape, dt) in shapes.items():
+            shape = shape if isinstance(shape, tuple) else (shape,)
+            nbytes = int(np.prod(shape)) * dt.itemsize
+            self._layout[k] = (end, nbytes, shape, dt)
+            end += -(-nbytes // 8) * 8
+        self.host = torch.zeros(end, dtype=torch.uint8, pin_memory=self.pin)
+        self._t = self._carve(self.host)
         for k, t in self._t.items():
             setattr(self, k, t.numpy())
+        self._device_buf: torch.Tensor | None = None
+
+    def _carve(self, buf: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: buf[off:off + n].view(dt).view(shape)
+                for k, (off, n, shape, dt) in self._layout.items()}
 
     def _fit(self, tokens: int, seqs: int, blocks: int) -> None:
         if tokens > self.max_tokens or seqs > self.max_seqs or blocks > self.max_blocks:
@@ -113,10 +126,30 @@ class BatchBuffers:
                 raise ValueError("only a decode batch (one token per chunk) is padded")
             self._pad(n, pad_to)
             n = tokens = pad_to
-        t = self._t
+        return self._batch(self._t, sampled, tokens, n, m, max_query, max_seq,
+                           real if n != real else -1)
+
+    def _batch(self, t: dict, sampled, tokens: int, n: int, m: int, max_query: int,
+               max_seq: int, real: int) -> Batch:
         return Batch(t["ids"][:tokens], t["pos"][:tokens], t["slots"][:tokens],
                      t["qsl"][:n + 1], t["seq_lens"][:n], t["table"][:n], t["rows"][:m],
-                     sampled, tokens, max_query, max_seq, real if n != real else -1)
+                     sampled, tokens, max_query, max_seq, real)
+
+    def on_device(self, b: Batch, device: torch.device) -> Batch:
+        """`b` (this buffer's last `fill`) on `device` through ONE host-to-device copy of the
+        whole staging buffer (a few kB; asynchronous from page-locked memory), viewed with the
+        same offsets. The caller synchronises before the next `fill` (a step ends by reading
+        its logits back, or with a device synchronise)."""
+        if device.type == "cpu":
+            return b
+        if self._device_buf is None or self._device_buf.shape != self.host.shape \
+                or self._device_buf.device != device:
+            self._device_buf = torch.empty_like(self.host, device=device)
+        self._device_buf.copy_(self.host, non_blocking=True)
+        n = b.seq_lens.shape[0]
+        return self._batch(self._carve(self._device_buf), b.sampled, b.num_tokens, n,
+                           b.logits_rows.shape[0], b.max_query_len, b.max_seq_len,
+                           b.real_seqs)
 
     def _pad(self, n: int, size: int) -> None:
         """Sequences n..size-1 (and their tokens): no query, no context, writing nowhere."""

@@ -6,8 +6,8 @@ samples; the others return nothing.
 
 Device-agnostic: the attention metadata builder is the one of the backend the model's own
 `Attention` layers were built with (attn_backend.py: CPU_ATTN on CPU, FLASH_ATTN / TRITON_ATTN
-on CUDA, pinned per worker). On a GPU the batch arrays are filled in page-locked host buffers
-and copied asynchronously; `query_start_loc_cpu` stays on the host.
+on CUDA, pinned per worker). On a GPU the batch arrays are filled in one page-locked staging
+buffer and reach the device in one asynchronous copy; `query_start_loc_cpu` stays on the host.
 """
 from __future__ import annotations
 
@@ -74,13 +74,13 @@ class ModelRunner:
             order, _ = decode_first(seqs, self.reorder)
             seqs = tuple(seqs[i] for i in order)
         b = self.buffers.fill(seqs)
-        dev = self._on_device
+        d = self.buffers.on_device(b, self.device)     # one host-to-device copy on a GPU
         common = CommonAttentionMetadata(
-            query_start_loc=dev(b.query_start_loc), query_start_loc_cpu=b.query_start_loc,
-            seq_lens=dev(b.seq_lens), num_reqs=b.num_seqs, num_actual_tokens=b.num_tokens,
+            query_start_loc=d.query_start_loc, query_start_loc_cpu=b.query_start_loc,
+            seq_lens=d.seq_lens, num_reqs=b.num_seqs, num_actual_tokens=b.num_tokens,
             max_query_len=b.max_query_len, max_seq_len=b.max_seq_len,
-            block_table_tensor=dev(b.block_table), slot_mapping=dev(b.slot_mapping),
-            causal=True, positions=dev(b.positions))
+            block_table_tensor=d.block_table, slot_mapping=d.slot_mapping,
+            causal=True, positions=d.positions)
         with set_current_vllm_config(self.cfg), tp_mode(self.group):
             t1 = time.perf_counter()
             md = self.builder.build(0, common)
@@ -89,12 +89,12 @@ class ModelRunner:
             t2 = time.perf_counter()
             with set_forward_context(attn, self.cfg, num_tokens=b.num_tokens,
                                      slot_mapping=slot_md):
-                hidden = self.model(input_ids=dev(b.input_ids), positions=common.positions)
+                hidden = self.model(input_ids=d.input_ids, positions=common.positions)
                 t3 = time.perf_counter()
                 self._prompt_logprobs(seqs, b, hidden)
                 if not b.sampled:
                     return self._done([])
-                logits = self.model.compute_logits(hidden[dev(b.logits_rows)])
+                logits = self.model.compute_logits(hidden[d.logits_rows])
         t4 = time.perf_counter()
         if logits is None or not self.is_leader:
             return self._done([])

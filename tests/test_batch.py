@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from flying_core.batch import BatchBuffers
 from flying_core.commands import SampleParams, SeqChunk
@@ -143,3 +144,32 @@ def test_decode_batch_padded_to_a_graph_size():
     assert buf.fill(seqs).real_seqs == -1                # unpadded: no marker
     with pytest.raises(ValueError, match="decode batch"):
         buf.fill((SeqChunk("p", (1, 2), 0, (0,), None),), pad_to=4)
+
+
+def test_every_array_is_a_view_of_one_staging_buffer():
+    """One host-to-device copy per step on a GPU: the arrays live in one buffer, at the same
+    offsets in its device twin (checked here on the meta device; values on CUDA by
+    bench/gpu_flying.py's staging check)."""
+    rng = random.Random(3)
+    buf = BatchBuffers(BS, max_tokens=64, max_seqs=8, max_blocks=8)
+    seqs = tuple(random_chunk(rng, i) for i in range(5))
+    b = buf.fill(seqs)
+    lo = buf.host.data_ptr()
+    hi = lo + buf.host.numel()
+    fields = ("input_ids", "positions", "slot_mapping", "query_start_loc", "seq_lens",
+              "block_table", "logits_rows")
+    spans = []
+    for f in fields:
+        t = getattr(b, f)
+        assert lo <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= hi, f
+        spans.append((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()))
+    spans.sort()
+    assert all(a[1] <= b_[0] for a, b_ in zip(spans, spans[1:]))   # no two arrays overlap
+    assert buf.on_device(b, torch.device("cpu")) is b                # the CPU reads the host
+    d = buf.on_device(b, torch.device("meta"))
+    for f in fields:
+        h, m = getattr(b, f), getattr(d, f)
+        assert (m.device.type, m.shape, m.dtype) == ("meta", h.shape, h.dtype), f
+        assert m.storage_offset() * m.element_size() == \
+            h.data_ptr() - lo, f            # same byte offset in the device buffer
+    assert (d.num_tokens, d.sampled, d.max_seq_len) == (b.num_tokens, b.sampled, b.max_seq_len)
