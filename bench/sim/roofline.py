@@ -1,6 +1,11 @@
-"""Llama-3-8B on one 8xH200 node, by a roofline model: `python -m bench.sim.roofline OUT.json`.
+"""Llama-3-8B on one 8xH200 node: `python -m bench.sim.roofline [--measured M.json] OUT.json`.
 
-Every constant is named with its source. A decode step of batch b on a TP-s instance reads the
+With `--measured` (the shipped profile: `bench/results/gpu-h200/gpu_step_cost.json`, from
+`bench/gpu_step_cost.py` on a real H200), one GPU's share of a decode step (per TP size s and
+batch b, 1,024 cached tokens per request, a CUDA graph) and of a 2,048-token prefill chunk are
+measured; only the all-reduces a TP instance adds, which one GPU cannot measure, come from the
+NVLink figures below. Without it, everything is the roofline. Every constant is named with
+its source. A decode step of batch b on a TP-s instance reads the
 weights once and each request's KV, split over s GPUs, and computes 2 FLOPs per parameter per
 token; it takes the larger of the memory and compute times, plus two all-reduces per layer
 (attention and MLP outputs) over NVLink when s > 1. Prefill is compute bound per token.
@@ -50,11 +55,7 @@ SWITCH_FIXED_MS = 50.0           # rebuild views / NCCL communicator of a layout
 def decode_ms(b: int, s: int, ctx: int = MEAN_CONTEXT) -> float:
     mem = (WEIGHT_BYTES + b * ctx * KV_BYTES_PER_TOKEN) / s / (HBM_BYTES_S * MEM_EFF)
     flops = 2 * PARAMS * b / s / (BF16_FLOPS * COMPUTE_EFF)
-    comm = 0.0
-    if s > 1:
-        per = b * HIDDEN * DTYPE_BYTES * 2 * (s - 1) / s / (NVLINK_BYTES_S * NVLINK_EFF)
-        comm = 2 * LAYERS * (ALLREDUCE_LATENCY_S + per)
-    return 1e3 * (max(mem, flops) + comm)
+    return 1e3 * max(mem, flops) + comm_ms(b, s)
 
 
 def prefill_ms_per_token(s: int, chunk: int = 2048) -> float:
@@ -66,11 +67,34 @@ def prefill_ms_per_token(s: int, chunk: int = 2048) -> float:
     return 1e3 * (flops + comm)
 
 
-def profile() -> dict:
+def comm_ms(b: int, s: int) -> float:
+    """Two all-reduces per layer of b tokens' hidden states over NVLink (0 at s = 1)."""
+    if s == 1:
+        return 0.0
+    per = b * HIDDEN * DTYPE_BYTES * 2 * (s - 1) / s / (NVLINK_BYTES_S * NVLINK_EFF)
+    return 1e3 * 2 * LAYERS * (ALLREDUCE_LATENCY_S + per)
+
+
+def measured_costs(m: dict) -> list[dict]:
+    """Per TP size: measured GPU time + modelled all-reduce (decode: per step of b; prefill:
+    per token of a `prefill_chunk` chunk, whose all-reduce latency the chunk shares)."""
+    chunk = m["prefill_chunk"]
+    return [{"tp_size": s,
+             "prefill_ms_per_token": round(m["prefill_ms"][str(s)] / chunk
+                                           + comm_ms(chunk, s) / chunk, 6),
+             "decode_ms": {str(b): round(m["decode_ms"][str(s)][str(b)] + comm_ms(b, s), 4)
+                           for b in BATCHES}}
+            for s in TP_SIZES]
+
+
+def profile(measured: dict | None = None, measured_path: str = "") -> dict:
     kv_tokens = (HBM_BYTES * GPU_MEM_UTIL - WEIGHT_BYTES) / KV_BYTES_PER_TOKEN
     return {
         "name": "h200-llama3-8b",
-        "source": "roofline: python -m bench.sim.roofline (constants in bench/sim/roofline.py)",
+        "source": (f"measured on one {measured['device']} ({measured_path}, "
+                   "bench/gpu_step_cost.py) + NVLink all-reduce model: python -m "
+                   f"bench.sim.roofline --measured {measured_path}" if measured else
+                   "roofline: python -m bench.sim.roofline (constants in bench/sim/roofline.py)"),
         "workers_per_node": 8,
         "possible_tp_sizes": list(TP_SIZES),
         "block_size": BLOCK,
@@ -82,14 +106,20 @@ def profile() -> dict:
         "cold_start_s": COLD_START_S,
         "max_running": 256,
         "max_batch_tokens": 8192,
-        "costs": [{"tp_size": s, "prefill_ms_per_token": round(prefill_ms_per_token(s), 6),
-                   "decode_ms": {str(b): round(decode_ms(b, s), 4) for b in BATCHES}}
-                  for s in TP_SIZES],
+        "costs": measured_costs(measured) if measured else
+        [{"tp_size": s, "prefill_ms_per_token": round(prefill_ms_per_token(s), 6),
+          "decode_ms": {str(b): round(decode_ms(b, s), 4) for b in BATCHES}}
+         for s in TP_SIZES],
     }
 
 
 if __name__ == "__main__":
-    text = json.dumps(profile(), indent=1)
-    if len(sys.argv) > 1:
-        open(sys.argv[1], "w").write(text + "\n")
+    args = sys.argv[1:]
+    measured, path = None, ""
+    if args[:1] == ["--measured"]:
+        path, args = args[1], args[2:]
+        measured = json.loads(open(path).read())
+    text = json.dumps(profile(measured, path), indent=1)
+    if args:
+        open(args[0], "w").write(text + "\n")
     print(text)
