@@ -46,12 +46,13 @@ class Node:
     def group_config(self) -> GroupConfig:
         s = self.settings
         device = resolve_device(s.device, self.topology)
-        return GroupConfig(model=self.model, num_workers=s.workers, device=device, dtype=s.dtype,
-                           layout=self.layout, kv_bytes=s.kv_bytes, block_size=s.block_size,
-                           max_model_len=s.max_model_len, max_queue=s.max_queue, seed=s.seed,
-                           tbt_slo_ms=s.tbt_slo_ms, enforce_eager=s.enforce_eager,
-                           prefix_caching=s.prefix_caching,
-                           **self.overrides)
+        base = dict(model=self.model, num_workers=s.workers, device=device, dtype=s.dtype,
+                    layout=self.layout, kv_bytes=s.kv_bytes, block_size=s.block_size,
+                    max_model_len=s.max_model_len, max_queue=s.max_queue, seed=s.seed,
+                    tbt_slo_ms=s.tbt_slo_ms, enforce_eager=s.enforce_eager,
+                    max_batch_tokens=s.max_batch_tokens, max_running=s.max_running,
+                    prefix_caching=s.prefix_caching)
+        return GroupConfig(**{**base, **self.overrides})
 
     async def start(self) -> None:
         self._set_state("warming")

@@ -207,3 +207,18 @@ def test_example_config_values_are_the_defaults_except_model():
         defaults = cls().model_dump()
         changed = {k for k in loaded if loaded[k] != defaults[k]}
         assert changed <= {"model"}, (section, changed)
+
+
+def test_step_budget_settings_reach_the_worker_group(tmp_path):
+    """--max-batch-tokens / --max-running (vLLM's --max-num-batched-tokens / --max-num-seqs)
+    become the group's scheduler budget; a test's group override still wins."""
+    from agent.metrics import AgentMetrics
+    from agent.node import Node
+    path = toml(tmp_path, "[agent]\nworkers = 1\nmax_batch_tokens = 2048\n")
+    s = load("agent", path, flags={"max_running": 64}, env={})
+    cfg = Node(s, "m", AgentMetrics()).group_config()
+    assert (cfg.max_batch_tokens, cfg.max_running) == (2048, 64)
+    cfg = Node(s, "m", AgentMetrics(), group_overrides={"max_running": 1}).group_config()
+    assert (cfg.max_batch_tokens, cfg.max_running) == (2048, 1)
+    with pytest.raises(SettingsError):
+        load("agent", flags={"max_batch_tokens": 0}, env={})
