@@ -65,6 +65,7 @@ class Dispatcher:
         self.loads: dict[str, NodeLoad] = {}
         self.pending: dict[str, PendingRequest] = {}
         self.reserved: dict[str, int] = {}   # node -> instance the policy keeps for urgent
+        self.placed = 0   # placements so far: equal instances are taken in turn
         self.kick = asyncio.Event()   # wakes the policy loop (a request needs a merge)
 
     def load(self, node: str) -> NodeLoad:
@@ -100,8 +101,9 @@ class Dispatcher:
                       if self.affinity is not None and len(tokens) else None)
             found, why = place(views, cls.context_tokens, cls.urgent,
                                PlacementConfig(queue_when_full=True), n_prompt, cached,
-                               self.reserved)
+                               self.reserved, turn=self.placed)
             if found is not None:
+                self.placed += 1
                 self.pending.pop(req.request_id, None)
                 if cached is not None:
                     self.affinity.record(tokens, next(v for v in views if v.name == found.node),

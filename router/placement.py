@@ -10,8 +10,10 @@ Rules, in order:
 3. Among fitting instances, a normal request goes where it waits least: expected wait =
    `waiting * step_ms`, with `step_ms` the measured decode step at the instance's current
    batch (`LayoutCost.step_ms(running)`, its TP size's profile interpolated; `default_step_ms`
-   when the size has no profile). Ties: the faster step with this request added, fewer running, more
-   free KV, then node name and instance index (so placement is deterministic).
+   when the size has no profile). Ties: the faster step with this request added, fewer
+   running, more free KV, then rotation: equal instances are taken in turn (`turn`, the
+   caller's placement count, over them ordered by node name and instance index), so requests
+   spread across idle replicas as a least-connections balancer's do; `turn=0` picks the first.
 4. An urgent request (see `classify`) goes to the instance with the fastest per-token latency:
    the lowest step time with it added (`step_ms(running + 1)`); ties by expected wait.
    Urgent requests are scheduled first on their instance, so the queue matters less to them.
@@ -124,9 +126,17 @@ def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
 
 def _key(o: _Option, urgent: bool):
     p = o.placement
-    tail = (o.running, -o.free, p.node, p.instance)
+    tail = (o.running, -o.free)
     return (p.step_ms, p.expected_wait_ms) + tail if urgent else \
         (o.first_token_ms, p.expected_wait_ms, p.step_ms) + tail
+
+
+def _pick(options: list[_Option], urgent: bool, turn: int) -> Placement:
+    """The best option; equal ones (rule 3's last tie) in turn, by node name and index."""
+    best = min(_key(o, urgent) for o in options)
+    ties = sorted((o.placement for o in options if _key(o, urgent) == best),
+                  key=lambda p: (p.node, p.instance))
+    return ties[turn % len(ties)]
 
 
 def _bounded(views: list[NodeView], cached: Mapping[tuple[str, int], int] | None,
@@ -154,18 +164,18 @@ def _reserve(options: list[_Option], reserved: Mapping[str, int] | None, urgent:
 def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
           cfg: PlacementConfig = PlacementConfig(), prompt_tokens: int = 0,
           cached: Mapping[tuple[str, int], int] | None = None,
-          reserved: Mapping[str, int] | None = None,
+          reserved: Mapping[str, int] | None = None, turn: int = 0,
           ) -> tuple[Placement | None, Unplaced | None]:
     """Pick a node and instance for a request of `context_tokens` (prompt + max_tokens).
     Returns `(placement, None)` or `(None, reason)`; see the module doc for the rules.
     `cached` (rule 5): (node, instance) -> prompt tokens it likely caches, of `prompt_tokens`;
-    `reserved` (rule 6): node -> instance reserved for urgent traffic."""
+    `reserved` (rule 6): node -> instance reserved for urgent traffic; `turn`: which of
+    equally good instances (rule 3's rotation)."""
     views = [v for v in views if v.serving]
     options = _options(views, context_tokens, cfg, need_room=True, prompt=prompt_tokens,
                        cached=_bounded(views, cached, cfg))
     if options:
-        return min(_reserve(options, reserved, urgent),
-                   key=lambda o: _key(o, urgent)).placement, None
+        return _pick(_reserve(options, reserved, urgent), urgent, turn), None
     if not any(i.available for v in views for i in v.status.instances):
         return None, Unplaced.NO_NODE
     long_enough = any(i.available and context_tokens <= i.max_context_tokens
@@ -174,7 +184,7 @@ def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
         if cfg.queue_when_full:
             options = _options(views, context_tokens, cfg, need_room=False,
                                prompt=prompt_tokens, cached=_bounded(views, cached, cfg))
-            return min(options, key=lambda o: _key(o, urgent)).placement, None
+            return _pick(options, urgent, turn), None
         return None, Unplaced.NO_KV_ROOM
     if any(context_tokens <= capacity_tokens(v.status, s) for v in views
            for s in v.status.possible_tp_sizes if s <= v.num_workers):

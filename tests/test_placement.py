@@ -40,6 +40,19 @@ def test_ties_go_to_the_less_busy_instance_then_by_name():
     assert place(views, 100)[0].node == "a"
 
 
+def test_equal_instances_are_taken_in_turn_and_a_busier_one_never():
+    views = [node("a", inst(0, 0, 1), inst(1, 1, 1), inst(2, 2, 1, running=1))]
+    got = [place(views, 100, turn=t)[0].instance for t in range(4)]
+    assert got == [0, 1, 0, 1]
+    # the rotation also holds for urgent requests, and under rule 5 when nothing is cached
+    assert [place(views, 100, urgent=True, turn=t)[0].instance for t in range(2)] == [0, 1]
+    assert [place(views, 100, prompt_tokens=64, cached={}, turn=t)[0].instance
+            for t in range(2)] == [0, 1]
+    # a cached prefix breaks the tie: no rotation away from it
+    assert {place(views, 100, prompt_tokens=64, cached={("a", 1): 64}, turn=t)[0].instance
+            for t in range(3)} == {1}
+
+
 def test_kv_room_is_respected():
     # instance 0 is idle but nearly full (10 free blocks = 160 tokens); instance 1 is busy
     views = [node("a", inst(0, 0, 1, used=54), inst(1, 1, 1, waiting=5, running=4))]
