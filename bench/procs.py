@@ -25,6 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 _LIVE: set[Proc] = set()
 
 
+SERVER_NICE = int(os.environ.get("FLYING_BENCH_SERVER_NICE", "5"))
+
+
 def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     """``cmd`` under ``taskset -c cpus`` (its children inherit the CPU set); as is for None."""
     return ["taskset", "-c", cpus, *cmd] if cpus else list(cmd)
@@ -49,11 +52,15 @@ class Proc:
         self.t_start = 0.0
 
     def start(self) -> Proc:
+        """Start it at niceness `SERVER_NICE` (every system alike), so on a box whose cores
+        the servers saturate the load generator still sends on schedule: a benchmark whose
+        client falls behind measures the box, not the system (see the send-lag guard)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(self.cmd)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log,
+            cmd = ["nice", "-n", str(SERVER_NICE), *self.cmd] if SERVER_NICE else self.cmd
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         self.t_start = time.monotonic()

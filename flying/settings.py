@@ -73,11 +73,11 @@ class AgentSettings(_Section):
     max_model_len: int = Field(2048, description="longest prompt + completion, tokens")
     max_queue: int = Field(256, description="waiting requests per node before "
                            "RESOURCE_EXHAUSTED")
-    max_batch_tokens: int = Field(512, ge=1, description="tokens one instance step computes at "
-                                  "most, prompt chunks and decodes (vLLM's "
-                                  "--max-num-batched-tokens)")
-    max_running: int = Field(32, ge=1, description="requests one instance runs at once (vLLM's "
-                             "--max-num-seqs)")
+    max_batch_tokens: int = Field(2048, ge=1, description="tokens one instance step computes "
+                                  "at most, prompt chunks and decodes (vLLM's "
+                                  "--max-num-batched-tokens; 2048 is `vllm serve`'s CPU default)")
+    max_running: int = Field(128, ge=1, description="requests one instance runs at once (vLLM's "
+                             "--max-num-seqs; 128 is `vllm serve`'s CPU default)")
     tbt_slo_ms: float = Field(0.0, description="keep time between tokens under this "
                               "(sizes prefill chunks; 0: off)")
     node_name: str = Field("", description="name in status, metrics and Reconfigure "
