@@ -1,4 +1,4 @@
-"""``flying bench [all|burst|low|priority|long|check|switch|micro|engine|prefix|soak] [--quick]
+"""``flying bench [all|burst|low|priority|azure|long|check|switch|micro|engine|prefix|soak] [--quick]
 [--out D]``.
 
 ``soak`` (bench/soak.py: ``--switches N`` random SOFT/HARD switches of a 4-worker group,

@@ -12,6 +12,7 @@ AGENT_SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
 ORDER = (*AGENT_SYSTEMS, "vllm-dp", "vllm-tp")
 TITLES = {"burst": "Burst (the authors' pattern; peaks overload the box)",
           "low": "Low load", "priority": "Mixed priority (20 % urgent, overloaded)",
+          "azure": "A real trace (Azure LLM inference 2023, conversation)",
           "long": "Long context (the longest request one node serves)"}
 # column: (header, source, format)  source: key in the row dict
 COLUMNS = [("system", "system", "s"), ("failed", "failed", "d"),
@@ -164,6 +165,9 @@ def headline(scenario: str, res: dict) -> dict:
             _all(res, "static-tp").get("ttft_mean"), _all(res, "flying").get("ttft_mean"))
         h["mean_ttft_urgent_static_tp_over_flying"] = mx.ratio(
             _class_mean(res, "static-tp", "urgent"), _class_mean(res, "flying", "urgent"))
+    elif scenario == "azure":
+        _vs_best(h, res, "ttft_p90", "trace_p90_ttft", lower=True)
+        _vs_best(h, res, "goodput_req_s", "goodput", lower=False)
     elif scenario == "long":
         longest = {s: res["systems"][s].get("longest_served") for s in ran}
         h["longest_served"] = longest

@@ -1,4 +1,4 @@
-"""The four scenarios, run side by side over every system; one JSON (+ PNGs) per scenario.
+"""The five scenarios, run side by side over every system; one JSON (+ PNGs) per scenario.
 
 Every system replays the same requests through its REST front door (bench/client.py, open
 loop). Agent-based systems run first, scenario by scenario, on one shared agent (see
@@ -30,9 +30,9 @@ from bench.model_files import extended_model, kv_bytes_per_token, vllm_server
 from bench.records import Record, load_jsonl, save_jsonl
 from bench.systems import BedConfig, SystemRun, Testbed, switch_report
 
-NAMES = ("burst", "low", "priority", "long")
+NAMES = ("burst", "low", "priority", "azure", "long")
 BENCH_SLO = SLO(ttft_s=1.0, tpot_s=0.05)
-START = {"burst": "tp", "low": "tp", "priority": "tp", "long": "dp"}   # Flying's first layout
+START = {"burst": "tp", "low": "tp", "priority": "tp", "azure": "tp", "long": "dp"}   # Flying's first layout
 KV_BYTES, MAX_MODEL_LEN = 16 << 20, 8192
 VLLM_LAYOUTS = {"vllm-dp": (1, 2), "vllm-tp": (2, 1)}    # (tp, dp)
 MAX_SEND_LAG_S = float(os.environ.get("FLYING_BENCH_MAX_SEND_LAG_MS", "50")) / 1e3

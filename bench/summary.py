@@ -22,6 +22,8 @@ HEADLINE_TEXT = {
                                                 "static ({})",
     "mean_ttft_all_static_tp_over_flying": "mean TTFT of all requests, static TP / Flying",
     "mean_ttft_urgent_static_tp_over_flying": "mean TTFT of urgent requests, static TP / Flying",
+    "trace_p90_ttft_flying_over_best_static": "trace P90 TTFT, Flying / best static ({})",
+    "goodput_flying_over_best_static": "goodput, Flying / best static ({})",
     "longest_flying_over_static_dp": "longest request served, Flying / static DP",
 }
 

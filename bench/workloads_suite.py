@@ -1,4 +1,4 @@
-"""The request streams of the four scenarios (deterministic from fixed seeds).
+"""The request streams of the five scenarios (deterministic from fixed seeds).
 
 - ``burst``: ShareGPT prompts (cut to 256 tokens, answers capped at 128) on the authors' burst
   pattern (base 3 req/s, peaks 10/15/17 req/s, gamma burstiness 0.7) scaled x2 (base 6, peaks
@@ -7,12 +7,17 @@
 - ``low``: HumanEval prompts, 64 output tokens, Poisson at 1 req/s: never queues.
 - ``priority``: ShareGPT at 24 req/s, above static DP's capacity, 20 % of the requests urgent
   (priority -1): queues form and urgent requests should pass them.
+- ``azure``: the Azure LLM inference trace 2023 (conversation), its first requests with their
+  real arrival times compressed x`AZURE_TIME_SCALE` and their lengths capped to this box
+  (prompt <= 1,024 tokens, output <= 128; random-token prompts, so no prefix is shared).
 - ``long``: a ladder of single requests of growing context (prompt + 16 output tokens), sent
   one at a time, then one longer than the model context: the longest each system serves.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from bench import datasets as ds
 from bench import workloads as wl
@@ -94,4 +99,26 @@ def long(quick: bool, tc: ds.TokenCounter, replica_tokens: int, merged_tokens: i
                      "max_model_len": max_model_len})
 
 
-BUILDERS = {"burst": burst, "low": low, "priority": priority}
+AZURE_TIME_SCALE = 0.7     # 300 requests of the trace's first 84 s in about 59 s
+AZURE_MAX_PROMPT, AZURE_MAX_OUTPUT = 1024, 128
+
+
+def azure(quick: bool, tc: ds.TokenCounter) -> Workload:
+    from bench.sim.traces import azure as azure_trace
+    n = 100 if quick else 300
+    rows = azure_trace("conv")[:n]
+    rng = np.random.default_rng(4)
+    reqs = []
+    for i, (t, ctx, gen) in enumerate(rows):
+        prompt = ds.random_prompt(int(min(max(ctx, 1), AZURE_MAX_PROMPT)), rng, tc)
+        reqs.append(wl.Request(f"azure-{i:04d}", float(t) * AZURE_TIME_SCALE, prompt,
+                               tc.count(prompt), int(min(max(gen, 1), AZURE_MAX_OUTPUT))))
+    return Workload("azure", f"Azure LLM inference trace 2023 (conversation), first {n} "
+                    f"requests, times x{AZURE_TIME_SCALE:g}, prompts <= {AZURE_MAX_PROMPT} "
+                    f"tokens, outputs <= {AZURE_MAX_OUTPUT}", reqs,
+                    {"trace": "azure-conv", "time_scale": AZURE_TIME_SCALE,
+                     "max_prompt_tokens": AZURE_MAX_PROMPT,
+                     "max_output_tokens": AZURE_MAX_OUTPUT})
+
+
+BUILDERS = {"burst": burst, "low": low, "priority": priority, "azure": azure}

@@ -206,3 +206,33 @@ def test_headlines_compare_with_the_best_static_layout_per_metric(results):
         "static-dp", "static-tp")
     assert prio["mean_ttft_all_flying_over_best_static"] == pytest.approx(0.9 / 0.8)
     assert prio["mean_ttft_urgent_flying_over_best_static"] == pytest.approx(0.1 / 0.15)
+
+
+def test_trace_headlines_compare_p90_ttft_and_goodput_with_the_best_static():
+    def entry(p90, goodput):
+        e = _entry(p90, 100.0)
+        e["metrics"]["all"]["goodput_req_s"] = goodput
+        return e
+    res = _result("azure", {"static-dp": entry(0.6, 4.0), "static-tp": entry(0.9, 4.5),
+                            "flying": entry(0.5, 4.2)})
+    h = res["headline"]
+    assert (h["best_static_trace_p90_ttft"], h["best_static_goodput"]) == (
+        "static-dp", "static-tp")
+    assert h["trace_p90_ttft_flying_over_best_static"] == pytest.approx(0.5 / 0.6)
+    assert h["goodput_flying_over_best_static"] == pytest.approx(4.2 / 4.5)
+    md = summary.markdown(json.loads(json.dumps(summary.build({"azure": res}, "x", 1.0, True))))
+    assert "goodput, Flying / best static (static-tp): **0.93x**" in md
+
+
+def test_azure_workload_keeps_the_trace_times_and_caps_lengths():
+    from bench import workloads_suite as ws
+    from bench.datasets import TokenCounter
+    from bench.sim.traces import azure
+    w = ws.azure(True, TokenCounter(None))
+    rows = azure("conv")[:len(w.requests)]
+    assert len(w.requests) == 100
+    assert [r.arrival_s for r in w.requests] == pytest.approx(
+        [float(t) * ws.AZURE_TIME_SCALE for t in rows[:, 0]])
+    assert all(1 <= r.max_tokens <= ws.AZURE_MAX_OUTPUT for r in w.requests)
+    assert [r.max_tokens for r in w.requests] == [int(min(max(g, 1), 128)) for g in rows[:, 2]]
+    assert max(r.prompt_tokens for r in w.requests) <= ws.AZURE_MAX_PROMPT + 8
