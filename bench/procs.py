@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 _LIVE: set[Proc] = set()
 
 
-SERVER_NICE = int(os.environ.get("FLYING_BENCH_SERVER_NICE", "5"))
+SERVER_NICE = int(os.environ.get("FLYING_BENCH_SERVER_NICE", "0"))
 
 
 def pinned(cmd: list[str], cpus: str | None) -> list[str]:
@@ -52,9 +52,8 @@ class Proc:
         self.t_start = 0.0
 
     def start(self) -> Proc:
-        """Start it at niceness `SERVER_NICE` (every system alike), so on a box whose cores
-        the servers saturate the load generator still sends on schedule: a benchmark whose
-        client falls behind measures the box, not the system (see the send-lag guard)."""
+        """Start it (at niceness `FLYING_BENCH_SERVER_NICE`, default 0, every system alike;
+        the load generator itself runs at real-time priority, `bench.client.realtime`)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"\n==== {time.strftime('%H:%M:%S')} {' '.join(self.cmd)}\n".encode())
