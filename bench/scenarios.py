@@ -35,19 +35,20 @@ BENCH_SLO = SLO(ttft_s=1.0, tpot_s=0.05)
 START = {"burst": "tp", "low": "tp", "priority": "tp", "azure": "tp", "long": "dp"}   # Flying's first layout
 KV_BYTES, MAX_MODEL_LEN = 16 << 20, 8192
 VLLM_LAYOUTS = {"vllm-dp": (1, 2), "vllm-tp": (2, 1)}    # (tp, dp)
+START_LEAD_S = 3.0        # arrival 0 this long after replay() is called (process start)
 MAX_SEND_LAG_S = float(os.environ.get("FLYING_BENCH_MAX_SEND_LAG_MS", "50")) / 1e3
 Log = Callable[[str], None]
 
 
 def replay(run_: SystemRun, reqs, on_start: Callable[[float], None] | None = None
            ) -> tuple[list[Record], float, float]:
+    t0 = time.time() + START_LEAD_S          # the load generator's own process starts first
     cfg = ClientConfig(base_url=run_.base_url, model=run_.model, request_timeout_s=900.0,
-                       token_logprobs=True,
+                       token_logprobs=True, start_at=t0,
                        total_timeout_s=(reqs[-1].arrival_s if reqs else 0.0) + 1200.0)
-    t0 = time.time()
     if on_start:
         on_start(t0)
-    recs = run(reqs, cfg)
+    recs = run(reqs, cfg, isolated=True)
     return recs, t0, time.time()
 
 

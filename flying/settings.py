@@ -76,8 +76,9 @@ class AgentSettings(_Section):
     max_batch_tokens: int = Field(2048, ge=1, description="tokens one instance step computes "
                                   "at most, prompt chunks and decodes (vLLM's "
                                   "--max-num-batched-tokens; 2048 is `vllm serve`'s CPU default)")
-    max_running: int = Field(128, ge=1, description="requests one instance runs at once (vLLM's "
-                             "--max-num-seqs; 128 is `vllm serve`'s CPU default)")
+    max_running: int = Field(32, ge=1, description="requests one instance runs at once (vLLM's "
+                             "--max-num-seqs, 128 by default on CPU: Flying keeps the excess "
+                             "waiting, where the layout policy sees the backlog)")
     tbt_slo_ms: float = Field(0.0, description="keep time between tokens under this "
                               "(sizes prefill chunks; 0: off)")
     node_name: str = Field("", description="name in status, metrics and Reconfigure "

@@ -42,7 +42,11 @@ decided while a node is switching, warming, draining or restarting):
    so are layouts whose largest instance cannot hold the longest in-flight request or the
    memory hold):
    - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
-     beats the current one by `throughput_gain` (replicas win when the profile says so);
+     beats the current one by `throughput_gain`, among layouts with at least as many
+     instances as the current one: a burst only ever splits (its queue is served by more
+     replicas), never merges, whatever a profile measured at a large batch says — in the
+     suite a merge at a burst's last peak, on a profile that favoured TP at batch 16, cost
+     static DP's P90 TTFT 1.7x;
    - LOW, **latency merge** (after `latency_dwell_s` in the layout): switch to the layout with the lowest per-token step time at the
      expected batch if it beats the current one by `latency_gain` (a TP-slower profile never
      merges; a node merged for memory goes back to replicas once its hold is over);
@@ -252,9 +256,10 @@ class Policy:
         if current is None:
             return None
         cands = []
+        burst = st.regime == Regime.BURST
         for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
             if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need) \
-                    or max(lo) < keep:
+                    or max(lo) < keep or (burst and len(lo) < len(s.layout)):
                 continue
             sc = score_layout(lo, costs, demand, c.max_batch)
             if sc is not None:
@@ -263,7 +268,7 @@ class Policy:
             return None
         hard = self._hard(sig) or (st.regime == Regime.BURST and (st.growing or st.onset))
         mode = PreemptMode.HARD if hard else PreemptMode.SOFT
-        if st.regime == Regime.BURST:
+        if burst:
             lo, sc, _ = min(cands, key=lambda t: (-t[1].throughput_tps, t[2], t[0]))
             if sc.throughput_tps >= current.throughput_tps * (1 + c.throughput_gain):
                 why = (f"throughput: backlog at {demand} requests"

@@ -172,3 +172,17 @@ async def test_bundled_chunks_count_every_token(server):
     gaps = r.itls
     assert len(gaps) == 5                                  # per token, not per chunk (2)
     assert all(GAP * 0.8 <= g < GAP + 0.5 for g in gaps)  # a 3-token chunk: 3 gaps of ~GAP
+
+
+async def test_isolated_run_keeps_the_schedule_from_its_own_process(server):
+    import time
+
+    from bench.client import run
+    base, bodies = server
+    start_at = time.time() + 2.5
+    cfg = ClientConfig(base, model="m", total_timeout_s=20, start_at=start_at)
+    loop = asyncio.get_running_loop()
+    recs = await loop.run_in_executor(None, run, [req(0, "ok"), req(1, "ok", 0.2)], cfg, True)
+    assert [r.ok for r in recs] == [True, True] and len(bodies) == 2
+    assert all(0 <= r.send_lag < 0.3 for r in recs)       # arrival 0 is start_at, not now
+    assert time.time() >= start_at + 0.2 + 0.3     # the second one sent at +0.2, ~0.4 s long

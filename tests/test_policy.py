@@ -71,6 +71,15 @@ def test_burst_keeps_merged_when_profile_says_tp_has_more_throughput():
     assert decisions == [] and layout == (2,)
 
 
+def test_burst_never_merges_replicas_even_when_profile_says_tp_has_more_throughput():
+    costs = (LayoutCost(1, 0.2, {1: 20.0, 16: 200.0}), LayoutCost(2, 0.1, {1: 8.0, 16: 20.0}))
+    decisions, layout = drive(Policy(), (1, 1), steady(0, 20, 12, 16), costs=costs)
+    assert decisions == [] and layout == (1, 1)
+    # 4 workers: from (2, 1, 1) a burst may split the TP pair, never merge the replicas
+    decisions, layout = drive(Policy(), (2, 1, 1), steady(0, 20, 24, 32), costs=CPU)
+    assert all(len(d.layout) >= 3 for _, d in decisions) and len(layout) >= 3
+
+
 def test_low_load_merges_when_tp_is_faster():
     decisions, layout = drive(Policy(), (1, 1), steady(0, 30, 0, 1))
     assert [d.kind for _, d in decisions] == ["latency"] and layout == (2,)
