@@ -105,6 +105,10 @@ class RouterSettings(_Section):
     host: str = Field("127.0.0.1", description="bind address (gRPC and HTTP)")
     grpc_port: int = Field(50051, description="gRPC port")
     http_port: int = Field(8000, description="OpenAI REST port")
+    http_keep_alive_s: float = Field(75.0, gt=0, description="idle HTTP keep-alive before the "
+                                     "REST server closes a connection; longer than clients' "
+                                     "pool expiry (httpx, the OpenAI SDK: 5 s), so a client "
+                                     "never sends on a connection the server is closing")
     api_keys: StrList = Field((), description="accept this bearer key (repeat); none: no key "
                               "needed")
     policy: bool = Field(True, description="let the router reconfigure nodes on its own")

@@ -93,7 +93,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
         return [dataclasses.asdict(e) for e in controller.events]
 
     web = uvicorn.Server(uvicorn.Config(
-        BodyLimit(app, settings.max_request_bytes), host=settings.host, port=settings.http_port, log_level="warning", lifespan="off",
+        BodyLimit(app, settings.max_request_bytes), host=settings.host, port=settings.http_port,
+        log_level="warning", lifespan="off", timeout_keep_alive=settings.http_keep_alive_s,
         ssl_certfile=tls.cert_path or None, ssl_keyfile=tls.key_path or None))
     web.install_signal_handlers = lambda: None
     tasks = [loop.create_task(web.serve()), loop.create_task(controller.run()),
