@@ -22,9 +22,9 @@ request failed (cold restart excepted: its failed requests are the
 recorded cost of restarting), 1 otherwise, 2 on a bad argument. ``check`` also verifies
 ``<out>/engine.md`` against ``engine.json`` when there is one.
 
-Bounded time on the 2-core box: ``--quick`` about 6-7 minutes, the full suite about 15-17
-(most of it is traffic: ~60 s of burst per system; plus one agent start, the cold restarts
-and two stock vLLM starts).
+Bounded time on the 2-core box: the full suite about 30 minutes (traffic: ~60 s of burst and
+of the Azure trace per system; plus one agent start, two stock vLLM starts and the cold
+restarts, ~85 s each since the agent compiles its models at start).
 """
 from __future__ import annotations
 
