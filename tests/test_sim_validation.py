@@ -1,9 +1,11 @@
 """The simulator against the real system: 1 node x 2 workers, this box's profile
 (bench/sim_profiles/cpu-2core-tiny.json), the burst benchmark's workload, compared with the
-committed real run bench/results/cpu-2core/burst.json (`flying bench all`, static DP).
+committed real run bench/results/cpu-2core-budget512/burst.json (`flying bench all`, static DP;
+the agent with a 512-token step budget, the configuration the profile describes: the suite's
+later runs of the faster agent are not what it was fitted to).
 
 The profile's batch and prefill costs were fitted on a *different* committed run
-(bench/results/cpu-2core/priority.json, static DP and TP at overload), so this is a check
+(bench/results/cpu-2core-budget512/priority.json, static DP and TP at overload), so this is a check
 on held-out data, not a fit. Flying's P90 TTFT is not held to it (the sim's is higher; see
 bench/sim/README.md)."""
 from __future__ import annotations
@@ -17,7 +19,7 @@ from bench.sim import profile, traces
 from bench.sim.cluster import Cluster, SimConfig
 from bench.sim.report import summarize
 
-REAL = Path(__file__).resolve().parent.parent / "bench/results/cpu-2core/burst.json"
+REAL = Path(__file__).resolve().parent.parent / "bench/results/cpu-2core-budget512/burst.json"
 
 
 @pytest.fixture(scope="module")
