@@ -133,9 +133,9 @@ def _key(o: _Option, urgent: bool):
 
 def _pick(options: list[_Option], urgent: bool, turn: int) -> Placement:
     """The best option; equal ones (rule 3's last tie) in turn, by node name and index."""
-    best = min(_key(o, urgent) for o in options)
-    ties = sorted((o.placement for o in options if _key(o, urgent) == best),
-                  key=lambda p: (p.node, p.instance))
+    keyed = [(_key(o, urgent), o.placement) for o in options]
+    best = min(k for k, _ in keyed)
+    ties = sorted((p for k, p in keyed if k == best), key=lambda p: (p.node, p.instance))
     return ties[turn % len(ties)]
 
 
