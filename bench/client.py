@@ -33,6 +33,7 @@ import numpy as np
 
 from bench.records import Record
 from bench.workloads import Request
+from flying import heap
 
 ERROR_TEXT_MAX = 500
 
@@ -254,8 +255,12 @@ def realtime():
 
 
 def _run_here(requests: Sequence[Request], cfg: ClientConfig) -> list[Record]:
-    with realtime():
-        return asyncio.run(run_workload(requests, cfg))
+    heap.freeze_startup_heap()     # no full-heap GC pause inside a measured TTFT
+    try:
+        with realtime():
+            return asyncio.run(run_workload(requests, cfg))
+    finally:
+        heap.unfreeze_heap()
 
 
 def run(requests: Sequence[Request], cfg: ClientConfig, isolated: bool = False

@@ -279,7 +279,7 @@ def worker_main(cfg: WorkerConfig, conn) -> None:
     """Process entry point (spawned)."""
     _die_with_parent()
     _pin_threads(cfg)
-    from flying import logs
+    from flying import heap, logs
     logs.configure(component=f"worker{cfg.rank}")
     log = logs.get("flying.worker")
     try:
@@ -288,9 +288,10 @@ def worker_main(cfg: WorkerConfig, conn) -> None:
         log.error("worker start-up failed", error=str(e), trace=traceback.format_exc())
         conn.send(Failed(-1, cfg.rank, f"{type(e).__name__}: {e}", traceback.format_exc()))
         return
+    frozen = heap.freeze_startup_heap()   # model, compiled graphs, vLLM: never collected
     conn.send(Ready(0, cfg.rank, worker.info))
     log.info("worker ready", num_blocks=worker.info.num_blocks, sizes=worker.info.sizes,
-             load_s=worker.info.load_s, warm_s=worker.info.warm_s)
+             load_s=worker.info.load_s, warm_s=worker.info.warm_s, frozen_objects=frozen)
     while True:
         try:
             cmd = conn.recv()
