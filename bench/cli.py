@@ -1,5 +1,8 @@
-"""``flying bench [all|burst|low|priority|azure|long|check|switch|micro|engine|prefix|soak] [--quick]
-[--out D]``.
+"""``flying bench [all|burst|low|priority|azure|long|check|switch|micro|engine|prefix|soak|seeds]
+[--quick] [--out D]``.
+
+``seeds`` (bench/seeds.py: the burst scenario over ``--seeds N`` seeds of its pattern, default
+5; static DP, static TP and Flying; the spread of the headline ratios) is a separate run.
 
 ``soak`` (bench/soak.py: ``--switches N`` random SOFT/HARD switches of a 4-worker group,
 default 1000, ``--quick`` 30; tokens checked against plain vLLM; default out
@@ -84,9 +87,12 @@ def problems(results: dict[str, dict]) -> list[str]:
 def check(out: str) -> list[str]:
     """What in ``<out>``'s markdown tables does not match their JSON (suite and engine)."""
     from bench import engine_report, summary
+    if Path(out, "seeds.json").is_file():
+        from bench import seeds
+        return seeds.verify(out)
     found = [f for f in ("summary.json", "engine.json") if Path(out, f).is_file()]
     if not found:
-        return [f"{out}: neither summary.json nor engine.json"]
+        return [f"{out}: neither summary.json, engine.json nor seeds.json"]
     from bench import recheck
     return (recheck.verify(out) + summary.verify(out) if "summary.json" in found else []) + \
         (engine_report.verify(out) if "engine.json" in found else [])
@@ -116,6 +122,12 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         from bench import overload
         _on_sigterm()
         return overload.run(Path(out), overload.OverloadConfig(**(extra or {})), log=_log)
+    if scenario == "seeds":           # the burst scenario over N seeds of its pattern
+        from bench import seeds
+        _on_sigterm()
+        n = (extra or {}).get("seeds", 5)
+        return seeds.run(out, quick, n, _command(scenario, quick, out) + f" --seeds {n}",
+                         log=_log)
     if scenario == "engine":
         from bench.engine import run_engine
         _on_sigterm()

@@ -160,7 +160,7 @@ class Suite:
         self.save(scenario)
 
     # ----------------------------------------------------------------- agent systems
-    def agent_systems(self, bed: Testbed, scenario: str) -> None:
+    def agent_systems(self, bed: Testbed, scenario: str, cold: bool = True) -> None:
         n = self.cfg.workers
         dp, tp = (1,) * n, (n,)
         start = tp if START[scenario] == "tp" else dp
@@ -175,7 +175,8 @@ class Suite:
             finally:
                 close()
         self._guard(scenario, "flying", flying)
-        self._guard(scenario, "cold-restart", lambda: self._cold(bed, scenario, start))
+        if cold:
+            self._guard(scenario, "cold-restart", lambda: self._cold(bed, scenario, start))
 
     def _cold(self, bed: Testbed, scenario: str, start) -> None:
         run_, cr = bed.cold_restart(start)

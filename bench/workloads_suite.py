@@ -41,16 +41,17 @@ class Workload:
                 "urgent": sum(1 for r in reqs if r.priority < 0), **self.params}
 
 
-def burst(quick: bool, tc: ds.TokenCounter) -> Workload:
+def burst(quick: bool, tc: ds.TokenCounter, seed: int = 1) -> Workload:
+    """`seed` draws the arrival gaps and the ShareGPT sample (the suite's run: 1)."""
     n, scale = (120, 2.0) if quick else (480, 2.0)
-    samples = ds.load_sharegpt(n, seed=1, tokenizer=tc, max_prompt_tokens=256,
+    samples = ds.load_sharegpt(n, seed=seed, tokenizer=tc, max_prompt_tokens=256,
                                max_output_tokens=128, truncate_prompts=True)
-    arr = wl.burst_arrivals(n, seed=1, scale=scale)
+    arr = wl.burst_arrivals(n, seed=seed, scale=scale)
     return Workload("burst", f"authors' burst pattern x{scale:g} (base {3 * scale:g} req/s, "
                     f"peaks {10 * scale:g}/{15 * scale:g}/{17 * scale:g}) over ShareGPT "
                     "(prompts <= 256 tokens, outputs <= 128)",
                     wl.build_requests(arr, samples, id_prefix="burst"),
-                    {"base_rate": wl.BURST_BASE_RATE * scale,
+                    {"seed": seed, "base_rate": wl.BURST_BASE_RATE * scale,
                      "peaks": [p * scale for p, _, _ in wl.BURST_PEAKS],
                      "burstiness": wl.BURST_BURSTINESS})
 

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=float, default=None, help="overload: x capacity (10)")
     p.add_argument("--requests", type=int, default=None,
                    help="overload: send this many requests instead of --seconds")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds: how many seeds of the burst pattern (default 5)")
 
     p = sub.add_parser("sim", help="simulate the cluster at scale (writes summary.json + PNG)")
     from bench.sim.args import add_args as sim_args
@@ -104,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.cli import run_bench
             out = ns.out or (f"bench/results/{ns.scenario}"
                              if ns.scenario in ("soak", "overload") else ".bench")
-            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests")
+            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests", "seeds")
                      if getattr(ns, k) is not None}
+            if ns.scenario != "seeds":
+                extra.pop("seeds", None)
             if ns.quick and ns.scenario == "overload":
                 extra = {"seconds": 10.0, "factor": 3.0, "max_queue": 4, **extra}
             return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
