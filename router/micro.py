@@ -12,7 +12,8 @@ def _side(view: NodeView, inst) -> Side | None:
     cost = costs.get(inst.tp_size)
     if cost is None or not cost.decode_ms:
         return None
-    return Side(cost, inst.running, (inst.running + inst.waiting) * cost.step_ms(inst.running + 1))
+    return Side(cost, inst.running, (inst.running + inst.waiting) * cost.step_ms(inst.running + 1),
+                inst.waiting)
 
 
 def plan_split(req: pb.GenerateRequest, views: list[NodeView], node: str, instance: int

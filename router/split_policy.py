@@ -23,11 +23,18 @@ request's prefill/decode cost ratio (`balanced_output_tokens = P*pA/cA`: the out
 whose decode time equals its prefill time, DynaServe's "balanced output length") and with
 B's load, and shrinks with A's load.
 
+A move is a barrier between the two instances: each worker takes its part of the move after
+its current step, so each side also idles about half of the other's step
+(`barrier_ms(a, b)`), charged to both sides' work.
+
 No split (d = T) when: T < `min_split_tokens`; a side has no profile; B's decode step would
-exceed the time-between-tokens SLO while A's would not; or the balanced split does not lower
-the makespan `max(LA + W1, LB + W2)` below colocation's `max(LA + W1(T), LB)` by both
-`min_gain` (a fraction) and `min_gain_ms`. When A's step would break the SLO and B's would
-not, all decoding goes to B (d = 0).
+exceed the time-between-tokens SLO while A's would not; nothing waits on A (the makespan is a
+throughput argument: the two segments of one request run one after the other, so with no
+queue to drain a split only adds its move; measured: splitting at every arrival on an idle
+pair cost a third of colocation's goodput); or the balanced split does not lower the makespan
+`max(LA + W1, LB + W2)` below colocation's `max(LA + W1(T), LB)` by both `min_gain` (a
+fraction) and `min_gain_ms`. When A's step would break the SLO and B's would not, all
+decoding goes to B (d = 0).
 """
 from __future__ import annotations
 
@@ -59,6 +66,7 @@ class Side:
     cost: LayoutCost
     batch: int = 0          # requests decoding on it now
     load_ms: float = 0.0    # work already queued on it, in ms (see `queued_work_ms`)
+    waiting: int = 0        # requests queued on it, not yet started
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,11 @@ def token_ms(side: Side) -> float:
     return side.cost.step_ms(b) / b
 
 
+def barrier_ms(a: Side, b: Side) -> float:
+    """What a move costs each side beyond the copy: waiting for the other side's step."""
+    return 0.5 * max(a.cost.step_ms(a.batch + 1), b.cost.step_ms(b.batch + 1))
+
+
 def queued_work_ms(cost: LayoutCost, prefill_tokens: int, decode_tokens: int, batch: int
                    ) -> float:
     """Work queued on an instance: prompt tokens still to prefill, and decode tokens still to
@@ -93,9 +106,13 @@ def choose_split(prompt_tokens: int, max_tokens: int, a: Side, b: Side,
     x = cfg.kv_ms_per_token
     ratio = p * pa / ca if ca > 0 else math.inf
 
+    wait = barrier_ms(a, b) if ca > 0 and cb > 0 else 0.0
+
     def makespan(d: int) -> float:
-        wa = a.load_ms + p * pa + d * ca
-        wb = b.load_ms + ((t - d) * cb + cfg.split_overhead_ms + x * (p + d) if d < t else 0)
+        moved = d < t
+        wa = a.load_ms + p * pa + d * ca + (wait if moved else 0.0)
+        wb = b.load_ms + ((t - d) * cb + cfg.split_overhead_ms + x * (p + d) + wait
+                          if moved else 0)
         return max(wa, wb)
 
     colocated = makespan(t)
@@ -114,9 +131,12 @@ def choose_split(prompt_tokens: int, max_tokens: int, a: Side, b: Side,
     if slo_b and not slo_a:
         return SplitDecision(0, True, makespan(0), colocated, ratio,
                              "decoding on A would break the time-between-tokens SLO")
+    if a.waiting <= 0:
+        return keep("nothing waits on A: a split would only add its move")
     den = ca + cb - x
     if den > 0:
         star = (b.load_ms + t * cb + cfg.split_overhead_ms + x * p - a.load_ms - p * pa) / den
+        # (the barrier is charged to both sides alike, so it does not move the balance)
         star = min(max(star, 0.0), float(t))
         cands = {0, t, math.floor(star), math.ceil(star)}
     else:

@@ -24,8 +24,8 @@ def request(n_prompt=512, max_tokens=256):
 
 
 def test_prefill_on_a_hands_the_decode_tail_to_a_peer_instance_on_the_same_node():
-    req = request()   # equal batches: A also pays this request's prefill, so B takes the tail
-    assert plan_split(req, [node("A", [30, 30])], "A", 0) is None
+    req = request()   # A has a queue and pays this request's prefill: B takes the tail
+    assert plan_split(req, [node("A", [30, 30], [4, 0])], "A", 0) is None
     assert req.HasField("split") and req.split.to_instance == 1 and not req.split.remote
     assert 512 <= req.split.handoff_at < 512 + 256
 
@@ -57,3 +57,9 @@ def test_resume_request_and_merged_usage():
     done = merge_complete(first, last, 4, 3).complete
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (4, 10)
     assert done.finish_reason == "length" and done.ttft_ms == 5.0 and done.request_id == "r1"
+
+
+def test_no_split_while_nothing_waits_on_the_home_instance():
+    req = request()
+    assert plan_split(req, [node("A", [30, 30])], "A", 0) is None
+    assert not req.HasField("split")
