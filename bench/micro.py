@@ -56,7 +56,8 @@ def _router(port: int, mode: str, log_dir: Path):
     return proc, url
 
 
-RATES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0)   # the sweep's ladder (req/s)
+RATES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)   # req/s
+SPAN_S = 8.0        # each rate sends max(n, SPAN_S * rate) requests: a queue has time to form
 QUICK_RATES = (1.0, 3.0)
 
 
@@ -95,14 +96,15 @@ def run_micro(out: Path, quick: bool, model: str | None = None) -> dict:
     n = 24 if quick else 60
     rates = QUICK_RATES if quick else RATES
     slo = SLO(ttft_s=2.0, tpot_s=TBT_SLO_MS / 1e3)
-    samples = skewed_mix(n, seed=3, tokenizer=TokenCounter(model),
+    per_rate = {r: n if quick else max(n, int(SPAN_S * r)) for r in rates}
+    samples = skewed_mix(max(per_rate.values()), seed=3, tokenizer=TokenCounter(model),
                          prefill_heavy=(384, 8), decode_heavy=(16, 96), prefill_share=0.4)
     agent, port = _start(model, out / "logs")
     result = {"machine": {"cpu": platform.processor() or platform.machine(),
                           "note": "2-core CPU box, tiny Llama fp32, 2 workers as (1,1)"},
               "command": "flying bench micro" + (" --quick" if quick else ""),
               "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s}, "attain": ATTAIN,
-              "n_per_rate": n, "systems": {}}
+              "n_per_rate": {str(r): k for r, k in per_rate.items()}, "systems": {}}
     rows: dict[str, list] = {m: [] for m in MODES}
     routers = {}
     try:
@@ -110,8 +112,9 @@ def run_micro(out: Path, quick: bool, model: str | None = None) -> dict:
             routers[mode] = _router(port, mode, out / "logs")
         for rate in rates:
             for mode in MODES:
-                reqs = build_requests(poisson_arrivals(n, rate, seed=int(rate * 10)),
-                                      samples, id_prefix=f"{mode}-{rate}")
+                k = per_rate[rate]
+                reqs = build_requests(poisson_arrivals(k, rate, seed=int(rate * 10)),
+                                      samples[:k], id_prefix=f"{mode}-{rate}")
                 t0 = time.time()
                 recs = run(reqs, ClientConfig(base_url=routers[mode][1],
                                               request_timeout_s=600, total_timeout_s=900))
