@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 
@@ -15,7 +14,7 @@ from agent.metrics import AgentMetrics
 from agent.node import Node, resolve_device
 from agent.service import AgentService
 from agent.topology import discover
-from flying import heap, logs, sdnotify, stalls
+from flying import logs, sdnotify, stalls
 from flying.settings import AgentSettings
 from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
@@ -90,14 +89,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
         await server.stop(0)
         return 1
     watcher = loop.create_task(node.watch())
-    loop_watch, gc_watch = loop.create_task(stalls.watch_loop(log)), stalls.watch_gc(log)
     sdnotify.ready()
-    log.info("agent serving", address=address, layout=list(node.status().layout),
-             frozen_objects=heap.freeze_startup_heap())
-    await stop.wait()
-    heap.unfreeze_heap()
-    loop_watch.cancel()
-    gc.callbacks.remove(gc_watch)
+    with stalls.serving(log) as frozen:
+        log.info("agent serving", address=address, layout=list(node.status().layout),
+                 frozen_objects=frozen)
+        await stop.wait()
     log.info("draining", grace_s=settings.grace_s)
     sdnotify.stopping()
     await node.drain()

@@ -31,7 +31,6 @@ restarts, ~85 s each since the agent compiles its models at start).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -175,10 +174,7 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         stop_all()
     wall = time.time() - t0
     results = {n: suite.result(n) for n in names}
-    summ = summary.build(results, command, wall, quick)
-    Path(out, "summary.json").write_text(json.dumps(summ, indent=2, default=str))
-    md = summary.markdown(summ)
-    Path(out, "summary.md").write_text(md)
+    md = summary.write(out, summary.build(results, command, wall, quick))
     print(md, flush=True)
     bad = problems(results)
     for b in bad:

@@ -103,9 +103,8 @@ def run(out: str | Path, quick: bool, n_seeds: int, command: str, log=print) -> 
                 t = time.time()
                 suite.agent_systems(bed, "burst", cold=False)
                 res = {"burst": suite.result("burst")}
-                summ = summary.build(res, suite.command, time.time() - t, quick)
-                (suite.out / "summary.json").write_text(json.dumps(summ, indent=2, default=str))
-                (suite.out / "summary.md").write_text(summary.markdown(summ))
+                summary.write(suite.out, summary.build(res, suite.command, time.time() - t,
+                                                       quick))
                 suite.plot("burst")
     finally:
         stop_all()

@@ -45,6 +45,14 @@ def build(results: dict[str, dict], command: str, wall_s: float, quick: bool) ->
                           for name, res in results.items()}}
 
 
+def write(out: str | Path, summ: dict) -> str:
+    """Write ``<out>/summary.json`` and ``<out>/summary.md``; returns the markdown."""
+    Path(out, "summary.json").write_text(json.dumps(summ, indent=2, default=str))
+    md = markdown(summ)
+    Path(out, "summary.md").write_text(md)
+    return md
+
+
 def _headline_lines(h: dict) -> list[str]:
     out = []
     for key, text in HEADLINE_TEXT.items():

@@ -10,9 +10,12 @@ with `gc.callbacks`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from flying import heap
 
 
 async def watch_loop(log, interval_s: float = 0.05, warn_s: float = 0.1,
@@ -42,3 +45,19 @@ def watch_gc(log, warn_s: float = 0.05) -> Callable[[str, dict], None]:
 
     gc.callbacks.append(callback)
     return callback
+
+
+@contextlib.contextmanager
+def serving(log) -> Iterator[int]:
+    """While a server serves (call in its event loop once warm): its start-up heap frozen
+    (`flying.heap`), its loop and its collections watched. Yields how many objects were
+    frozen; on exit everything is undone (the server may live inside a longer process)."""
+    frozen = heap.freeze_startup_heap()
+    task = asyncio.get_running_loop().create_task(watch_loop(log))
+    callback = watch_gc(log)
+    try:
+        yield frozen
+    finally:
+        task.cancel()
+        gc.callbacks.remove(callback)
+        heap.unfreeze_heap()

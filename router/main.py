@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flying import heap, logs, sdnotify, stalls
+from flying import logs, sdnotify, stalls
 from flying.settings import RouterSettings
 from flying.tls import TLSFiles, server_options
 from flying.v1 import flying_pb2, flying_pb2_grpc
@@ -114,21 +113,17 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
             await asyncio.sleep(0.25)
 
     tasks.append(loop.create_task(track_health()))
-    tasks.append(loop.create_task(stalls.watch_loop(log)))
-    gc_watch = stalls.watch_gc(log)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
     sdnotify.ready()
-    log.info("router serving", grpc=settings.grpc_port, http=settings.http_port,
-             tls=tls.serving, agents_tls=tls.ca is not None,
-             agents=list(settings.agents), policy=settings.policy,
-             frozen_objects=heap.freeze_startup_heap())
-    await stop.wait()
-    heap.unfreeze_heap()
-    gc.callbacks.remove(gc_watch)
+    with stalls.serving(log) as frozen:
+        log.info("router serving", grpc=settings.grpc_port, http=settings.http_port,
+                 tls=tls.serving, agents_tls=tls.ca is not None,
+                 agents=list(settings.agents), policy=settings.policy, frozen_objects=frozen)
+        await stop.wait()
     sdnotify.stopping()
     log.info("router draining", grace_s=settings.grace_s)
     for name in ("", SERVICE):

@@ -61,3 +61,18 @@ def test_frozen_start_up_objects_are_not_walked_by_later_collections():
     finally:
         heap.unfreeze_heap()
     assert gc.get_freeze_count() == 0
+
+
+def test_serving_freezes_and_watches_until_it_ends():
+    log, n_callbacks = Log(), len(gc.callbacks)
+
+    async def main():
+        with stalls.serving(log) as frozen:
+            assert 0 < gc.get_freeze_count() <= frozen   # frozen objects may still be freed
+            assert len(gc.callbacks) == n_callbacks + 1
+            await asyncio.sleep(0.01)               # the loop watch has started
+            time.sleep(0.25)                        # a blocking call holds the loop
+            await asyncio.sleep(0.1)
+        assert gc.get_freeze_count() == 0 and len(gc.callbacks) == n_callbacks
+    asyncio.run(main())
+    assert any(e == "event loop stalled" for e, _ in log.warnings)
