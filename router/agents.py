@@ -12,6 +12,7 @@ from flying.v1 import flying_pb2 as pb
 from flying.v1 import flying_pb2_grpc as pb_grpc
 from flying.wire import status_from_pb
 from router.session import RequestStream, Session
+from router.unseen import Unseen
 from router.views import NodeView
 
 log = logs.get("flying.router.agents")
@@ -44,6 +45,7 @@ class AgentClient:
         self.failures = 0
         self._issued = self._applied = 0   # refreshes overlap (poll + on-demand): newest wins
         self.session: Session | None = None
+        self.unseen = Unseen()   # placements its last status does not show yet
 
     @property
     def healthy(self) -> bool:
@@ -63,21 +65,31 @@ class AgentClient:
         return self.status_pb.node if self.status_pb is not None and self.status_pb.node \
             else self.address
 
-    def view(self) -> NodeView:
+    def view(self, placing: bool = False) -> NodeView:
+        """The node as its last status shows it; `placing`: with the requests placed since
+        that status was asked for added (router/unseen.py), for the next placement."""
         st = status_from_pb(self.status_pb) if self.status_pb is not None else None
+        if placing:
+            st = self.unseen.apply(st, time.monotonic())
         return NodeView(self.name, st, self.healthy)
+
+    def placed(self, instance: int, blocks: int) -> None:
+        """A request was placed on `instance` (of the layout the last status showed)."""
+        if self.status_pb is not None:
+            self.unseen.placed(time.monotonic(), self.status_pb.switches, instance, blocks)
 
     async def refresh(self) -> None:
         self._issued += 1
-        ticket = self._issued
+        ticket, asked_at = self._issued, time.monotonic()
         if self.asked is None:
-            self.asked = time.monotonic()
+            self.asked = asked_at
         try:
             status = await self.stub.GetStatus(pb.GetStatusRequest(),
                                                timeout=self.status_timeout_s)
             if ticket < self._applied:
                 return          # an answer asked for earlier, arriving after a newer one
             self.status_pb, self._applied = status, ticket
+            self.unseen.seen(asked_at, status.switches)
             if not self._healthy:
                 log.info("agent up", agent=self.address, state=self.status_pb.state)
             self._healthy, self.failures, self.last_ok = True, 0, time.monotonic()
@@ -122,8 +134,8 @@ class Cluster:
         for a in self.agents:
             await a.close()
 
-    def views(self) -> list[NodeView]:
-        return [a.view() for a in self.agents]
+    def views(self, placing: bool = False) -> list[NodeView]:
+        return [a.view(placing) for a in self.agents]
 
     def by_name(self, name: str) -> AgentClient | None:
         return next((a for a in self.agents if name in (a.name, a.address)), None)

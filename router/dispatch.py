@@ -92,7 +92,7 @@ class Dispatcher:
             raise InvalidArgument("max_tokens must be > 0")
         end = time.monotonic() + self.placement_wait_s
         while True:
-            every = self.cluster.views()
+            every = self.cluster.views(placing=True)
             views = [v for v in every if v.name not in exclude and v.serving] or every
             cls = classify(n_prompt, req.sampling.max_tokens, req.priority,
                            single_worker_tokens(views))
@@ -104,10 +104,13 @@ class Dispatcher:
                                self.reserved, turn=self.placed)
             if found is not None:
                 self.placed += 1
+                view = next(v for v in views if v.name == found.node)
+                if (agent := self.cluster.by_name(found.node)) is not None:
+                    agent.placed(found.instance, -(-cls.context_tokens // max(
+                        1, view.status.block_size)))
                 self.pending.pop(req.request_id, None)
                 if cached is not None:
-                    self.affinity.record(tokens, next(v for v in views if v.name == found.node),
-                                         found.instance)
+                    self.affinity.record(tokens, view, found.instance)
                 return found, cls
             if why == Unplaced.TOO_LONG:
                 limit = max((v.status.max_model_len for v in views if v.status), default=0)
