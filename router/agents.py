@@ -32,13 +32,15 @@ class AgentClient:
     refuses at once); any good answer re-admits it."""
 
     def __init__(self, address: str, poll_s: float = 0.25, rpc_timeout_s: float = 2.0,
-                 tls: TLSFiles = TLSFiles(), down_s: float = 1.0):
+                 tls: TLSFiles = TLSFiles(), down_s: float = 1.0, on_status=None):
         self.address, self.poll_s, self.rpc_timeout_s = address, poll_s, rpc_timeout_s
+        self.on_status = on_status   # called after each status taken (Cluster.next_status)
         self.down_s = down_s
         self.status_timeout_s = min(rpc_timeout_s, max(down_s / 2, poll_s))
         self.channel = tls.aio_channel(address, CHANNEL_OPTIONS)
         self.stub = pb_grpc.AgentStub(self.channel)
         self.status_pb: pb.NodeStatus | None = None
+        self._status = None          # status_pb as plain types, converted once per answer
         self._healthy = False
         self.last_ok = 0.0
         self.asked: float | None = None   # when the first status unanswered so far was asked
@@ -68,7 +70,7 @@ class AgentClient:
     def view(self, placing: bool = False) -> NodeView:
         """The node as its last status shows it; `placing`: with the requests placed since
         that status was asked for added (router/unseen.py), for the next placement."""
-        st = status_from_pb(self.status_pb) if self.status_pb is not None else None
+        st = self._status
         if placing:
             st = self.unseen.apply(st, time.monotonic())
         return NodeView(self.name, st, self.healthy)
@@ -89,11 +91,14 @@ class AgentClient:
             if ticket < self._applied:
                 return          # an answer asked for earlier, arriving after a newer one
             self.status_pb, self._applied = status, ticket
+            self._status = status_from_pb(status)
             self.unseen.seen(asked_at, status.switches)
             if not self._healthy:
                 log.info("agent up", agent=self.address, state=self.status_pb.state)
             self._healthy, self.failures, self.last_ok = True, 0, time.monotonic()
             self.asked = None
+            if self.on_status is not None:
+                self.on_status()
         except grpc.aio.AioRpcError as e:
             self.failures += 1
             if self.healthy and self.failures >= 2:
@@ -121,8 +126,26 @@ class Cluster:
     def __init__(self, addresses, poll_s: float = 0.25, tls: TLSFiles = TLSFiles(),
                  down_s: float = 1.0):
         self.poll_s = poll_s
-        self.agents = [AgentClient(a, poll_s, tls=tls, down_s=down_s) for a in addresses]
+        self.agents = [AgentClient(a, poll_s, tls=tls, down_s=down_s, on_status=self._taken)
+                       for a in addresses]
         self._tasks: list[asyncio.Task] = []
+        self._next: asyncio.Event | None = None
+
+    def _taken(self) -> None:
+        if self._next is not None:
+            self._next.set()
+            self._next = None
+
+    async def next_status(self, timeout_s: float) -> None:
+        """Wait until any agent's next status arrives (or `timeout_s`): a request that could
+        not be placed waits for news, not on a timer (a held burst re-placing every 50 ms had
+        the router's event loop spend most of its time placing while an agent was down)."""
+        if self._next is None:
+            self._next = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._next.wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            pass
 
     async def start(self) -> None:
         await asyncio.gather(*(a.refresh() for a in self.agents))

@@ -124,7 +124,8 @@ class Dispatcher:
                 if why == Unplaced.NO_NODE:
                     raise Unavailable("no serving node")
                 raise ResourceExhausted(f"no instance could take the request ({why})")
-            await asyncio.sleep(0.05)
+            await self.cluster.next_status(min(2 * self.cluster.poll_s,
+                                               end - time.monotonic()))
 
     def _split(self, req: pb.GenerateRequest, placement) -> str | None:
         if self.micro_requests == "adaptive":

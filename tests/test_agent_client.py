@@ -106,3 +106,46 @@ def test_a_silent_agent_is_down_within_down_s_and_back_on_its_first_answer():
     assert down_s <= 1.0 + 0.1, down_s
     assert up_s < 0.6, up_s
     assert not after_stop
+
+
+class WarmingAgent(pb_grpc.AgentServicer):
+    async def GetStatus(self, request, context):
+        return pb.NodeStatus(node="n0", state="warming")
+
+
+async def _held_request(monkeypatch) -> tuple[int, float]:
+    from flying_core.errors import Unavailable
+    from router import dispatch
+    from router.agents import Cluster
+    server = grpc.aio.server()
+    pb_grpc.add_AgentServicer_to_server(WarmingAgent(), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    cluster = Cluster([f"127.0.0.1:{port}"], poll_s=0.25)
+    tries = []
+    real = dispatch.place
+    monkeypatch.setattr(dispatch, "place", lambda *a, **k: tries.append(1) or real(*a, **k))
+    try:
+        await cluster.start()
+        d = dispatch.Dispatcher(cluster, placement_wait_s=1.5)
+        req = pb.GenerateRequest(request_id="r")
+        req.prompt_token_ids.ids.extend([1, 2, 3])
+        req.sampling.max_tokens = 4
+        t = time.monotonic()
+        try:
+            await d._place(req, set())
+        except Unavailable:
+            pass
+        return len(tries), time.monotonic() - t
+    finally:
+        await cluster.stop()
+        await server.stop(None)
+
+
+def test_a_request_nothing_can_take_is_retried_per_status_not_per_tick(monkeypatch):
+    """While no node serves, a held request is placed again when a new status arrives (every
+    poll), not every 50 ms: a held burst must not keep the router's event loop busy."""
+    tries, waited = asyncio.run(_held_request(monkeypatch))
+    assert 1.4 <= waited <= 2.5           # it waited its placement_wait_s, then gave up
+    assert 3 <= tries <= 10, tries         # one try per status (4 a second), not 30
