@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import plots, plots_suite, report
+from bench import box, plots, plots_suite, report
 from bench import workloads_suite as ws
 from bench.client import ClientConfig, run, send_lag_guard
 from bench.datasets import TokenCounter
@@ -124,7 +124,7 @@ class Suite:
         self.log(f"[{scenario}] {run_.name}: {len(w.requests)} requests ...")
         entry: dict = {"status": "ok", "start_layout": list(run_.layout)
                        if not isinstance(run_.layout, str) else run_.layout,
-                       "loadavg_before": os.getloadavg()}
+                       "loadavg_before": os.getloadavg(), "box_before": box.probe()}
         if scenario == "long":
             recs, probes, t0, t1 = probe_ladder(run_, w.requests, schedule)
             entry["probes"] = probes
@@ -146,6 +146,7 @@ class Suite:
             entry["restart_impact"] = report.restart_impact(recs, entry["switches"]["events"])
         entry["wall_s"] = time.time() - t_wall
         entry["loadavg_after"] = os.getloadavg()      # the box is shared: note its load
+        entry["box_after"] = box.probe()               # and its speed (bench/box.py)
         entry.update(run_.info)
         res["systems"][run_.name] = entry
         a = (entry.get("metrics") or {}).get("all") or {}

@@ -41,8 +41,15 @@ def build(results: dict[str, dict], command: str, wall_s: float, quick: bool) ->
             "scenarios": {name: {"title": res.get("title", name),
                                  "workload": (res.get("workload") or {}).get("description"),
                                  "json": f"{name}.json", "rows": report.rows(name, res),
-                                 "headline": res.get("headline") or {}}
+                                 "headline": res.get("headline") or {},
+                                 **({"box": b} if (b := _box(res)) else {})}
                           for name, res in results.items()}}
+
+
+def _box(res: dict) -> dict:
+    """system -> [box probe before, after] (bench/box.py, Python part, ms) where recorded."""
+    return {name: [e["box_before"]["python_ms"], (e.get("box_after") or {}).get("python_ms")]
+            for name, e in res.get("systems", {}).items() if e.get("box_before")}
 
 
 def write(out: str | Path, summ: dict) -> str:
@@ -108,6 +115,11 @@ def markdown(summary: dict) -> str:
         if hl:
             lines += hl + [""]
         lines += table(name, sc["rows"]) + [""]
+        if sc.get("box"):
+            lines += ["Box speed before → after each system (`bench/box.py`, ms of a fixed "
+                      "Python loop; the box is a shared VM whose speed drifts): " + ", ".join(
+                          f"{k} {a} → {b if b is not None else '-'}"
+                          for k, (a, b) in sc["box"].items()) + ".", ""]
     return "\n".join(lines)
 
 
