@@ -43,6 +43,12 @@ class NodeLoad:
     urgent_waiting: dict[str, float] = field(default_factory=dict)
     held: int = 0
     longest: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: float = 0.0    # mean prompt length, a moving average over its requests
+
+    def arrived(self, now: float, prompt_tokens: int) -> None:
+        self.arrivals.append(now)
+        self.prompt_tokens = (float(prompt_tokens) if not self.prompt_tokens else
+                              0.9 * self.prompt_tokens + 0.1 * prompt_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         while self.arrivals and now - self.arrivals[0] > 2.0:
@@ -51,7 +57,8 @@ class NodeLoad:
         return LoadSignals(arrival_rate=len(self.arrivals) / 2.0, queue_depth=self.held,
                            pending=pending, urgent_waiting=len(self.urgent_waiting),
                            urgent_wait_s=now - oldest,
-                           longest_inflight_tokens=max(self.longest.values(), default=0))
+                           longest_inflight_tokens=max(self.longest.values(), default=0),
+                           prompt_tokens=self.prompt_tokens)
 
 
 class Dispatcher:
@@ -172,7 +179,7 @@ class Dispatcher:
             placement, cls = await self._place(req, exclude)
             agent = self.cluster.by_name(placement.node)
             load = self.load(placement.node)
-            load.arrivals.append(time.monotonic())
+            load.arrived(time.monotonic(), len(req.prompt_token_ids.ids))
             load.longest[req.request_id] = cls.context_tokens
             if cls.urgent:
                 load.urgent_waiting[req.request_id] = time.monotonic()

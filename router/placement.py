@@ -31,7 +31,12 @@ Rules, in order:
 
 6. Reserved instances (`reserved`: node -> instance index, the layout policy's reservation
    for urgent traffic while urgent requests wait): an urgent request goes to a reserved
-   instance when one fits; a normal request avoids reserved instances when another fits.
+   instance when one fits; a normal request avoids reserved instances while another fitting
+   instance carries fewer than `reserve_slack` requests (running + waiting) more than the
+   lightest reserved one, then competes for them as usual. A hard partition (normal requests
+   never on a reserved instance) left one replica all the normal traffic under overload: in
+   the mixed-priority run it cost all requests 1.6x and, with the agent already scheduling
+   urgent requests first and preempting for them, did not even help the urgent ones.
 
 When nothing fits, `place` returns `(None, reason)`:
 
@@ -73,6 +78,7 @@ class PlacementConfig:
     balance_abs: int = 4           # rule 5: cache credit only within this many requests...
     balance_rel: float = 1.5       # ...or this factor of the least loaded instance's load
     queue_when_full: bool = False  # NO_KV_ROOM: place anyway where the context fits
+    reserve_slack: int = 2         # rule 6: normal requests spill onto a reserved instance
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class _Option:
     running: int
     free: int
     first_token_ms: float = 0.0   # rule 5: wait + step + prefill of the uncached prompt
+    load: int = 0                 # running + waiting (rule 6)
 
 
 def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
@@ -120,7 +127,8 @@ def _options(views: Iterable[NodeView], context: int, cfg: PlacementConfig,
                              else cfg.default_prefill_ms_per_token)
                 uncached = max(0, prompt - cached.get((v.name, inst.index), 0))
                 first_ms = p.expected_wait_ms + with_ms + uncached * per_token
-            out.append(_Option(p, inst.running, free_blocks(inst), first_ms))
+            out.append(_Option(p, inst.running, free_blocks(inst), first_ms,
+                               inst.running + inst.waiting))
     return out
 
 
@@ -151,14 +159,19 @@ def _bounded(views: list[NodeView], cached: Mapping[tuple[str, int], int] | None
         load[t] - least <= cfg.balance_abs or load[t] <= cfg.balance_rel * least)}
 
 
-def _reserve(options: list[_Option], reserved: Mapping[str, int] | None, urgent: bool
-             ) -> list[_Option]:
-    """Rule 6: urgent requests to reserved instances, others elsewhere (when one fits)."""
+def _reserve(options: list[_Option], reserved: Mapping[str, int] | None, urgent: bool,
+             slack: int) -> list[_Option]:
+    """Rule 6: urgent requests to reserved instances; others elsewhere while the others are
+    within `slack` requests of the lightest reserved instance (when one fits)."""
     if not reserved:
         return options
     mine = [o for o in options if reserved.get(o.placement.node) == o.placement.instance]
     rest = [o for o in options if reserved.get(o.placement.node) != o.placement.instance]
-    return (mine or rest) if urgent else (rest or mine)
+    if urgent or not rest:
+        return mine or rest
+    if mine and min(o.load for o in rest) >= min(o.load for o in mine) + slack:
+        return options
+    return rest
 
 
 def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
@@ -175,7 +188,7 @@ def place(views: Iterable[NodeView], context_tokens: int, urgent: bool = False,
     options = _options(views, context_tokens, cfg, need_room=True, prompt=prompt_tokens,
                        cached=_bounded(views, cached, cfg))
     if options:
-        return _pick(_reserve(options, reserved, urgent), urgent, turn), None
+        return _pick(_reserve(options, reserved, urgent, cfg.reserve_slack), urgent, turn), None
     if not any(i.available for v in views for i in v.status.instances):
         return None, Unplaced.NO_NODE
     long_enough = any(i.available and context_tokens <= i.max_context_tokens

@@ -47,9 +47,13 @@ decided while a node is switching, warming, draining or restarting):
      replicas), never merges, whatever a profile measured at a large batch says — in the
      suite a merge at a burst's last peak, on a profile that favoured TP at batch 16, cost
      static DP's P90 TTFT 1.7x;
-   - LOW, **latency merge** (after `latency_dwell_s` in the layout): switch to the layout with the lowest per-token step time at the
-     expected batch if it beats the current one by `latency_gain` (a TP-slower profile never
-     merges; a node merged for memory goes back to replicas once its hold is over);
+   - LOW, **latency merge** (after `latency_dwell_s` in the layout): switch to the layout
+     with the lowest time to a first token at the expected batch — the prefill of the node's
+     mean prompt (`LoadSignals.prompt_tokens`, `prompt_tokens` before any request) plus a
+     decode step — if it beats the current one by `latency_gain` (a profile where TP both
+     prefills and decodes slower never merges; on this CPU box TP prefills 2x faster and
+     decodes slower, and a decode-only rule left low load on replicas at 1.13x static TP's
+     mean TTFT; a node merged for memory goes back to replicas once its hold is over);
    - NORMAL: no change. Ties go to the layout that disturbs fewer workers.
    Profiles are smoothed first (`policy_signals.Smoother`, weight `profile_alpha`), so one
    noisy measurement cannot flip a decision.
@@ -252,7 +256,8 @@ class Policy:
                                    * c.trend_horizon_s if st.onset else 0.0)
         demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
                            + rate * c.rate_horizon_s)
-        current = score_layout(s.layout, costs, demand, c.max_batch)
+        prompt = round(sig.prompt_tokens or c.prompt_tokens) if st.regime == Regime.LOW else 0
+        current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
         if current is None:
             return None
         cands = []
@@ -261,7 +266,7 @@ class Policy:
             if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need) \
                     or max(lo) < keep or (burst and len(lo) < len(s.layout)):
                 continue
-            sc = score_layout(lo, costs, demand, c.max_batch)
+            sc = score_layout(lo, costs, demand, c.max_batch, prompt)
             if sc is not None:
                 cands.append((lo, sc, changed_workers(s.layout, lo)))
         if not cands:
@@ -279,8 +284,9 @@ class Policy:
             return None
         lo, sc, _ = min(cands, key=lambda t: (t[1].latency_ms, t[2], t[0]))
         if sc.latency_ms <= current.latency_ms * (1 - c.latency_gain):
-            why = (f"latency: low load ({demand} requests); {list(lo)} steps in "
-                   f"{sc.latency_ms:.1f} ms vs {current.latency_ms:.1f} ms for {list(s.layout)}")
+            why = (f"latency: low load ({demand} requests, {prompt:.0f}-token prompts); "
+                   f"{list(lo)} gives a first token in {sc.latency_ms:.1f} ms vs "
+                   f"{current.latency_ms:.1f} ms for {list(s.layout)}")
             return Reconfigure(v.name, lo, mode, why, "latency")
         return None
 

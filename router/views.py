@@ -126,15 +126,18 @@ def changed_workers(old: tuple[int, ...], new: tuple[int, ...]) -> int:
 @dataclass(frozen=True)
 class LayoutScore:
     throughput_tps: float   # decode tokens/s of the whole layout at this demand
-    latency_ms: float       # mean decode step time a request sees
+    latency_ms: float       # mean decode step a request sees, plus its prompt's prefill
     served: int             # requests that got a batch slot (the rest queue)
 
 
 def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
-                 max_batch: int = 0) -> LayoutScore | None:
+                 max_batch: int = 0, prompt_tokens: float = 0.0) -> LayoutScore | None:
     """Throughput and latency of `layout` with `demand` concurrent requests (see the module
     doc); None when a size of the layout has no measured profile. `max_batch` > 0 caps every
-    instance's batch, else each size's largest measured batch does."""
+    instance's batch, else each size's largest measured batch does. `prompt_tokens`: the
+    prefill of a prompt that long (each size's `prefill_ms_per_token`) is part of the latency,
+    so the latency is the time to a first token at low load, where a CPU's TP instance
+    prefills faster than a replica though it decodes slower."""
     if any(s not in costs for s in layout):
         return None
     cap = {s: max_batch or max(costs[s].decode_ms) for s in set(layout)}
@@ -151,7 +154,8 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
     served = sum(batch)
     steps = [costs[s].step_ms(b) for s, b in zip(layout, batch)]
     tps = sum(1000.0 * b / ms for b, ms in zip(batch, steps) if b and ms > 0)
-    latency = sum(b * ms for b, ms in zip(batch, steps)) / max(1, served)
+    latency = sum(b * (ms + prompt_tokens * costs[s].prefill_ms_per_token)
+                  for s, b, ms in zip(layout, batch, steps)) / max(1, served)
     return LayoutScore(tps, latency, served)
 
 

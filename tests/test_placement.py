@@ -122,7 +122,12 @@ def test_a_reserved_instance_takes_urgent_requests_and_no_others():
                   costs=CPU)]
     assert place(views, 100, urgent=True)[0].instance == 1              # unreserved: fastest
     assert place(views, 100, urgent=True, reserved={"a": 0})[0].instance == 0
-    assert place(views, 100, reserved={"a": 1})[0].instance == 0        # normal avoids it
+    # a normal request avoids it while the other instance is within 2 requests of it...
+    near = [node("a", inst(0, 0, 1, running=3), inst(1, 1, 1, running=2), costs=CPU)]
+    assert place(near, 100, reserved={"a": 1})[0].instance == 0
+    assert place(near, 100, reserved={"a": 0})[0].instance == 1
+    # ...and spills onto it beyond that: no replica takes all the normal traffic
+    assert place(views, 100, reserved={"a": 1})[0].instance == 1
     # a reserved instance that cannot hold the request does not block it
     full = [node("a", inst(0, 0, 1, used=64), inst(1, 1, 1), costs=CPU)]
     assert place(full, 100, urgent=True, reserved={"a": 0})[0].instance == 1

@@ -358,11 +358,12 @@ def test_a_growing_queue_switches_hard():
 
 
 def _noisy(k):
-    """DP steps 10 ms; the TP-2 measurement swings 0.7x / 1.4x of that, tick by tick."""
+    """DP steps 10 ms; the TP-2 measurement swings 0.7x / 1.4x of that, tick by tick (both
+    prefill unmeasured, so the decode noise alone decides the latency rule)."""
     base = {1: 10.0, 2: 11.0, 4: 13.0, 8: 17.0, 16: 25.0}
     f = 0.7 if k % 2 else 1.4
-    return (LayoutCost(1, 0.5, dict(base)),
-            LayoutCost(2, 0.8, {b: ms * f for b, ms in base.items()}))
+    return (LayoutCost(1, 0.0, dict(base)),
+            LayoutCost(2, 0.0, {b: ms * f for b, ms in base.items()}))
 
 
 def _drive_noisy(policy, ticks):
@@ -380,6 +381,25 @@ def test_low_load_over_a_noisy_profile_does_not_switch():
     # the same measurements unsmoothed flip the layout back and forth
     raw = _drive_noisy(Policy(PolicyConfig(profile_alpha=1.0)), 240)
     assert len(raw) >= 3 and {d.layout for d in raw} == {(2,), (1, 1)}
+
+
+# a CPU box as measured here: TP prefills 2x faster, decodes 1.4x slower
+PREFILL_FAST_TP = (LayoutCost(1, 0.13, {1: 1.9, 4: 2.9, 16: 9.6}),
+                   LayoutCost(2, 0.069, {1: 2.6, 4: 3.0, 16: 6.2}))
+
+
+def test_low_load_latency_counts_the_prefill_of_the_nodes_prompts():
+    # 250-token prompts: a first token is sooner on TP (17 + 2.6 ms vs 33 + 1.9): stay merged
+    long = LoadSignals(arrival_rate=0.5, prompt_tokens=250.0)
+    decisions, layout = drive(Policy(), (2,), steady(0, 30, 0, 1, long), PREFILL_FAST_TP)
+    assert decisions == [] and layout == (2,)
+    # before any request the assumed prompt (256 tokens) decides the same way
+    decisions, layout = drive(Policy(), (2,), steady(0, 30, 0, 0), PREFILL_FAST_TP)
+    assert decisions == [] and layout == (2,)
+    # 4-token prompts: the decode step decides, and replicas step faster
+    short = LoadSignals(arrival_rate=0.5, prompt_tokens=4.0)
+    decisions, layout = drive(Policy(), (2,), steady(0, 30, 0, 1, short), PREFILL_FAST_TP)
+    assert [d.kind for _, d in decisions] == ["latency"] and layout == (1, 1)
 
 
 def test_urgent_waiting_triggers_a_hard_merge_and_holds_it():

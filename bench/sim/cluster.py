@@ -64,6 +64,7 @@ class Cluster:
         self.done: list[Req] = []
         self.failed: list[Req] = []
         self.arrived: dict[str, int] = {n.name: 0 for n in self.nodes}
+        self.prompt: dict[str, float] = {}   # node -> mean prompt tokens placed there
         self.rate: dict[str, float] = {n.name: 0.0 for n in self.nodes}
         self.switch_events: list[tuple] = []
         self.policy = Policy(cfg.policy)
@@ -95,6 +96,8 @@ class Cluster:
             return False
         self.by_name[pl.node].submit(r, pl.instance)
         self.arrived[pl.node] += 1
+        m = self.prompt.get(pl.node, 0.0)   # the router's moving mean (router/dispatch.py)
+        self.prompt[pl.node] = float(r.prompt) if not m else 0.9 * m + 0.1 * r.prompt
         return True
 
     def _arrivals(self, rows: np.ndarray):
@@ -123,7 +126,8 @@ class Cluster:
                 self.arrived[name] = 0
             qd = len(self.queue) // max(1, len(self.nodes))
             pending, self.pending = tuple(self.pending), []
-            loads = {n.name: LoadSignals(arrival_rate=self.rate[n.name], queue_depth=qd)
+            loads = {n.name: LoadSignals(arrival_rate=self.rate[n.name], queue_depth=qd,
+                                         prompt_tokens=self.prompt.get(n.name, 0.0))
                      for n in self.nodes}
             views = [v for v in self._views(self.nodes)]
             for d in self.policy.evaluate(views, loads, env.now, pending):

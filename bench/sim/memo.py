@@ -23,12 +23,12 @@ def install() -> None:
         return
     scores: dict = {}
 
-    def score_layout(layout, costs, demand, max_batch=0):
-        key = (layout, tuple(map(id, costs.values())), demand, max_batch)
+    def score_layout(layout, costs, demand, max_batch=0, prompt_tokens=0):
+        key = (layout, tuple(map(id, costs.values())), demand, max_batch, prompt_tokens)
         if key not in scores:
             if len(scores) > 1_000_000:
                 scores.clear()
-            scores[key] = views.score_layout(layout, costs, demand, max_batch)
+            scores[key] = views.score_layout(layout, costs, demand, max_batch, prompt_tokens)
         return scores[key]
 
     policy.score_layout = score_layout
