@@ -56,7 +56,8 @@ def _router(port: int, mode: str, log_dir: Path):
     return proc, url
 
 
-RATES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)   # req/s
+RATES = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, 40.0, 48.0, 56.0, 64.0,
+         80.0)   # req/s; steps of 8 past 32, where the systems reach their capacity
 SPAN_S = 8.0        # each rate sends max(n, SPAN_S * rate) requests: a queue has time to form
 QUICK_RATES = (1.0, 3.0)
 
