@@ -10,6 +10,7 @@ single-threaded 256x256 float32 matmul (what the workers spend theirs on).
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -34,15 +35,13 @@ def probe(repeats: int = 5) -> dict:
     import numpy as np
     try:
         from threadpoolctl import threadpool_limits
+        one_thread = threadpool_limits(1)
     except ImportError:                      # numpy's BLAS then uses what it is given
-        threadpool_limits = None
+        one_thread = contextlib.nullcontext()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((256, 256), dtype=np.float32)
     b = rng.standard_normal((256, 256), dtype=np.float32)
-    if threadpool_limits is not None:
-        with threadpool_limits(1):
-            mm = [_matmul_ms(a, b) for _ in range(repeats)]
-    else:
+    with one_thread:
         mm = [_matmul_ms(a, b) for _ in range(repeats)]
     py = [_python_ms() for _ in range(repeats)]
     return {"python_ms": round(statistics.median(py), 2), "matmul_ms": round(statistics.median(mm), 2)}

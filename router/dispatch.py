@@ -30,6 +30,7 @@ from router.micro import (
 )
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
+from router.policy_signals import prompt_mean
 from router.prefix_affinity import PrefixAffinity
 from router.views import single_worker_tokens
 
@@ -47,8 +48,7 @@ class NodeLoad:
 
     def arrived(self, now: float, prompt_tokens: int) -> None:
         self.arrivals.append(now)
-        self.prompt_tokens = (float(prompt_tokens) if not self.prompt_tokens else
-                              0.9 * self.prompt_tokens + 0.1 * prompt_tokens)
+        self.prompt_tokens = prompt_mean(self.prompt_tokens, prompt_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         while self.arrivals and now - self.arrivals[0] > 2.0:

@@ -24,6 +24,7 @@ from bench.sim.profile import Profile
 from router.classify import classify
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
+from router.policy_signals import prompt_mean
 from router.views import NodeView, single_worker_tokens
 
 SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
@@ -96,8 +97,7 @@ class Cluster:
             return False
         self.by_name[pl.node].submit(r, pl.instance)
         self.arrived[pl.node] += 1
-        m = self.prompt.get(pl.node, 0.0)   # the router's moving mean (router/dispatch.py)
-        self.prompt[pl.node] = float(r.prompt) if not m else 0.9 * m + 0.1 * r.prompt
+        self.prompt[pl.node] = prompt_mean(self.prompt.get(pl.node, 0.0), r.prompt)
         return True
 
     def _arrivals(self, rows: np.ndarray):
