@@ -1,5 +1,10 @@
 """``flying bench prefix [--quick] [--model tiny|smollm2]``: prefix caching (issue 15).
 
+The load is sized per model (`LOADS`): the tiny Llama runs every system; SmolLM2 (a prefill
+~10x costlier per token on this CPU) runs the routing pair only, at a rate its two replicas
+can serve, in `rounds` interleaved pairs (routing, load-only, routing, ...) so that the box's
+drift over minutes falls on both sides.
+
 Workloads (text prompts built with the model's tokenizer; completions API, greedy,
 ``ignore_eos``, 16 output tokens; open loop at a fixed rate):
 
@@ -7,7 +12,7 @@ Workloads (text prompts built with the model's tokenizer; completions API, greed
   conversation.
 - ``multiturn``: conversations over 4 tenants' 300-token system prompts, several turns each;
   every turn resends the whole history (earlier user lines and fixed answers) plus a new user
-  line, `TURN_GAP_S` after the conversation's previous turn.
+  line, `Load.turn_gap_s` after the conversation's previous turn.
 
 Runs, one system at a time, each server under ``taskset -c S`` on the same core S, the client
 on another core:
@@ -30,7 +35,7 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -42,7 +47,6 @@ from bench.systems import BedConfig, Testbed
 from bench.workloads import Request
 
 GEN = 16
-TURN_GAP_S = 2.0
 WORDS = ("policy tool user answer cache token model layout worker request stream prefix "
          "system careful rule cite brief json field value error retry budget latency").split()
 
@@ -68,7 +72,35 @@ def shared_workload(tok, n: int, rate: float, seed: int = 1) -> list[Request]:
                  tok, "shared") for i in range(n)]
 
 
-def multiturn_workload(tok, convs: int, turns: int, rate: float, seed: int = 2) -> list[Request]:
+@dataclass(frozen=True)
+class Load:
+    shared_n: int = 120          # shared: requests...
+    shared_rate: float = 2.0     # ...per second
+    convs: int = 40              # multiturn: conversations...
+    turns: int = 5               # ...of this many turns...
+    conv_rate: float = 2.0       # ...started per second...
+    turn_gap_s: float = 2.0      # ...a turn this long after the conversation's previous one
+    kv_bytes: int = 64 << 20     # per worker
+    rounds: int = 1              # interleaved routing / load-only pairs
+    systems: tuple[str, ...] = ("flying", "flying-nocache", "vllm", "flying-routing",
+                                "flying-load-only")
+
+
+LOADS = {
+    "tiny": Load(),
+    "tiny-quick": Load(shared_n=16, shared_rate=1.0, convs=6, turns=3),
+    # SmolLM2 on one core: ~2 ms per prompt token, ~60 ms per decode step; a turn of ~500
+    # tokens costs its replica 1-2 s uncached, so conversations start every ~7 s (~0.6 req/s
+    # over both replicas) and turns come 6 s apart (the previous turn has finished).
+    "smollm2": Load(convs=16, turns=4, conv_rate=0.15, turn_gap_s=6.0, kv_bytes=512 << 20,
+                    rounds=2, systems=("flying-routing", "flying-load-only")),
+    "smollm2-quick": Load(convs=4, turns=3, conv_rate=0.15, turn_gap_s=6.0,
+                          kv_bytes=512 << 20, systems=("flying-routing", "flying-load-only")),
+}
+
+
+def multiturn_workload(tok, convs: int, turns: int, rate: float, seed: int = 2,
+                       turn_gap_s: float = 2.0) -> list[Request]:
     rng = random.Random(seed)
     tenants = [_text(rng, tok, 300) + "\n" for _ in range(4)]
     out = []
@@ -76,7 +108,7 @@ def multiturn_workload(tok, convs: int, turns: int, rate: float, seed: int = 2) 
         history, start = rng.choice(tenants), c / rate
         for k in range(turns):
             history += f"User: {_text(rng, tok, 30)}\n"
-            out.append(_req(len(out), start + k * TURN_GAP_S, history + "Assistant:", tok,
+            out.append(_req(len(out), start + k * turn_gap_s, history + "Assistant:", tok,
                             "multiturn", conv=c, turn=k))
             history += f"Assistant: {_text(rng, tok, 40)}\n"
     return sorted(out, key=lambda r: r.arrival_s)
@@ -114,24 +146,26 @@ def _run(base_url: str, requests: list[Request], counters) -> dict:
 
 
 class PrefixBench:
-    def __init__(self, out: Path, model_dir: str, quick: bool, server_cpus: str, log=print):
+    def __init__(self, out: Path, model_dir: str, quick: bool, server_cpus: str, load: Load,
+                 log=print):
         from transformers import AutoTokenizer
-        self.out, self.model_dir, self.log = out, model_dir, log
+        self.out, self.model_dir, self.log, self.load = out, model_dir, log, load
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        n, rate = (16, 1.0) if quick else (120, 2.0)
-        convs, turns = (6, 3) if quick else (40, 5)
-        self.workloads = {"shared": shared_workload(self.tok, n, rate),
-                          "multiturn": multiturn_workload(self.tok, convs, turns, rate)}
+        self.workloads = {"shared": shared_workload(self.tok, load.shared_n, load.shared_rate),
+                          "multiturn": multiturn_workload(self.tok, load.convs, load.turns,
+                                                          load.conv_rate,
+                                                          turn_gap_s=load.turn_gap_s)}
         self.cpus = server_cpus
+        self.round = 0
         self.res: dict = {"quick": quick, "model": model_dir, "server_cpus": server_cpus,
-                          "gen_tokens": GEN, "runs": [], "errors": []}
+                          "gen_tokens": GEN, "load": asdict(load), "runs": [], "errors": []}
 
     def save(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "prefix.json").write_text(json.dumps(self.res, indent=2, default=str))
 
     def bed(self, workers: int, agent_flags=(), router_flags=(), cpus=None) -> BedConfig:
-        return BedConfig(model=self.model_dir, workers=workers, kv_bytes=64 << 20,
+        return BedConfig(model=self.model_dir, workers=workers, kv_bytes=self.load.kv_bytes,
                          max_model_len=4096, cpus=cpus, agent_flags=tuple(agent_flags),
                          router_flags=tuple(router_flags))
 
@@ -139,12 +173,13 @@ class PrefixBench:
         s = got["summary"]
         self.log(f"{system}/{workload}: TTFT p50 {1e3 * (s['ttft_p50'] or 0):.0f} ms, "
                  f"hit rate {got['hit_rate']:.2f}, failed {s['failed']}")
-        self.res["runs"].append({"system": system, "workload": workload, **got})
+        self.res["runs"].append({"system": system, "workload": workload, "round": self.round,
+                                 **got})
         self.save()
 
     def flying(self, system: str, workloads: list[str], workers: int = 1, agent_flags=(),
                router_flags=(), cpus=None) -> None:
-        logs = self.out / "logs" / system
+        logs = self.out / "logs" / (system + (f"-{self.round}" if self.round else ""))
         with Testbed(self.bed(workers, agent_flags, router_flags, cpus), logs) as bed:
             client.run(warmup(self.tok), client.ClientConfig(bed.router_url,
                                                              send_priority=False))
@@ -169,20 +204,24 @@ class PrefixBench:
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - record it, go on with the next system
-            self.res["errors"].append({"system": system, "error": str(e)[-2000:]})
+            self.res["errors"].append({"system": system, "round": self.round,
+                                       "error": str(e)[-2000:]})
             self.log(f"FAILED {system}: {str(e)[-600:]}")
         self.save()
 
 
-SYSTEMS = ("flying", "flying-nocache", "vllm", "flying-routing", "flying-load-only")
+ROUTING = ("flying-routing", "flying-load-only")
 
 
 def run_prefix(out: str = ".bench", quick: bool = False, model: str = "tiny",
-               systems: tuple[str, ...] = SYSTEMS, log=print) -> int:
+               systems: tuple[str, ...] | None = None, log=print) -> int:
     from bench.engine import pick_cores
     from flying_dev import checkpoints
     server, _ = pick_cores()
-    b = PrefixBench(Path(out) / "prefix", str(checkpoints.ensure(model)), quick, server, log)
+    load = LOADS[model + ("-quick" if quick else "")]
+    systems = systems or load.systems
+    b = PrefixBench(Path(out) / "prefix", str(checkpoints.ensure(model)), quick, server, load,
+                    log)
     both = ["shared", "multiturn"]
     plan = {
         "flying": lambda: b.flying("flying", both, cpus=server),
@@ -195,8 +234,11 @@ def run_prefix(out: str = ".bench", quick: bool = False, model: str = "tiny",
     }
     t0 = time.time()
     try:
-        for s in systems:
+        for s in (s for s in systems if s not in ROUTING):
             b.guarded(s, plan[s])
+        for b.round in range(load.rounds):      # the routing pair interleaved
+            for s in (s for s in systems if s in ROUTING):
+                b.guarded(s, plan[s])
     finally:
         stop_all()
     b.res["wall_s"] = time.time() - t0
@@ -208,11 +250,11 @@ def run_prefix(out: str = ".bench", quick: bool = False, model: str = "tiny",
 
 
 def markdown(res: dict) -> str:
-    rows = ["| system | workload | requests | TTFT p50 ms | TTFT p90 ms | hit rate | failed |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| system | workload | round | requests | TTFT p50 ms | TTFT p90 ms | hit rate | failed |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         s = r["summary"]
         ms = [f"{1e3 * s[k]:.0f}" if s[k] is not None else "-" for k in ("ttft_p50", "ttft_p90")]
-        rows.append(f"| {r['system']} | {r['workload']} | {s['n']} | {ms[0]} | {ms[1]} | "
-                    f"{r['hit_rate']:.2f} | {s['failed']} |")
+        rows.append(f"| {r['system']} | {r['workload']} | {r.get('round', 0)} | {s['n']} | "
+                    f"{ms[0]} | {ms[1]} | {r['hit_rate']:.2f} | {s['failed']} |")
     return "\n".join(rows) + "\n"

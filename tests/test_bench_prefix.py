@@ -25,4 +25,14 @@ def test_workloads_share_prefixes_as_described(tiny_model):
     md = prefix.markdown({"runs": [{"system": "flying", "workload": "shared", "hit_rate": 0.9,
                                     "summary": {"n": 4, "ttft_p50": 0.1, "ttft_p90": None,
                                                 "failed": 0}}]})
-    assert "| flying | shared | 4 | 100 | - | 0.90 | 0 |" in md
+    assert "| flying | shared | 0 | 4 | 100 | - | 0.90 | 0 |" in md
+    gapped = prefix.multiturn_workload(tok, convs=1, turns=3, rate=1.0, turn_gap_s=6.0)
+    assert [r.arrival_s for r in gapped] == [0.0, 6.0, 12.0]
+
+
+def test_loads_per_model():
+    """SmolLM2 runs the routing pair only, interleaved over rounds; tiny runs every system."""
+    assert prefix.LOADS["tiny"].rounds == 1 and "vllm" in prefix.LOADS["tiny"].systems
+    big = prefix.LOADS["smollm2"]
+    assert big.rounds >= 2 and set(big.systems) == set(prefix.ROUTING)
+    assert big.conv_rate * big.turns < 1.0 < big.turn_gap_s     # a load 2 replicas can serve
