@@ -47,7 +47,11 @@ def load(name_or_path: str) -> Profile:
     if not p.exists():
         known = sorted(x.stem for x in PROFILES.glob("*.json"))
         raise ValueError(f"no profile {name_or_path!r} (known: {', '.join(known)})")
-    d = json.loads(p.read_text())
+    return parse(json.loads(p.read_text()))
+
+
+def parse(d: dict) -> Profile:
+    """A profile from its JSON fields."""
     costs = tuple(LayoutCost(int(c["tp_size"]), float(c["prefill_ms_per_token"]),
                              {int(b): float(ms) for b, ms in c["decode_ms"].items()})
                   for c in d["costs"])
