@@ -113,3 +113,20 @@ def test_roofline_constants():
     assert 4.0 < roofline.decode_ms(1, 1) < 6.0
     assert roofline.decode_ms(1, 8) < roofline.decode_ms(1, 1)
     assert roofline.decode_ms(256, 1) > roofline.decode_ms(1, 1)
+
+
+def test_kv_grows_with_the_context_and_the_newest_request_is_preempted():
+    """As the engine's scheduler: blocks are taken as tokens are made (two 256-token prompts
+    fit a 64-block worker, their 600 output tokens do not), and the newer request, preempted
+    by recompute when the pool runs short, finishes later with its first-token time kept."""
+    env, node, done = _node((1, 1))
+    a, b = Req(0, 0.0, prompt=256, output=600), Req(1, 0.001, prompt=256, output=600)
+    node.submit(a, 0)
+    env.run(until=0.001)
+    node.submit(b, 0)
+    env.run(until=0.4)
+    assert node.instances[0].running == [a, b] and b.t_first > 0   # both admitted: no reservation
+    first_b = b.t_first
+    env.run()
+    assert done == [a, b] and a.t_done < b.t_done and b.t_first == first_b
+    assert node.instances[0].kv_used == 0

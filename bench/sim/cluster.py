@@ -103,10 +103,10 @@ class Cluster:
         return True
 
     def _arrivals(self, rows: np.ndarray):
-        env = self.env
+        env, delay = self.env, self.p.request_overhead_ms / 1e3    # the front door's latency
         for i, (t, p, o) in enumerate(rows):
-            if t > env.now:
-                yield env.timeout(t - env.now)
+            if t + delay > env.now:
+                yield env.timeout(t + delay - env.now)
             r = Req(i, float(t), int(p), max(1, int(o)))
             if self.queue or not self._try_place(r):
                 self.queue.append(r)
