@@ -92,12 +92,14 @@ def test_static_systems_never_switch_and_finish_everything(system):
 
 
 def test_flying_policy_switches_under_burst_when_dp_has_more_throughput():
-    # DP (two TP-1 replicas at b=4: 2*4/16 ms) beats one TP-2 (4/12 ms): the policy splits
+    # DP (two TP-1 replicas at b=4: 2*4/16 ms) beats one TP-2 (4/12 ms): the policy splits,
+    # as the arrival rate nears the merged instance's capacity (NORMAL load, queueing rule),
+    # before a backlog makes it a burst
     c = Cluster(SimConfig(system="flying", nodes=1, workers=2, start="tp"), PROF)
     c.run(_burst_rows())
     assert summarize(c)["finished"] == 200
     assert c.switch_events and c.switch_events[0][2] == (1, 1)
-    assert c.switch_events[0][3] == "throughput"
+    assert c.switch_events[0][3] == "queueing"
 
 
 def test_replicate_scales_count_and_keeps_order():
