@@ -1,10 +1,23 @@
 """The measured cost of each TP size: probed at warm-up, refined online from decode steps.
 
-Prefill ms per token comes from the start-up probe; decode ms by batch from the probe, then an
-EWMA of the pure-decode steps the instances run. Lookups go through `types.decode_at`, the same
+Prefill ms per token comes from the start-up probe (the slope between a prefill of
+`PROBE_PREFILL_TOKENS` and one of twice as many: the marginal cost, as served steps measure
+it), then an EWMA of what the steps that carry
+at least `PREFILL_MIN_TOKENS` prompt tokens took beyond their decodes' step, per prompt token;
+decode ms by batch from the probe, then an EWMA of the pure-decode steps the instances run. Lookups go through `types.decode_at`, the same
 interpolation the router's policy applies to the snapshot it receives.
+
+The two sources time different steps: the probe's run on an idle box over 64-token contexts,
+served steps over real contexts on a box shared with the router, the load and the other
+workers; served steps came out 1.5-3x slower. Mixed raw, a batch only the probe measured
+looked cheaper than a smaller one served (batch 16 at 3.0 ms beside a served batch 7 at 8.5 ms
+in the suite's Azure run), and the policy scored layouts on steps that never happen. So the
+probe's points are scaled by the median served/probed ratio (at the batches served, the probe
+interpolated), and the table never falls as the batch grows (the closest non-decreasing fit).
 """
 from __future__ import annotations
+
+from statistics import median
 
 from flying_core.commands import Failed, ProbeCmd, Probed
 from flying_core.errors import Unavailable
@@ -13,34 +26,73 @@ from flying_core.types import LayoutCost, decode_at
 
 PROBE_PREFILL_TOKENS = 64
 PROBE_DECODE_BATCHES = (1, 4, 16)
+PREFILL_MIN_TOKENS = 32
+
+
+def _rising(ms: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares: pool adjacent violators), so one
+    slow step at a batch is averaged with its neighbours, not carried to every larger one."""
+    pools: list[list[float]] = []           # [mean, count]
+    for x in ms:
+        pools.append([x, 1])
+        while len(pools) > 1 and pools[-2][0] > pools[-1][0]:
+            (m1, n1), (m2, n2) = pools.pop(), pools.pop()
+            pools.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in pools for _ in range(int(n))]
 
 
 class CostProfile:
     def __init__(self):
-        self.prefill: dict[int, float] = {}
-        self.decode: dict[int, dict[int, float]] = {}
+        self.prefill: dict[int, float] = {}             # size -> ms per prompt token
+        self.probed: dict[int, dict[int, float]] = {}   # size -> batch -> ms, start-up probe
+        self.served: dict[int, dict[int, float]] = {}   # size -> batch -> ms, EWMA of steps run
+        self._table: dict[int, dict[int, float]] = {}   # the merged table (cached)
 
     def seed(self, size: int, prefill_ms_per_token: float, decode: dict[int, float]) -> None:
         self.prefill[size] = prefill_ms_per_token
-        self.decode[size] = {int(b): float(ms) for b, ms in decode.items()}
+        self.probed[size] = {int(b): float(ms) for b, ms in decode.items()}
+        self._table.pop(size, None)
 
     def observe(self, size: int, batch, ms: float) -> None:
-        """A step of `batch` ((request, tokens) pairs) took `ms`; only pure decodes count."""
-        if not batch or any(n != 1 for _, n in batch):
+        """A step of `batch` ((request, tokens) pairs) took `ms`: a pure decode step updates
+        the decode table, a step with `PREFILL_MIN_TOKENS` prompt tokens or more the prefill
+        cost (what it took beyond its decodes' step, per prompt token)."""
+        if not batch:
             return
-        table = self.decode.setdefault(size, {})
+        prompt = sum(n for _, n in batch if n > 1)
+        if prompt:
+            if prompt >= PREFILL_MIN_TOKENS and size in self.prefill:
+                decodes = sum(1 for _, n in batch if n == 1)
+                per = max(0.0, ms - self.step_ms(size, max(1, decodes))) / prompt
+                self.prefill[size] = 0.8 * self.prefill[size] + 0.2 * per
+            return
+        table = self.served.setdefault(size, {})
         b = len(batch)
         table[b] = ms if b not in table else 0.8 * table[b] + 0.2 * ms
+        self._table.pop(size, None)
+
+    def decode(self, size: int) -> dict[int, float]:
+        """Step ms by batch for `size`: served steps where measured, the probe's points scaled
+        to them elsewhere, never falling as the batch grows (see the module doc)."""
+        if size not in self._table:
+            probed, served = self.probed.get(size, {}), self.served.get(size, {})
+            ratios = [ms / decode_at(probed, b) for b, ms in served.items()
+                      if decode_at(probed, b) > 0]
+            scale = median(ratios) if ratios else 1.0
+            merged = {b: ms * scale for b, ms in probed.items()} | served
+            self._table[size] = dict(zip(sorted(merged), _rising([merged[b] for b in
+                                                                  sorted(merged)])))
+        return self._table[size]
 
     def step_ms(self, size: int, batch: int) -> float:
-        return decode_at(self.decode.get(size, {}), batch)
+        return decode_at(self.decode(size), batch)
 
     def prefill_ms(self, size: int) -> float:
         return self.prefill.get(size, 0.0)
 
     def snapshot(self) -> tuple[LayoutCost, ...]:
-        return tuple(LayoutCost(s, self.prefill.get(s, 0.0), dict(sorted(self.decode[s].items())))
-                     for s in sorted(self.decode))
+        return tuple(LayoutCost(s, self.prefill.get(s, 0.0), self.decode(s))
+                     for s in sorted(self.probed.keys() | self.served.keys()))
 
     def probe(self, seq: Sequencer, num_workers: int, sizes: tuple[int, ...]) -> None:
         """Measure every TP size once, all instances of that size together (before serving)."""

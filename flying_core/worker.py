@@ -210,13 +210,22 @@ class Worker:
 
     def probe(self, cmd: ProbeCmd) -> Probed:
         """Prefill ms/token and decode ms by batch for this TP size (collective per instance)."""
-        s, bs = cmd.size, self.cfg.group.block_size
-        blocks_needed = -(-cmd.prefill_tokens // bs) + 1
+        s, bs, n = cmd.size, self.cfg.group.block_size, cmd.prefill_tokens
+        blocks_needed = -(-2 * n // bs) + 1
         table = tuple(b * s for b in range(blocks_needed))
-        prompt = tuple(range(3, 3 + cmd.prefill_tokens))
-        t = time.perf_counter()
-        self.runners[s].step((SeqChunk("probe", prompt, 0, table, SampleParams()),))
-        prefill_ms = (time.perf_counter() - t) * 1e3
+
+        def prefill_ms(tokens: int) -> float:
+            best = float("inf")
+            for k in range(2):
+                t = time.perf_counter()
+                self.runners[s].step((SeqChunk(f"probe{tokens}-{k}", tuple(range(3, 3 + tokens)),
+                                               0, table, SampleParams()),))
+                best = min(best, (time.perf_counter() - t) * 1e3)
+            return best
+        # the marginal cost of a prompt token (a step's own cost is the decode table's), as
+        # the agent measures it on served steps: the slope between n and 2n tokens
+        short, long = prefill_ms(n), prefill_ms(2 * n)
+        per_token = (long - short) / n if long > short else short / n
         decode = {}
         for batch in cmd.decode_batches:
             seqs = tuple(SeqChunk(f"p{i}", (5,), cmd.prefill_tokens, table, SampleParams())
@@ -227,7 +236,7 @@ class Worker:
                 self.runners[s].step(seqs)
                 best = min(best, (time.perf_counter() - t) * 1e3)
             decode[batch] = best
-        return Probed(cmd.ticket, self.rank, s, prefill_ms / cmd.prefill_tokens, decode)
+        return Probed(cmd.ticket, self.rank, s, per_token, decode)
 
     def stats(self, cmd: StatsCmd) -> Stats:
         from torch.distributed import distributed_c10d as c10d

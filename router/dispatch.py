@@ -45,10 +45,14 @@ class NodeLoad:
     held: int = 0
     longest: dict[str, int] = field(default_factory=dict)
     prompt_tokens: float = 0.0    # mean prompt length, a moving average over its requests
+    output_tokens: float = 0.0    # mean output length, over its finished requests
 
     def arrived(self, now: float, prompt_tokens: int) -> None:
         self.arrivals.append(now)
         self.prompt_tokens = prompt_mean(self.prompt_tokens, prompt_tokens)
+
+    def finished(self, output_tokens: int) -> None:
+        self.output_tokens = prompt_mean(self.output_tokens, output_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         while self.arrivals and now - self.arrivals[0] > 2.0:
@@ -58,7 +62,8 @@ class NodeLoad:
                            pending=pending, urgent_waiting=len(self.urgent_waiting),
                            urgent_wait_s=now - oldest,
                            longest_inflight_tokens=max(self.longest.values(), default=0),
-                           prompt_tokens=self.prompt_tokens)
+                           prompt_tokens=self.prompt_tokens,
+                           output_tokens=self.output_tokens)
 
 
 class Dispatcher:
@@ -199,6 +204,8 @@ class Dispatcher:
                             yield tail
                         return
                     tokens.extend(resp.chunk.token_ids)
+                    if done:
+                        load.finished(len(carried) + len(tokens))
                     if done and carried:
                         resp = merge_complete(resp.complete, resp.complete, n_prompt,
                                               len(carried))

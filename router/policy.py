@@ -53,14 +53,28 @@ decided while a node is switching, warming, draining or restarting):
      decode step — if it beats the current one by `latency_gain` (a profile where TP both
      prefills and decodes slower never merges; on this CPU box TP prefills 2x faster and
      decodes slower, and a decode-only rule left low load on replicas at 1.13x static TP's
-     mean TTFT; a node merged for memory goes back to replicas once its hold is over);
-   - NORMAL: no change. Ties go to the layout that disturbs fewer workers.
+     mean TTFT; a node merged for memory goes back to replicas once its hold is over), and
+     never into a layout whose first token with queueing (below) comes later;
+   - NORMAL, **queueing split**: each layout's expected time to a first token at the
+     arrival rate (`views.first_token_ms`: prefill of the node's mean prompt and a step, plus
+     an M/M/1 queue at the layout's utilization; capacity from the mean prompt and output,
+     `LoadSignals.prompt_tokens` / `output_tokens`, each instance's prefill plus the output
+     at its share of a step at its largest batch, as many as its KV holds,
+     `views.capacity_rps`): switch to the layout with more instances that beats the current
+     one by `latency_gain` (past every layout's capacity: the one that serves the most, by
+     `throughput_gain`), HARD. A load that rises steadily (the Azure trace) made neither a
+     backlog nor a trend in time: the node stayed merged until its queue was seconds long.
+   Ties go to the layout that disturbs fewer workers.
    Profiles are smoothed first (`policy_signals.Smoother`, weight `profile_alpha`), so one
    noisy measurement cannot flip a decision.
 5. **Preempt mode**: HARD when urgent requests wait on the node and the oldest has waited
    `hard_wait_s` or more, when a memory merge is for an urgent request, on a trend onset, or
-   when the node's backlog grew by `grow_min` requests per worker over `grow_window_s` (a
-   burst is never left waiting on a SOFT drain); SOFT otherwise.
+   when a BURST split finds requests waiting on the node or its backlog grew by `grow_min`
+   requests per worker over `grow_window_s`, and for every NORMAL split; SOFT otherwise. A
+   SOFT switch lets the running requests finish first, and the workers they hold serve
+   nothing new meanwhile: a split SOFT over a 20-request backlog on the Azure trace held that
+   queue for the merged instance's drain, while a HARD one moves the running requests' KV in
+   tens of milliseconds.
 
 Flapping is prevented by the dwell times, the enter/exit bands, the gain margins and the
 one-decision-per-node rule. After a decision the node gets none until its status shows the
@@ -85,12 +99,15 @@ from router.policy_types import (  # noqa: F401 - re-exported: the policy's publ
 from router.views import (
     NodeView,
     aligned_layouts,
+    capacity_rps,
     capacity_tokens,
     changed_workers,
+    first_token_ms,
     fits,
     merge_for,
     score_layout,
     step_ms,
+    worker_blocks,
 )
 
 
@@ -247,8 +264,7 @@ class Policy:
                 return d
         dwell = (max(c.min_dwell_s, c.latency_dwell_s) if st.regime == Regime.LOW else
                  c.onset_dwell_s if st.onset else c.min_dwell_s)
-        if (now - st.since < dwell or st.regime == Regime.NORMAL
-                or now - st.regime_since < c.regime_confirm_s):
+        if now - st.since < dwell or now - st.regime_since < c.regime_confirm_s:
             return None
         need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
         keep = st.urgent_size if now < st.urgent_until else 0
@@ -256,23 +272,36 @@ class Policy:
                                    * c.trend_horizon_s if st.onset else 0.0)
         demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
                            + rate * c.rate_horizon_s)
-        prompt = round(sig.prompt_tokens or c.prompt_tokens) if st.regime == Regime.LOW else 0
-        current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
-        if current is None:
-            return None
-        cands = []
+        work = (sig.prompt_tokens or c.prompt_tokens, sig.output_tokens or c.output_tokens,
+                c.max_batch, worker_blocks(s) * s.block_size)
         burst = st.regime == Regime.BURST
+        cands = []
         for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
             if lo == s.layout or (need and max(capacity_tokens(s, x) for x in lo) < need) \
                     or max(lo) < keep or (burst and len(lo) < len(s.layout)):
                 continue
+            cands.append((lo, changed_workers(s.layout, lo)))
+        queued = sum(i.waiting for i in s.instances) + sig.queue_depth
+        hard = self._hard(sig) or (st.regime != Regime.LOW and (queued or st.growing))
+        mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
+        if st.regime == Regime.NORMAL:
+            return self._queueing(v, sig.arrival_rate, work, costs, cands)
+        prompt = round(work[0]) if st.regime == Regime.LOW else 0
+        current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
+        if current is None:
+            return None
+        queue_ms = first_token_ms(s.layout, costs, sig.arrival_rate, *work)
+        scored = []
+        for lo, changed in cands:
+            if st.regime == Regime.LOW and len(lo) < len(s.layout) and queue_ms is not None \
+                    and (first_token_ms(lo, costs, sig.arrival_rate, *work) or 0.0) >= queue_ms:
+                continue        # a merge whose queue costs more than it saves (rule 4, NORMAL)
             sc = score_layout(lo, costs, demand, c.max_batch, prompt)
             if sc is not None:
-                cands.append((lo, sc, changed_workers(s.layout, lo)))
+                scored.append((lo, sc, changed))
+        cands = scored
         if not cands:
             return None
-        hard = self._hard(sig) or (st.regime == Regime.BURST and (st.growing or st.onset))
-        mode = PreemptMode.HARD if hard else PreemptMode.SOFT
         if burst:
             lo, sc, _ = min(cands, key=lambda t: (-t[1].throughput_tps, t[2], t[0]))
             if sc.throughput_tps >= current.throughput_tps * (1 + c.throughput_gain):
@@ -289,6 +318,35 @@ class Policy:
                    f"{current.latency_ms:.1f} ms for {list(s.layout)}")
             return Reconfigure(v.name, lo, mode, why, "latency")
         return None
+
+    def _queueing(self, v: NodeView, rate: float, work: tuple, costs, cands
+                  ) -> Reconfigure | None:
+        """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
+        first token with queueing (`views.first_token_ms`) beats the current one's by
+        `latency_gain`; past every layout's capacity, to the one that serves the most. HARD:
+        a node this busy is not left to drain."""
+        c, s = self.cfg, v.status
+        current = first_token_ms(s.layout, costs, rate, *work)
+        if current is None:
+            return None
+        best = None
+        for lo, changed in cands:
+            ms = first_token_ms(lo, costs, rate, *work) if len(lo) > len(s.layout) else None
+            if ms is not None:
+                key = (ms, -(capacity_rps(lo, costs, *work) or 0.0), changed, lo)
+                best = key if best is None or key < best else best
+        if best is None:
+            return None
+        ms, cap, _, lo = best
+        now_cap = capacity_rps(s.layout, costs, *work) or 0.0
+        if math.isinf(ms) and -cap < now_cap * (1 + c.throughput_gain):
+            return None
+        if not math.isinf(ms) and ms > current * (1 - c.latency_gain):
+            return None
+        why = (f"queueing: {rate:.1f} req/s of {work[0]:.0f}+{work[1]:.0f} tokens; "
+               f"{list(lo)} gives a first token in {ms:.0f} ms vs {current:.0f} for "
+               f"{list(s.layout)} ({now_cap:.1f} req/s capacity vs {-cap:.1f})")
+        return Reconfigure(v.name, lo, PreemptMode.HARD, why, "queueing")
 
     def _urgent(self, v: NodeView, sig: LoadSignals, st: _Node, costs, now: float
                 ) -> Reconfigure | None:

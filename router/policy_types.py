@@ -24,6 +24,7 @@ class LoadSignals:
     urgent_wait_s: float = 0.0             # how long the oldest of them has waited
     longest_inflight_tokens: int = 0       # longest context running on it (0: unknown)
     prompt_tokens: float = 0.0             # its requests' mean prompt length (0: none seen)
+    output_tokens: float = 0.0             # its finished requests' mean output (0: none yet)
 
 
 class Regime(enum.StrEnum):
@@ -69,6 +70,7 @@ class PolicyConfig:
     grow_min: float = 1.0           # backlog growth per worker that makes a switch HARD
     urgent_hold_s: float = 5.0      # an urgent merge / reservation lasts this long
     prompt_tokens: int = 256        # prompt length assumed before a node has seen a request
+    output_tokens: int = 128        # output length assumed before a request has finished
 
     def __post_init__(self):
         if not 0 <= self.burst_exit < self.burst_enter:
@@ -86,7 +88,7 @@ class PolicyConfig:
             raise ValueError("profile_alpha must be in (0, 1]")
         if min(self.trend_window_s, self.grow_window_s) <= 0:
             raise ValueError("trend_window_s and grow_window_s must be > 0")
-        if self.prompt_tokens < 0:
-            raise ValueError("prompt_tokens must be >= 0")
+        if self.prompt_tokens < 0 or self.output_tokens < 1:
+            raise ValueError("need prompt_tokens >= 0 and output_tokens >= 1")
         if self.trend_ticks < 1:
             raise ValueError("trend_ticks must be >= 1")

@@ -18,6 +18,7 @@ Sizes without a measured profile are *unknown*: nothing is assumed about them.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -130,16 +131,10 @@ class LayoutScore:
     served: int             # requests that got a batch slot (the rest queue)
 
 
-def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
-                 max_batch: int = 0, prompt_tokens: float = 0.0) -> LayoutScore | None:
-    """Throughput and latency of `layout` with `demand` concurrent requests (see the module
-    doc); None when a size of the layout has no measured profile. `max_batch` > 0 caps every
-    instance's batch, else each size's largest measured batch does. `prompt_tokens`: the
-    prefill of a prompt that long (each size's `prefill_ms_per_token`) is part of the latency,
-    so the latency is the time to a first token at low load, where a CPU's TP instance
-    prefills faster than a replica though it decodes slower."""
-    if any(s not in costs for s in layout):
-        return None
+def _spread(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
+            max_batch: int) -> list[int]:
+    """`demand` requests over `layout`'s instances, each to the one whose step would be
+    fastest with it, up to each size's batch cap (`max_batch`, else its largest measured)."""
     cap = {s: max_batch or max(costs[s].decode_ms) for s in set(layout)}
     batch = [0] * len(layout)
     heap = [(costs[s].step_ms(1), i) for i, s in enumerate(layout) if cap[s] > 0]
@@ -151,12 +146,76 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
         batch[i] += 1
         if batch[i] < cap[layout[i]]:
             heapq.heappush(heap, (costs[layout[i]].step_ms(batch[i] + 1), i))
+    return batch
+
+
+def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
+                 max_batch: int = 0, prompt_tokens: float = 0.0) -> LayoutScore | None:
+    """Throughput and latency of `layout` with `demand` concurrent requests (see the module
+    doc); None when a size of the layout has no measured profile. `max_batch` > 0 caps every
+    instance's batch, else each size's largest measured batch does. `prompt_tokens`: the
+    prefill of a prompt that long (each size's `prefill_ms_per_token`) is part of the latency,
+    so the latency is the time to a first token at low load, where a CPU's TP instance
+    prefills faster than a replica though it decodes slower."""
+    if any(s not in costs for s in layout):
+        return None
+    batch = _spread(layout, costs, demand, max_batch)
     served = sum(batch)
     steps = [costs[s].step_ms(b) for s, b in zip(layout, batch)]
     tps = sum(1000.0 * b / ms for b, ms in zip(batch, steps) if b and ms > 0)
     latency = sum(b * (ms + prompt_tokens * costs[s].prefill_ms_per_token)
                   for s, b, ms in zip(layout, batch, steps)) / max(1, served)
     return LayoutScore(tps, latency, served)
+
+
+def _instance_rps(s: int, cost: LayoutCost, prompt_tokens: float, output_tokens: float,
+                  max_batch: int, kv_tokens_per_worker: int) -> float:
+    b = max_batch or max(cost.decode_ms)
+    if kv_tokens_per_worker:
+        b = min(b, int(kv_tokens_per_worker * s // max(1.0, prompt_tokens + output_tokens)))
+    b = max(1, b)
+    work = prompt_tokens * cost.prefill_ms_per_token + output_tokens * cost.step_ms(b) / b
+    return 1000.0 / work if work > 0 else 0.0
+
+
+def capacity_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
+                 prompt_tokens: float, output_tokens: float, max_batch: int = 0,
+                 kv_tokens_per_worker: int = 0) -> float | None:
+    """The most requests/s `layout` serves when its requests average `prompt_tokens` in and
+    `output_tokens` out: each instance, at its largest batch B, serves 1000 / (its prefill of
+    the prompt + the output at its share of a step, `step_ms(B) / B`) per second (continuous
+    batching: decodes share steps, prefills do not). B is `max_batch` (else the size's
+    largest measured batch), and at most the requests its KV holds (`kv_tokens_per_worker` x
+    its size over prompt + output; the suite's Azure trace fits 10 in a merged instance, 5 in
+    a replica). None when a size of the layout has no measured profile."""
+    if any(s not in costs for s in layout):
+        return None
+    return sum(_instance_rps(s, costs[s], prompt_tokens, output_tokens, max_batch,
+                             kv_tokens_per_worker) for s in layout)
+
+
+def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rate: float,
+                   prompt_tokens: float, output_tokens: float, max_batch: int = 0,
+                   kv_tokens_per_worker: int = 0) -> float | None:
+    """Expected time to a first token on `layout` at `rate` requests/s: on each instance, the
+    prefill of the mean prompt and a decode step, plus the queueing of an M/M/1 server of
+    the instance's capacity (`capacity_rps`) at the layout's utilization `rate / capacity`
+    (placement spreads requests by load, so every instance runs at about that utilization):
+    `(1000 / mu) * rho / (1 - rho)`; weighted by each instance's share of the requests. At no
+    load it is the low-load score (a merged CPU instance prefills faster); as the rate nears
+    the merged instance's capacity its queue costs more than its prefill saves. inf at or
+    past capacity; None when a size of the layout has no measured profile."""
+    if any(s not in costs for s in layout):
+        return None
+    mus = [_instance_rps(s, costs[s], prompt_tokens, output_tokens, max_batch,
+                         kv_tokens_per_worker) for s in layout]
+    total = sum(mus)
+    rho = rate / total if total > 0 else math.inf
+    if rho >= 1.0:
+        return math.inf
+    return sum(mu / total * (prompt_tokens * costs[s].prefill_ms_per_token + costs[s].step_ms(1)
+                             + 1000.0 / mu * rho / (1.0 - rho))
+               for s, mu in zip(layout, mus) if mu > 0)
 
 
 def merge_for(status: GroupStatus, tokens: int) -> tuple[tuple[int, ...], int, int] | None:

@@ -1,11 +1,21 @@
 """The layout policy over scripted load timelines: pure, no agent, no clock."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from flying_core.types import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig, Regime
-from router.views import NodeView, aligned_layouts, merge_for, score_layout, with_block
+from router.views import (
+    NodeView,
+    aligned_layouts,
+    capacity_rps,
+    first_token_ms,
+    merge_for,
+    score_layout,
+    with_block,
+)
 
 # GPU-like: a TP-2 step is faster than a replica's step, but replicas win on throughput.
 GPU = (LayoutCost(1, 0.20, {1: 20.0, 2: 21.0, 4: 23.0, 8: 28.0, 16: 40.0}),
@@ -61,7 +71,8 @@ def test_burst_splits_a_merged_node():
     decisions, layout = drive(Policy(), (2,), timeline)
     assert len(decisions) == 1 and layout == (1, 1)
     t, d = decisions[0]
-    assert t == 11 and d.kind == "throughput" and d.mode == PreemptMode.SOFT   # confirm: 1 s
+    assert t == 11 and d.kind == "throughput"                    # confirm: 1 s
+    assert d.mode == PreemptMode.HARD       # 12 requests wait: no SOFT drain in front of them
 
 
 def test_burst_keeps_merged_when_profile_says_tp_has_more_throughput():
@@ -243,9 +254,11 @@ def test_urgent_waiting_requests_get_hard():
     urgent = LoadSignals(urgent_waiting=2, urgent_wait_s=1.0)
     decisions, _ = drive(Policy(), (2,), steady(0, 5, 12, 16, urgent))
     assert decisions[0][1].mode == PreemptMode.HARD
-    fresh = LoadSignals(urgent_waiting=2, urgent_wait_s=0.1)
-    decisions, _ = drive(Policy(), (2,), steady(0, 5, 12, 16, fresh))
-    assert decisions[0][1].mode == PreemptMode.SOFT
+    # urgent requests that have not waited `hard_wait_s` yet do not make a switch HARD (a low
+    # load merge, nothing else waiting)
+    fresh = LoadSignals(arrival_rate=0.8, urgent_waiting=2, urgent_wait_s=0.1, **LONG)
+    decisions, _ = drive(Policy(), (1, 1), steady(0, 5, 0, 0, fresh), costs=BOX)
+    assert decisions[0][1].kind == "latency" and decisions[0][1].mode == PreemptMode.SOFT
 
 
 def test_nothing_while_switching_or_unhealthy():
@@ -332,21 +345,25 @@ def test_scripted_day_on_gpu():
 def test_burst_onset_splits_on_the_rising_rate_within_three_ticks():
     # the arrival rate climbs from 1 to 16 req/s while the backlog is still small (1 waiting)
     rates = [1.0] * 10 + [2.0, 4.0, 8.0, 16.0, 16.0, 16.0]
-    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r)) for k, r in enumerate(rates)]
-    decisions, layout = drive(Policy(), (2,), timeline, costs=CPU)
+    # a profile where TP is faster (on this CPU one it is not, and NORMAL load alone splits)
+    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
+                for k, r in enumerate(rates)]
+    decisions, layout = drive(Policy(), (2,), timeline, costs=GPU)
     assert layout == (1, 1) and len(decisions) == 1
     t, d = decisions[0]
     assert d.kind == "throughput" and d.mode == PreemptMode.HARD
     assert t <= 5.0 + 3 * 0.5                                    # onset at t = 5.0
-    # without the trend rule nothing happens while the backlog is small
+    # without the trend rule nothing happens while the backlog is small (TP 2 serves ~60
+    # req/s of these short requests: its first token comes sooner than the replicas')
     slow = Policy(PolicyConfig(trend_enter=1e9))
-    assert drive(slow, (2,), timeline, costs=CPU)[0] == []
+    assert drive(slow, (2,), timeline, costs=GPU)[0] == []
 
 
 def test_a_short_rate_wobble_is_no_onset():
     rates = [2.0, 3.0] * 20                                 # +1 req/s then back, every tick
-    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r)) for k, r in enumerate(rates)]
-    assert drive(Policy(), (2,), timeline, costs=CPU)[0] == []
+    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
+                for k, r in enumerate(rates)]
+    assert drive(Policy(), (2,), timeline, costs=GPU)[0] == []
 
 
 def test_a_growing_queue_switches_hard():
@@ -478,3 +495,82 @@ def test_prompt_mean_starts_at_the_first_prompt_then_moves_slowly():
     m = prompt_mean(0.0, 200)
     assert m == 200.0
     assert prompt_mean(m, 1200) == pytest.approx(300.0)
+
+
+# ---------------------------------------------------------------- utilization (NORMAL)
+# This box in the suite's Azure run: TP 2 prefills 2x faster, decodes slower at batch 1.
+BOX = (LayoutCost(1, 0.15, {1: 3.0, 4: 5.7, 8: 9.0, 16: 14.0}),
+       LayoutCost(2, 0.075, {1: 4.2, 4: 5.2, 8: 6.5, 16: 10.0}))
+LONG = dict(prompt_tokens=700, output_tokens=112)      # the trace's mean request
+
+
+def test_capacity_is_prefill_plus_output_at_the_largest_batch_its_kv_holds():
+    costs = {c.tp_size: c for c in BOX}
+    tp = capacity_rps((2,), costs, 700, 112)
+    assert tp == pytest.approx(1000 / (700 * 0.075 + 112 * 10.0 / 16))       # 8.2 req/s
+    assert capacity_rps((1, 1), costs, 700, 112) == pytest.approx(
+        2 * 1000 / (700 * 0.15 + 112 * 14.0 / 16))                          # 9.9 req/s
+    assert capacity_rps((1, 1), costs, 700, 112, max_batch=4) < capacity_rps((1, 1), costs,
+                                                                             700, 112)
+    # this box's KV (4,064 tokens a worker) holds 10 such requests merged, 5 per replica
+    step = {c.tp_size: c.step_ms for c in BOX}
+    assert capacity_rps((2,), costs, 700, 112, kv_tokens_per_worker=4064) == pytest.approx(
+        1000 / (700 * 0.075 + 112 * step[2](10) / 10))
+    assert capacity_rps((1, 1), costs, 700, 112, kv_tokens_per_worker=4064) == pytest.approx(
+        2 * 1000 / (700 * 0.15 + 112 * step[1](5) / 5))
+    assert capacity_rps((1, 1), costs, 700, 112, kv_tokens_per_worker=500) == pytest.approx(
+        2 * 1000 / (700 * 0.15 + 112 * 3.0))                    # none fits: one at a time
+    assert capacity_rps((4,), costs, 700, 112) is None
+
+
+def test_first_token_with_queueing():
+    costs = {c.tp_size: c for c in BOX}
+    idle = first_token_ms((2,), costs, 0.0, 700, 112)
+    assert idle == pytest.approx(700 * 0.075 + 4.2)                # prefill + a step, no queue
+    cap = capacity_rps((2,), costs, 700, 112)
+    half = first_token_ms((2,), costs, cap / 2, 700, 112)
+    assert half == pytest.approx(idle + 1000 / cap)                 # rho 1/2: one service time
+    assert first_token_ms((2,), costs, cap, 700, 112) == math.inf
+    # at no load the merged instance's faster prefill wins (one server twice as fast queues
+    # less than two, too); near its capacity, the replicas' larger capacity wins
+    assert idle < first_token_ms((1, 1), costs, 0.0, 700, 112)
+    assert first_token_ms((2,), costs, 0.7 * cap, 700, 112) < first_token_ms(
+        (1, 1), costs, 0.7 * cap, 700, 112)
+    assert first_token_ms((2,), costs, 0.95 * cap, 700, 112) > first_token_ms(
+        (1, 1), costs, 0.95 * cap, 700, 112)
+
+
+def test_a_steady_rise_splits_when_queueing_makes_the_merged_layout_slower():
+    """The Azure trace's shape: the rate climbs 1 req/s every 2 s, no backlog, no steep trend:
+    NORMAL all along; the split comes on the first tick where the replicas' expected first
+    token (with queueing) beats the merged instance's by 10 %, HARD."""
+    costs = {c.tp_size: c for c in BOX}
+    kv = BLOCKS * BS                                    # the test node's KV tokens a worker
+    rate = [1.0 + k / 4 for k in range(40)]
+    timeline = [(k * 0.5, 0, 3, LoadSignals(arrival_rate=r, **LONG)) for k, r in enumerate(rate)]
+    decisions, layout = drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), timeline, costs=BOX)
+    assert layout == (1, 1)
+    [(t, d)] = decisions
+    assert d.kind == "queueing" and d.mode == PreemptMode.HARD
+
+    def better(r):
+        return first_token_ms((1, 1), costs, r, 700, 112, 0, kv) <= 0.9 * first_token_ms(
+            (2,), costs, r, 700, 112, 0, kv)
+    k = int(t / 0.5)
+    assert better(rate[k]) and not better(rate[k - 1])
+    # the same rise of short requests (TP 2 serves ~60 req/s of them) does not split
+    short = [(t, w, r, LoadSignals(arrival_rate=s.arrival_rate, prompt_tokens=64,
+                                   output_tokens=16)) for t, w, r, s in timeline]
+    assert drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), short, costs=BOX)[0] == []
+
+
+def test_low_load_merges_only_where_queueing_does_not_undo_it():
+    """LOW merges for the faster prefill (0.8 req/s); at 2.4 req/s, still LOW by the load
+    bands (nothing running), the merged instance's queue would cost more than it saves."""
+    quiet = [(k * 0.5, 0, 0, LoadSignals(arrival_rate=0.8, **LONG)) for k in range(40)]
+    decisions, layout = drive(Policy(PolicyConfig(low_enter=1.5, low_exit=3.0)), (1, 1), quiet,
+                              costs=BOX)
+    assert layout == (2,) and [d.kind for _, d in decisions] == ["latency"]
+    busier = [(t, w, r, LoadSignals(arrival_rate=2.4, **LONG)) for t, w, r, _ in quiet]
+    assert drive(Policy(PolicyConfig(low_enter=1.5, low_exit=3.0)), (1, 1), busier,
+                 costs=BOX)[0] == []

@@ -92,12 +92,14 @@ def test_static_systems_never_switch_and_finish_everything(system):
 
 
 def test_flying_policy_switches_under_burst_when_dp_has_more_throughput():
-    # DP (two TP-1 replicas at b=4: 2*4/16 ms) beats one TP-2 (4/12 ms): the policy splits
+    # DP (two TP-1 replicas at b=4: 2*4/16 ms) beats one TP-2 (4/12 ms): the policy splits,
+    # as the arrival rate nears the merged instance's capacity (NORMAL load, queueing rule),
+    # before a backlog makes it a burst
     c = Cluster(SimConfig(system="flying", nodes=1, workers=2, start="tp"), PROF)
     c.run(_burst_rows())
     assert summarize(c)["finished"] == 200
     assert c.switch_events and c.switch_events[0][2] == (1, 1)
-    assert c.switch_events[0][3] == "throughput"
+    assert c.switch_events[0][3] == "queueing"
 
 
 def test_replicate_scales_count_and_keeps_order():
@@ -113,3 +115,20 @@ def test_roofline_constants():
     assert 4.0 < roofline.decode_ms(1, 1) < 6.0
     assert roofline.decode_ms(1, 8) < roofline.decode_ms(1, 1)
     assert roofline.decode_ms(256, 1) > roofline.decode_ms(1, 1)
+
+
+def test_kv_grows_with_the_context_and_the_newest_request_is_preempted():
+    """As the engine's scheduler: blocks are taken as tokens are made (two 256-token prompts
+    fit a 64-block worker, their 600 output tokens do not), and the newer request, preempted
+    by recompute when the pool runs short, finishes later with its first-token time kept."""
+    env, node, done = _node((1, 1))
+    a, b = Req(0, 0.0, prompt=256, output=600), Req(1, 0.001, prompt=256, output=600)
+    node.submit(a, 0)
+    env.run(until=0.001)
+    node.submit(b, 0)
+    env.run(until=0.4)
+    assert node.instances[0].running == [a, b] and b.t_first > 0   # both admitted: no reservation
+    first_b = b.t_first
+    env.run()
+    assert done == [a, b] and a.t_done < b.t_done and b.t_first == first_b
+    assert node.instances[0].kv_used == 0

@@ -66,6 +66,7 @@ class Cluster:
         self.failed: list[Req] = []
         self.arrived: dict[str, int] = {n.name: 0 for n in self.nodes}
         self.prompt: dict[str, float] = {}   # node -> mean prompt tokens placed there
+        self.output: dict[str, float] = {}   # node -> mean output tokens placed there
         self.rate: dict[str, float] = {n.name: 0.0 for n in self.nodes}
         self.switch_events: list[tuple] = []
         self.policy = Policy(cfg.policy)
@@ -98,13 +99,14 @@ class Cluster:
         self.by_name[pl.node].submit(r, pl.instance)
         self.arrived[pl.node] += 1
         self.prompt[pl.node] = prompt_mean(self.prompt.get(pl.node, 0.0), r.prompt)
+        self.output[pl.node] = prompt_mean(self.output.get(pl.node, 0.0), r.output)
         return True
 
     def _arrivals(self, rows: np.ndarray):
-        env = self.env
+        env, delay = self.env, self.p.request_overhead_ms / 1e3    # the front door's latency
         for i, (t, p, o) in enumerate(rows):
-            if t > env.now:
-                yield env.timeout(t - env.now)
+            if t + delay > env.now:
+                yield env.timeout(t + delay - env.now)
             r = Req(i, float(t), int(p), max(1, int(o)))
             if self.queue or not self._try_place(r):
                 self.queue.append(r)
@@ -127,7 +129,8 @@ class Cluster:
             qd = len(self.queue) // max(1, len(self.nodes))
             pending, self.pending = tuple(self.pending), []
             loads = {n.name: LoadSignals(arrival_rate=self.rate[n.name], queue_depth=qd,
-                                         prompt_tokens=self.prompt.get(n.name, 0.0))
+                                         prompt_tokens=self.prompt.get(n.name, 0.0),
+                                         output_tokens=self.output.get(n.name, 0.0))
                      for n in self.nodes}
             views = [v for v in self._views(self.nodes)]
             for d in self.policy.evaluate(views, loads, env.now, pending):

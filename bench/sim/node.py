@@ -1,10 +1,16 @@
 """A simulated node: W workers in a layout of instances, each stepping its batch.
 
-An instance admits waiting requests (KV blocks and `max_running` permitting) and runs steps:
-a step with prefill work costs `decode_ms(decoding batch) + chunk * prefill_ms_per_token`
-(chunked at `max_batch_tokens`); a pure-decode stretch with a fixed batch is ONE event lasting
-`k * step_ms(b)`, k = the fewest tokens any running request still has to make. An arrival
-interrupts the stretch: the step in progress finishes, then the new request joins the batch.
+Each step is planned as the engine's scheduler (flying_core/scheduler.py) plans it: running
+requests oldest first take their next token or prefill chunk, then waiting ones are admitted
+in arrival order, within the `max_batch_tokens` budget and `max_running`. KV blocks are
+allocated as a request's context grows (not reserved for prompt + max tokens up front); when
+the pool is short, the newest running request is preempted by recompute (its KV freed, its
+prompt and tokens so far prefilled again later; its first-token time kept).
+A step with prefill work costs `decode_ms(decoding batch) + chunk * prefill_ms_per_token`; a
+pure-decode stretch with a fixed batch is ONE event lasting `k * step_ms(b)`, k = the fewest
+tokens any running request still has to make (fewer if the KV pool would run short first;
+its blocks are allocated up front). An arrival interrupts the stretch: the step in progress
+finishes, then the new request joins the batch.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ class Req:
     priority: int = 0
     prefill_left: int = 0
     left: int = 0                 # output tokens still to make
-    blocks: int = 0
+    blocks: int = 0               # KV blocks it holds now
     t_first: float = -1.0
     t_done: float = -1.0
 
@@ -39,6 +45,11 @@ class Req:
     @property
     def context(self) -> int:
         return self.prompt + self.output
+
+    @property
+    def kv(self) -> int:
+        """Tokens whose KV it has computed (prompt and tokens so far, less prefill left)."""
+        return self.prompt + self.output - self.left - self.prefill_left
 
 
 @dataclass(eq=False)
@@ -85,7 +96,7 @@ class Node:
     # ------------------------------------------------------------ requests
     def submit(self, req: Req, index: int) -> None:
         inst = self.instances[index]
-        req.blocks = blocks_for(req.context, self.p.block_size)
+        req.blocks = 0
         inst.waiting.append(req)
         self._wake(inst)
 
@@ -96,15 +107,69 @@ class Node:
             inst.in_span = False
             inst.proc.interrupt()
 
-    def _admit(self, inst: Instance) -> None:
-        cap = self.p.kv_blocks_per_worker * inst.size
-        while inst.waiting and len(inst.running) < self.p.max_running:
+    def _grow(self, inst: Instance, r: Req, tokens: int) -> bool:
+        """Room for `r`'s KV up to `tokens`, preempting newer running requests if short."""
+        need = blocks_for(tokens, self.p.block_size) - r.blocks
+        while inst.kv_used + need > self.p.kv_blocks_per_worker * inst.size:
+            newer = [v for v in inst.running if v is not r and v.arrival > r.arrival]
+            if not newer:
+                return False
+            self._preempt(inst, max(newer, key=lambda v: v.arrival))
+        if need > 0:
+            r.blocks += need
+            inst.kv_used += need
+        return True
+
+    def _preempt(self, inst: Instance, r: Req) -> None:
+        inst.running.remove(r)
+        inst.kv_used -= r.blocks
+        r.blocks, r.prefill_left = 0, r.kv + r.prefill_left
+        i = 0
+        while i < len(inst.waiting) and inst.waiting[i].arrival < r.arrival:
+            i += 1
+        inst.waiting.insert(i, r)
+
+    def _plan(self, inst: Instance) -> list[tuple[Req, int]]:
+        """One step's (request, tokens): running ones oldest first, then admissions."""
+        budget, batch = self.p.max_batch_tokens, []
+        for r in sorted(inst.running, key=lambda v: v.arrival):
+            if budget <= 0:
+                break
+            n = min(r.prefill_left, budget) if r.prefill_left else 1
+            if r in inst.running and self._grow(inst, r, r.kv + n):
+                batch.append((r, n))
+                budget -= n
+        while inst.waiting and budget > 0:
             r = inst.waiting[0]
-            if inst.kv_used + r.blocks > cap and inst.running:
+            if len(inst.running) >= self.p.max_running:
+                newer = [v for v in inst.running if v.arrival > r.arrival]
+                if not newer:
+                    break
+                self._preempt(inst, max(newer, key=lambda v: v.arrival))
+                continue
+            n = min(r.prefill_left, budget)
+            if not self._grow(inst, r, r.kv + n):
                 break
             inst.waiting.popleft()
-            inst.kv_used += r.blocks
             inst.running.append(r)
+            batch.append((r, n))
+            budget -= n
+        return [(r, n) for r, n in batch if r in inst.running]
+
+    def _stretch(self, inst: Instance, batch: list[Req], k: int) -> int:
+        """The most pure-decode steps (<= k) the KV pool holds; their blocks allocated."""
+        def need(j):
+            return sum(blocks_for(r.kv + j, self.p.block_size) - r.blocks for r in batch)
+        free = self.p.kv_blocks_per_worker * inst.size - inst.kv_used
+        if need(k) > free:
+            lo, hi = 1, k          # need(1) fits: the plan made room for one step
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if need(mid) <= free else (lo, mid - 1)
+            k = lo
+        for r in batch:
+            self._grow(inst, r, r.kv + k)
+        return k
 
     def _finish(self, inst: Instance) -> None:
         done = [r for r in inst.running if r.left <= 0]
@@ -118,23 +183,15 @@ class Node:
     def _run(self, inst: Instance):
         env, cost = self.env, self.p.cost(inst.size)
         while not inst.stopped:
-            self._admit(inst)
-            if not inst.running:
+            batch = self._plan(inst)
+            if not batch:
                 inst.idle = env.event()
                 yield inst.idle
                 inst.idle = None
                 continue
-            decoding = [r for r in inst.running if r.prefill_left == 0]
-            filling = [r for r in inst.running if r.prefill_left > 0]
-            if filling:
-                budget = max(1, self.p.max_batch_tokens - len(decoding))
-                chunks = []
-                for r in filling:
-                    n = min(r.prefill_left, budget)
-                    if n <= 0:
-                        break
-                    chunks.append((r, n))
-                    budget -= n
+            decoding = [r for r, _ in batch if r.prefill_left == 0]
+            chunks = [(r, n) for r, n in batch if r.prefill_left > 0]
+            if chunks:
                 ms = (cost.step_ms(len(decoding)) if decoding else 0.0) + \
                     sum(n for _, n in chunks) * cost.prefill_ms_per_token
                 yield env.timeout(ms / 1e3)
@@ -143,10 +200,12 @@ class Node:
                 for r, n in chunks:
                     r.prefill_left -= n
                     if r.prefill_left == 0:
-                        r.t_first, r.left = env.now, r.left - 1
+                        r.left -= 1
+                        if r.t_first < 0:
+                            r.t_first = env.now
             else:
                 s = cost.step_ms(len(decoding)) / 1e3
-                k = min(r.left for r in decoding)
+                k = self._stretch(inst, decoding, min(r.left for r in decoding))
                 start = env.now
                 inst.in_span = True
                 try:
@@ -192,7 +251,7 @@ class Node:
         move_s = kv_tokens * frac * self.p.kv_bytes_per_token / (self.p.link_gb_s * 1e9)
         yield self.env.timeout(move_s + self.p.switch_fixed_ms / 1e3)
         for r in held:                      # re-admitted in the new layout, progress kept
-            r.blocks = blocks_for(r.context, self.p.block_size)
+            r.blocks = 0
         self._build(layout, held)
         self.switches += 1
         self.state = "serving"
@@ -200,13 +259,12 @@ class Node:
 
     def restart(self, layout: tuple[int, ...]):
         """A cold restart: stop, reload the weights (`cold_start_s`); in-flight requests start
-        over (tokens already streamed keep their first-token time)."""
+        over (a request that streamed a token keeps its first-token time)."""
         self.state = "restarting"
         held, _ = yield from self._stop()
         yield self.env.timeout(self.p.cold_start_s)
         for r in held:
-            r.left = r.output - (1 if r.t_first >= 0 else 0)
-            r.prefill_left = r.prompt
+            r.left, r.prefill_left, r.blocks = r.output, r.prompt, 0
         self._build(layout, held)
         self.restarts += 1
         self.state = "serving"

@@ -4,7 +4,9 @@ JSON fields: `costs` (the agent's `GroupStatus.costs` snapshot: tp_size, prefill
 decode_ms by batch), `possible_tp_sizes`, `block_size`, `max_model_len`,
 `kv_blocks_per_worker`, `kv_bytes_per_token` (for the switch's KV move), `link_gb_s` (bytes
 moved between workers per second, /1e9), `switch_fixed_ms` (a switch's own overhead),
-`cold_start_s` (a cold restart: reload weights), `max_running`, `max_batch_tokens`.
+`cold_start_s` (a cold restart: reload weights), `max_running`, `max_batch_tokens`,
+`request_overhead_ms` (a fixed delay from a request's arrival to its node: the front door's
+HTTP, tokenizer and router hops, outside any engine step; 0 by default).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class Profile:
     cold_start_s: float = 15.0
     max_running: int = 32
     max_batch_tokens: int = 512
+    request_overhead_ms: float = 0.0
 
     def cost(self, size: int) -> LayoutCost:
         for c in self.costs:
@@ -47,12 +50,16 @@ def load(name_or_path: str) -> Profile:
     if not p.exists():
         known = sorted(x.stem for x in PROFILES.glob("*.json"))
         raise ValueError(f"no profile {name_or_path!r} (known: {', '.join(known)})")
-    d = json.loads(p.read_text())
+    return parse(json.loads(p.read_text()))
+
+
+def parse(d: dict) -> Profile:
+    """A profile from its JSON fields."""
     costs = tuple(LayoutCost(int(c["tp_size"]), float(c["prefill_ms_per_token"]),
                              {int(b): float(ms) for b, ms in c["decode_ms"].items()})
                   for c in d["costs"])
     keys = ("kv_bytes_per_token", "link_gb_s", "switch_fixed_ms", "cold_start_s",
-            "max_running", "max_batch_tokens")
+            "max_running", "max_batch_tokens", "request_overhead_ms")
     return Profile(d["name"], costs, tuple(d["possible_tp_sizes"]), int(d["block_size"]),
                    int(d["max_model_len"]), int(d["kv_blocks_per_worker"]),
                    **{k: d[k] for k in keys if k in d})

@@ -6,7 +6,9 @@
   each request, each shifted by a uniform jitter within the gap to the next arrival, so the
   rate grows k-fold and the shape stays.
 - `burst`: the authors' burst pattern (`bench.workloads.burst_arrivals`), `n` requests with
-  ShareGPT-like lengths given by `lengths` (or the benchmark's fixed 109/122 means).
+  ShareGPT-like lengths given by `lengths` (or the benchmark's fixed 109/122 means); the named
+  trace is the suite's burst scenario, x`BURST_SCALE` (`bench/workloads_suite.py`: x3),
+  times `--scale`.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import workloads as ws
+from bench.workloads_suite import BURST_SCALE
 
 AZURE = Path(__file__).resolve().parents[3] / "shared" / "data" / "azure-llm-2023"
 from bench.sim.args import TRACES  # noqa: E402,F401
@@ -60,7 +63,7 @@ def replicate(rows: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
     return allr[np.argsort(allr[:, 0], kind="stable")]
 
 
-def burst(n: int = 480, scale: float = 2.0, seed: int = 0, prompt: int = 109,
+def burst(n: int = 480, scale: float = BURST_SCALE, seed: int = 0, prompt: int = 109,
           output: int = 122, lengths: np.ndarray | None = None) -> np.ndarray:
     t = np.asarray(ws.burst_arrivals(n, seed=seed, scale=scale))
     if lengths is None:
@@ -70,9 +73,10 @@ def burst(n: int = 480, scale: float = 2.0, seed: int = 0, prompt: int = 109,
 
 def bench_lengths(n: int = 480, seed: int = 1) -> np.ndarray:
     """(prompt, output) lengths shaped like the burst benchmark's ShareGPT sample
-    (bench/results/cpu-2core-budget512/burst.json "lengths": prompt mean 109, p50 64.5, max 258; output
+    (bench/results/cpu-2core/burst.json "lengths": prompt mean 109, p50 64.5, max 258; output
     mean 122.5, p50 128, max 128): lognormal prompts (median 64.5, sigma 1.0) cut to
-    [4, 256]; outputs 128 for 90 %, the rest uniform in [4, 128)."""
+    [4, 256] (so the prompt mean is 83, not 109); outputs 128 for 90 %, the rest uniform in
+    [4, 128)."""
     rng = np.random.default_rng(seed)
     prompt = np.clip(np.round(rng.lognormal(np.log(64.5), 1.0, n)), 4, 256)
     out = np.where(rng.random(n) < 0.9, 128, rng.integers(4, 128, n))
@@ -80,9 +84,10 @@ def bench_lengths(n: int = 480, seed: int = 1) -> np.ndarray:
 
 
 def burst_bench(n: int = 480, seed: int = 1) -> np.ndarray:
-    """The committed burst benchmark's workload: `burst_arrivals(480, seed=1, scale=2)`
-    (bench/workloads_suite.py) with `bench_lengths`."""
-    return burst(n, scale=2.0, seed=seed, lengths=bench_lengths(n, seed))
+    """The committed burst benchmark's workload: `burst_arrivals(480, seed=1, scale=3)`
+    (bench/workloads_suite.py `BURST_SCALE`: the same arrivals as the committed run's records)
+    with `bench_lengths`."""
+    return burst(n, scale=BURST_SCALE, seed=seed, lengths=bench_lengths(n, seed))
 
 
 def load(name: str, scale: float = 1.0, duration_s: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -91,5 +96,5 @@ def load(name: str, scale: float = 1.0, duration_s: float = 0.0, seed: int = 0) 
     if name == "azure-code":
         return azure("code", scale, duration_s, seed)
     if name == "burst":
-        return burst(scale=scale * 2.0, seed=1, lengths=bench_lengths(480, seed=1))
+        return burst(scale=scale * BURST_SCALE, seed=1, lengths=bench_lengths(480, seed=1))
     raise ValueError(f"unknown trace {name!r} (known: {', '.join(TRACES)})")

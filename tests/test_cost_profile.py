@@ -1,0 +1,69 @@
+"""flying_core.cost_profile: the probe's points scaled to the served steps' basis, and a step
+table that never falls as the batch grows (pure: no workers)."""
+from __future__ import annotations
+
+import pytest
+
+from flying_core.cost_profile import CostProfile
+
+
+def _decode_step(batch: int):
+    return [(f"r{i}", 1) for i in range(batch)]
+
+
+def test_probe_alone_is_the_table():
+    c = CostProfile()
+    c.seed(1, 0.1, {1: 2.0, 4: 3.0, 16: 6.0})
+    assert c.decode(1) == {1: 2.0, 4: 3.0, 16: 6.0}
+    assert c.step_ms(1, 8) == pytest.approx(4.0)
+    assert c.snapshot()[0].decode_ms == {1: 2.0, 4: 3.0, 16: 6.0}
+
+
+def test_probe_points_are_scaled_to_served_steps():
+    """Served steps twice the probe's: a batch only the probe measured is doubled too."""
+    c = CostProfile()
+    c.seed(1, 0.1, {1: 2.0, 4: 3.0, 16: 6.0})
+    c.observe(1, _decode_step(1), 4.0)
+    c.observe(1, _decode_step(4), 6.0)
+    assert c.decode(1) == {1: 4.0, 4: 6.0, 16: 12.0}
+    c.observe(1, _decode_step(2), 5.0)      # probe interpolated at 2: 2.33 ms -> ratio 2.14
+    assert c.decode(1)[16] == pytest.approx(12.0)   # the median ratio is still 2
+
+
+def test_the_table_never_falls_with_the_batch():
+    """The suite's Azure run: served batch 7 at 8.5 ms beside a probed batch 16 at 3.0 ms."""
+    c = CostProfile()
+    c.seed(1, 0.15, {1: 1.0, 4: 1.5, 16: 3.0})
+    for b, ms in {1: 2.9, 4: 5.7, 5: 4.4, 7: 8.5}.items():
+        c.observe(1, _decode_step(b), ms)
+    t = c.decode(1)
+    assert list(t) == sorted(t)
+    assert all(t[a] <= t[b] for a, b in zip(sorted(t), sorted(t)[1:]))
+    assert t[4] == t[5] == pytest.approx((5.7 + 4.4) / 2)       # the violators pooled
+    # served / probed at 1, 4, 5, 7: 2.9, 3.8, 2.7, 4.5: the probe's batch 16 x the median 3.35
+    assert t[16] == pytest.approx(3.0 * (2.9 + 3.8) / 2) and t[16] > t[7] == 8.5
+
+
+def test_one_slow_step_is_averaged_not_carried_to_every_larger_batch():
+    c = CostProfile()
+    c.seed(2, 0.05, {})
+    for b, ms in {1: 3.0, 2: 3.4, 3: 4.2, 4: 4.3, 5: 22.6, 6: 6.0, 7: 6.5, 8: 7.0}.items():
+        c.observe(2, _decode_step(b), ms)
+    t = c.decode(2)
+    assert t[5] == t[6] == t[7] == t[8] == pytest.approx((22.6 + 6.0 + 6.5 + 7.0) / 4)
+    assert t[4] == 4.3
+
+
+def test_only_pure_decode_steps_count_for_decode_and_prefill_is_measured_served():
+    c = CostProfile()
+    c.seed(2, 0.1, {1: 2.0})
+    c.observe(2, [("a", 1), ("b", 64)], 50.0)   # a prefill chunk rode along
+    assert c.decode(2) == {1: 2.0}
+    assert c.prefill_ms(2) == pytest.approx(0.8 * 0.1 + 0.2 * (50.0 - 2.0) / 64)
+    before = c.prefill_ms(2)
+    c.observe(2, [("c", 8)], 90.0)              # too few prompt tokens to say much
+    assert c.prefill_ms(2) == before
+    assert c.snapshot()[0].prefill_ms_per_token == before
+    c.observe(2, _decode_step(1), 3.0)
+    c.observe(2, _decode_step(1), 4.0)
+    assert c.decode(2)[1] == pytest.approx(0.8 * 3.0 + 0.2 * 4.0)
