@@ -272,7 +272,8 @@ class Policy:
                                    * c.trend_horizon_s if st.onset else 0.0)
         demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
                            + rate * c.rate_horizon_s)
-        work = (sig.prompt_tokens or c.prompt_tokens, sig.output_tokens or c.output_tokens,
+        work = (round(sig.prompt_tokens or c.prompt_tokens),      # whole tokens: the
+                round(sig.output_tokens or c.output_tokens),      # simulator memoizes on them
                 c.max_batch, worker_blocks(s) * s.block_size)
         burst = st.regime == Regime.BURST
         cands = []
@@ -286,7 +287,7 @@ class Policy:
         mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
         if st.regime == Regime.NORMAL:
             return self._queueing(v, sig.arrival_rate, work, costs, cands)
-        prompt = round(work[0]) if st.regime == Regime.LOW else 0
+        prompt = work[0] if st.regime == Regime.LOW else 0
         current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
         if current is None:
             return None

@@ -168,30 +168,37 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
     return LayoutScore(tps, latency, served)
 
 
-def _instance_rps(s: int, cost: LayoutCost, prompt_tokens: float, output_tokens: float,
-                  max_batch: int, kv_tokens_per_worker: int) -> float:
-    b = max_batch or max(cost.decode_ms)
-    if kv_tokens_per_worker:
-        b = min(b, int(kv_tokens_per_worker * s // max(1.0, prompt_tokens + output_tokens)))
-    b = max(1, b)
-    work = prompt_tokens * cost.prefill_ms_per_token + output_tokens * cost.step_ms(b) / b
-    return 1000.0 / work if work > 0 else 0.0
+def instance_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
+                 prompt_tokens: float, output_tokens: float, max_batch: int = 0,
+                 kv_tokens_per_worker: int = 0) -> tuple[float, ...] | None:
+    """Each instance's most requests/s when requests average `prompt_tokens` in and
+    `output_tokens` out: at its largest batch B, 1000 / (its prefill of the prompt + the output
+    at its share of a step, `step_ms(B) / B`) (continuous batching: decodes share steps,
+    prefills do not). B is `max_batch` (else the size's largest measured batch), and at most
+    the requests its KV holds (`kv_tokens_per_worker` x its size over prompt + output; the
+    suite's Azure trace fits 10 in a merged instance, 5 in a replica). None when a size of the
+    layout has no measured profile."""
+    if any(s not in costs for s in layout):
+        return None
+    out = []
+    for s in layout:
+        cost = costs[s]
+        b = max_batch or max(cost.decode_ms)
+        if kv_tokens_per_worker:
+            b = min(b, int(kv_tokens_per_worker * s // max(1.0, prompt_tokens + output_tokens)))
+        b = max(1, b)
+        work = prompt_tokens * cost.prefill_ms_per_token + output_tokens * cost.step_ms(b) / b
+        out.append(1000.0 / work if work > 0 else 0.0)
+    return tuple(out)
 
 
 def capacity_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
                  prompt_tokens: float, output_tokens: float, max_batch: int = 0,
                  kv_tokens_per_worker: int = 0) -> float | None:
-    """The most requests/s `layout` serves when its requests average `prompt_tokens` in and
-    `output_tokens` out: each instance, at its largest batch B, serves 1000 / (its prefill of
-    the prompt + the output at its share of a step, `step_ms(B) / B`) per second (continuous
-    batching: decodes share steps, prefills do not). B is `max_batch` (else the size's
-    largest measured batch), and at most the requests its KV holds (`kv_tokens_per_worker` x
-    its size over prompt + output; the suite's Azure trace fits 10 in a merged instance, 5 in
-    a replica). None when a size of the layout has no measured profile."""
-    if any(s not in costs for s in layout):
-        return None
-    return sum(_instance_rps(s, costs[s], prompt_tokens, output_tokens, max_batch,
-                             kv_tokens_per_worker) for s in layout)
+    """The most requests/s `layout` serves (the sum of `instance_rps`); None: unprofiled."""
+    mus = instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch,
+                       kv_tokens_per_worker)
+    return None if mus is None else sum(mus)
 
 
 def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rate: float,
@@ -199,16 +206,16 @@ def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rat
                    kv_tokens_per_worker: int = 0) -> float | None:
     """Expected time to a first token on `layout` at `rate` requests/s: on each instance, the
     prefill of the mean prompt and a decode step, plus the queueing of an M/M/1 server of
-    the instance's capacity (`capacity_rps`) at the layout's utilization `rate / capacity`
+    the instance's capacity (`instance_rps`) at the layout's utilization `rate / capacity`
     (placement spreads requests by load, so every instance runs at about that utilization):
     `(1000 / mu) * rho / (1 - rho)`; weighted by each instance's share of the requests. At no
     load it is the low-load score (a merged CPU instance prefills faster); as the rate nears
     the merged instance's capacity its queue costs more than its prefill saves. inf at or
     past capacity; None when a size of the layout has no measured profile."""
-    if any(s not in costs for s in layout):
+    mus = instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch,
+                       kv_tokens_per_worker)
+    if mus is None:
         return None
-    mus = [_instance_rps(s, costs[s], prompt_tokens, output_tokens, max_batch,
-                         kv_tokens_per_worker) for s in layout]
     total = sum(mus)
     rho = rate / total if total > 0 else math.inf
     if rho >= 1.0:

@@ -2,7 +2,8 @@
 (bench/sim_profiles/cpu-2core-tiny.json, written by `python -m bench.sim.fit_cpu`), the burst
 scenario's workload replayed from the committed run's records (arrival, prompt and output
 tokens of its 480 requests: `burst_arrivals(480, seed=1, scale=3)` over its ShareGPT sample),
-compared with the suite's committed real run bench/results/cpu-2core/burst.json.
+compared with the suite's committed real run kept in
+bench/results/cpu-2core-before-queueing/burst.json.
 
 Held out: the fit reads low.json, priority.json and azure.json (their records replayed: the
 factors are fitted on static DP and TP there) and switch.json, never burst.json. The records
@@ -33,7 +34,7 @@ from bench.sim.cluster import Cluster, SimConfig
 from bench.sim.fit_cpu import trace
 from bench.sim.report import summarize
 
-RUN = Path(__file__).resolve().parent.parent / "bench/results/cpu-2core"
+RUN = Path(__file__).resolve().parent.parent / "bench/results/cpu-2core-before-queueing"
 TP_MISS = ("static TP P90 TTFT: sim 1102 ms vs real 1870 (-41 %; 1568 in the identical "
            "cpu-2core-placement-fix run: -30 %). The real TP instance holds 31-32 running at "
            "17-19 ms a token through and after each peak, where the sim's (fitted on priority "

@@ -1,5 +1,5 @@
 """Refit this box's simulator profile to the suite's committed results:
-`python -m bench.sim.fit_cpu [--results bench/results/cpu-2core] [--out PATH]`
+`python -m bench.sim.fit_cpu [--results bench/results/cpu-2core-before-queueing] [--out PATH]`
 (default out: bench/sim_profiles/cpu-2core-tiny.json). The recipe (bench/sim/README.md):
 
 - decode at batch 1: `low.json` TPOT mean, static DP (TP 1) and static TP (TP 2);
@@ -157,7 +157,7 @@ def fit(d: Path) -> tuple[dict, dict, dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--results", default="bench/results/cpu-2core")
+    ap.add_argument("--results", default="bench/results/cpu-2core-before-queueing")
     ap.add_argument("--out", default=str(ROOT / "bench/sim_profiles/cpu-2core-tiny.json"))
     a = ap.parse_args(argv)
     d = (ROOT / a.results) if not Path(a.results).is_absolute() else Path(a.results)

@@ -1,7 +1,7 @@
 """Measure this box's profile for the simulator: `python -m bench.sim.measure OUT.json`.
 
 Starts a real 2-worker WorkerGroup with the burst benchmark's testbed (tiny model, float32,
-16 MiB KV per worker, max_model_len 8192: `bench/results/cpu-2core/*.json` "testbed"),
+16 MiB KV per worker, max_model_len 8192: `bench/results/cpu-2core-before-queueing/*.json` "testbed"),
 lets the agent's own start-up probe (`flying_core.cost_profile`) measure every TP size, and
 writes its cost snapshot and KV geometry in the simulator's profile format (`bench.sim.profile`).
 """

@@ -1,13 +1,14 @@
 """Memoized views of the policy's pure layout arithmetic, for the simulator's speed.
 
 `router.policy` scores every aligned layout of every node on each evaluation
-(`views.score_layout`, `views.capacity_rps`, `views.changed_workers`,
-`views.aligned_layouts`): at 128 nodes that is
-most of a simulation's time. The three are pure functions, so the simulator installs cached
-wrappers in `router.policy`'s namespace (same results; the policy's code is unchanged).
+(`views.score_layout`, `views.instance_rps` under `capacity_rps` and `first_token_ms`,
+`views.changed_workers`, `views.aligned_layouts`): at 128 nodes that is
+most of a simulation's time. They are pure functions, so the simulator installs cached
+wrappers in `router.policy`'s namespace (`instance_rps` in `router.views`'; same results; the
+policy's code is unchanged).
 `score_layout`'s cost table is keyed by the identity of its `LayoutCost` objects: a
-simulated node reports its profile's objects, never copies; `capacity_rps`'s mean lengths
-by their value to a tenth of a token.
+simulated node reports its profile's objects, never copies (the policy passes whole-token mean
+lengths, so `instance_rps` repeats).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import router.policy as policy
 from router import views
 
 _installed = False
+plain_instance_rps = views.instance_rps
 
 
 def install() -> None:
@@ -33,20 +35,20 @@ def install() -> None:
             scores[key] = views.score_layout(layout, costs, demand, max_batch, prompt_tokens)
         return scores[key]
 
-    caps: dict = {}
+    rps: dict = {}
 
-    def capacity_rps(layout, costs, prompt_tokens, output_tokens, max_batch=0, kv_tokens=0):
-        key = (layout, tuple(map(id, costs.values())), max_batch, kv_tokens,
-               round(prompt_tokens, 1), round(output_tokens, 1))
-        if key not in caps:
-            if len(caps) > 1_000_000:
-                caps.clear()
-            caps[key] = views.capacity_rps(layout, costs, prompt_tokens, output_tokens,
-                                           max_batch, kv_tokens)
-        return caps[key]
+    def instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch=0, kv_tokens=0):
+        key = (layout, tuple(map(id, costs.values())), prompt_tokens, output_tokens, max_batch,
+               kv_tokens)
+        if key not in rps:
+            if len(rps) > 1_000_000:
+                rps.clear()
+            rps[key] = plain_instance_rps(layout, costs, prompt_tokens, output_tokens,
+                                          max_batch, kv_tokens)
+        return rps[key]
 
     policy.score_layout = score_layout
-    policy.capacity_rps = capacity_rps
+    views.instance_rps = instance_rps       # what capacity_rps and first_token_ms call
     policy.changed_workers = functools.lru_cache(maxsize=65536)(views.changed_workers)
     policy.aligned_layouts = functools.lru_cache(maxsize=1024)(views.aligned_layouts)
     _installed = True

@@ -73,7 +73,7 @@ def burst(n: int = 480, scale: float = BURST_SCALE, seed: int = 0, prompt: int =
 
 def bench_lengths(n: int = 480, seed: int = 1) -> np.ndarray:
     """(prompt, output) lengths shaped like the burst benchmark's ShareGPT sample
-    (bench/results/cpu-2core/burst.json "lengths": prompt mean 109, p50 64.5, max 258; output
+    (bench/results/cpu-2core-before-queueing/burst.json "lengths": prompt mean 109, p50 64.5, max 258; output
     mean 122.5, p50 128, max 128): lognormal prompts (median 64.5, sigma 1.0) cut to
     [4, 256] (so the prompt mean is 83, not 109); outputs 128 for 90 %, the rest uniform in
     [4, 128)."""
