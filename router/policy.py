@@ -85,9 +85,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from flying_core.types import GroupStatus, PreemptMode
+from flying_core.types import PreemptMode
+from router.policy_node import NodeState, track_regime
 from router.policy_signals import History, Smoother, fastest_step
 from router.policy_types import (  # noqa: F401 - re-exported: the policy's public interface
     LoadSignals,
@@ -111,36 +111,15 @@ from router.views import (
 )
 
 
-@dataclass
-class _Node:
-    layout: tuple[int, ...] = ()
-    since: float = -math.inf        # when the current layout was seen first, or last decision
-    regime: Regime = Regime.NORMAL
-    regime_since: float = -math.inf
-    hold_tokens: int = 0
-    hold_until: float = -math.inf
-    target: tuple[int, ...] | None = None   # decided, not yet seen in the node's status
-    target_at: float = -math.inf
-    smoother: Smoother | None = None
-    history: History | None = None
-    costs: tuple = ()                       # the smoothed profile
-    onset: bool = False                     # the last regime change was a trend onset
-    growing: bool = False                   # the backlog grew over grow_window_s
-    rising: int = 0                         # evaluations in a row the rate rose fast
-    urgent_until: float = -math.inf         # an urgent merge's size / reservation lasts
-    urgent_size: int = 0
-    reserved: int | None = None             # instance index reserved for urgent traffic
-
-
 class Policy:
     """Stateful (per node) but deterministic; see the module doc for the rules."""
 
     def __init__(self, cfg: PolicyConfig = PolicyConfig()):
         self.cfg = cfg
-        self._nodes: dict[str, _Node] = {}
+        self._nodes: dict[str, NodeState] = {}
 
     def regime(self, node: str) -> Regime:
-        return self._nodes.get(node, _Node()).regime
+        return self._nodes.get(node, NodeState()).regime
 
     def reserved(self, node: str, now: float | None = None) -> int | None:
         """The instance of `node` reserved for urgent traffic (None: none)."""
@@ -159,7 +138,7 @@ class Policy:
         c, out, ready = self.cfg, [], []
         switching = False
         for v in views:
-            st = self._nodes.setdefault(v.name, _Node())
+            st = self._nodes.setdefault(v.name, NodeState())
             if v.serving and st.target is not None and (
                     v.status.layout == st.target or now - st.target_at >= c.switch_timeout_s):
                 st.target = None
@@ -178,7 +157,7 @@ class Policy:
             st.costs = st.smoother.update(v.status.costs)
             if st.reserved is not None and now >= st.urgent_until:
                 st.reserved = None
-            self._track_regime(st, v.status, sig, now)
+            track_regime(st, v.status, sig, now, self.cfg)
             d = self._decide(v, sig, st, now)
             if d is not None:
                 out.append(self._record(st, d, now))
@@ -197,14 +176,14 @@ class Policy:
         if node in self._nodes:
             self._nodes[node].target = None
 
-    def _record(self, st: _Node, d: Reconfigure, now: float) -> Reconfigure:
+    def _record(self, st: NodeState, d: Reconfigure, now: float) -> Reconfigure:
         st.since, st.target, st.target_at = now, d.layout, now
         return d
 
     def _hard(self, sig: LoadSignals) -> bool:
         return sig.urgent_waiting > 0 and sig.urgent_wait_s >= self.cfg.hard_wait_s
 
-    def _memory(self, v: NodeView, req: PendingRequest, sig: LoadSignals, st: _Node,
+    def _memory(self, v: NodeView, req: PendingRequest, sig: LoadSignals, st: NodeState,
                 now: float, found) -> Reconfigure:
         new, first, size = found
         if now >= st.hold_until:
@@ -217,36 +196,7 @@ class Policy:
                f"(holds {capacity_tokens(v.status, size)} tokens)")
         return Reconfigure(v.name, new, mode, why, "memory")
 
-    def _track_regime(self, st: _Node, s: GroupStatus, sig: LoadSignals, now: float) -> None:
-        c, n = self.cfg, max(1, sum(s.layout))
-        waiting = sum(i.waiting for i in s.instances) + sig.queue_depth
-        backlog = waiting / n
-        load = (waiting + sum(i.running for i in s.instances)
-                + sig.arrival_rate * c.rate_horizon_s) / n
-        st.history.add(now, sig.arrival_rate, waiting)
-        st.growing = st.history.backlog_growth(c.grow_window_s) >= c.grow_min * n
-        slope = st.history.rate_slope(c.trend_window_s)
-        rising = (slope >= c.trend_enter * n and
-                  sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
-        st.rising = st.rising + 1 if rising else 0
-        onset = st.rising >= c.trend_ticks
-        if onset and st.regime != Regime.BURST:
-            st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
-            return
-        r = st.regime
-        fresh_onset = st.onset and now - st.regime_since < c.trend_horizon_s + c.regime_confirm_s
-        if r == Regime.BURST and not fresh_onset:
-            r = Regime.NORMAL if backlog <= c.burst_exit else r
-        elif backlog >= c.burst_enter:
-            r = Regime.BURST
-        if r == Regime.LOW and load >= c.low_exit:
-            r = Regime.NORMAL
-        elif r == Regime.NORMAL and load <= c.low_enter:
-            r = Regime.LOW
-        if r != st.regime:
-            st.regime, st.regime_since, st.onset = r, now, False
-
-    def _decide(self, v: NodeView, sig: LoadSignals, st: _Node, now: float
+    def _decide(self, v: NodeView, sig: LoadSignals, st: NodeState, now: float
                 ) -> Reconfigure | None:
         c, s = self.cfg, v.status
         if now - st.since >= c.memory_dwell_s:
@@ -349,7 +299,7 @@ class Policy:
                f"{list(s.layout)} ({now_cap:.1f} req/s capacity vs {-cap:.1f})")
         return Reconfigure(v.name, lo, PreemptMode.HARD, why, "queueing")
 
-    def _urgent(self, v: NodeView, sig: LoadSignals, st: _Node, costs, now: float
+    def _urgent(self, v: NodeView, sig: LoadSignals, st: NodeState, costs, now: float
                 ) -> Reconfigure | None:
         """Rule 2: urgent requests have waited; HARD switch to a layout whose fastest
         instance steps fastest for them, or reserve the current layout's fastest instance."""
