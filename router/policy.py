@@ -232,19 +232,20 @@ class Policy:
                     or max(lo) < keep or (burst and len(lo) < len(s.layout)):
                 continue
             cands.append((lo, changed_workers(s.layout, lo)))
-        queued = sum(i.waiting for i in s.instances) + sig.queue_depth
-        hard = self._hard(sig) or (st.regime != Regime.LOW and (queued or st.growing))
-        mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
         if st.regime == Regime.NORMAL:
             return self._queueing(v, sig.arrival_rate, work, costs, cands)
-        prompt = work[0] if st.regime == Regime.LOW else 0
+        queued = sum(i.waiting for i in s.instances) + sig.queue_depth
+        hard = self._hard(sig) or (burst and (queued or st.growing))
+        mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
+        low = st.regime == Regime.LOW
+        prompt = work[0] if low else 0
         current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
         if current is None:
             return None
-        queue_ms = first_token_ms(s.layout, costs, sig.arrival_rate, *work)
+        queue_ms = first_token_ms(s.layout, costs, sig.arrival_rate, *work) if low else None
         scored = []
         for lo, changed in cands:
-            if st.regime == Regime.LOW and len(lo) < len(s.layout) and queue_ms is not None \
+            if queue_ms is not None and len(lo) < len(s.layout) \
                     and (first_token_ms(lo, costs, sig.arrival_rate, *work) or 0.0) >= queue_ms:
                 continue        # a merge whose queue costs more than it saves (rule 4, NORMAL)
             sc = score_layout(lo, costs, demand, c.max_batch, prompt)
