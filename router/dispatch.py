@@ -30,7 +30,7 @@ from router.micro import (
 )
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
-from router.policy_signals import prompt_mean
+from router.policy_signals import moving_mean
 from router.prefix_affinity import PrefixAffinity
 from router.views import single_worker_tokens
 
@@ -49,10 +49,10 @@ class NodeLoad:
 
     def arrived(self, now: float, prompt_tokens: int) -> None:
         self.arrivals.append(now)
-        self.prompt_tokens = prompt_mean(self.prompt_tokens, prompt_tokens)
+        self.prompt_tokens = moving_mean(self.prompt_tokens, prompt_tokens)
 
     def finished(self, output_tokens: int) -> None:
-        self.output_tokens = prompt_mean(self.output_tokens, output_tokens)
+        self.output_tokens = moving_mean(self.output_tokens, output_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         while self.arrivals and now - self.arrivals[0] > 2.0:

@@ -44,11 +44,11 @@ class Smoother:
         return tuple(out)
 
 
-def prompt_mean(mean: float, prompt_tokens: int, weight: float = 0.1) -> float:
-    """A node's mean prompt length after one more request (a moving average; 0: none yet),
-    the policy's `LoadSignals.prompt_tokens` (router/dispatch.py and the simulator); the same
-    average of finished requests' outputs is `LoadSignals.output_tokens`."""
-    return float(prompt_tokens) if not mean else (1 - weight) * mean + weight * prompt_tokens
+def moving_mean(mean: float, tokens: int, weight: float = 0.1) -> float:
+    """A node's mean request length after one more request (a moving average; 0: none yet):
+    of prompts, the policy's `LoadSignals.prompt_tokens`, and of finished requests' outputs,
+    `output_tokens` (router/dispatch.py and the simulator)."""
+    return float(tokens) if not mean else (1 - weight) * mean + weight * tokens
 
 
 @dataclass

@@ -131,10 +131,16 @@ class LayoutScore:
     served: int             # requests that got a batch slot (the rest queue)
 
 
-def _spread(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
-            max_batch: int) -> list[int]:
-    """`demand` requests over `layout`'s instances, each to the one whose step would be
-    fastest with it, up to each size's batch cap (`max_batch`, else its largest measured)."""
+def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
+                 max_batch: int = 0, prompt_tokens: float = 0.0) -> LayoutScore | None:
+    """Throughput and latency of `layout` with `demand` concurrent requests (see the module
+    doc); None when a size of the layout has no measured profile. `max_batch` > 0 caps every
+    instance's batch, else each size's largest measured batch does. `prompt_tokens`: the
+    prefill of a prompt that long (each size's `prefill_ms_per_token`) is part of the latency,
+    so the latency is the time to a first token at low load, where a CPU's TP instance
+    prefills faster than a replica though it decodes slower."""
+    if any(s not in costs for s in layout):
+        return None
     cap = {s: max_batch or max(costs[s].decode_ms) for s in set(layout)}
     batch = [0] * len(layout)
     heap = [(costs[s].step_ms(1), i) for i, s in enumerate(layout) if cap[s] > 0]
@@ -146,20 +152,6 @@ def _spread(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: in
         batch[i] += 1
         if batch[i] < cap[layout[i]]:
             heapq.heappush(heap, (costs[layout[i]].step_ms(batch[i] + 1), i))
-    return batch
-
-
-def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], demand: int,
-                 max_batch: int = 0, prompt_tokens: float = 0.0) -> LayoutScore | None:
-    """Throughput and latency of `layout` with `demand` concurrent requests (see the module
-    doc); None when a size of the layout has no measured profile. `max_batch` > 0 caps every
-    instance's batch, else each size's largest measured batch does. `prompt_tokens`: the
-    prefill of a prompt that long (each size's `prefill_ms_per_token`) is part of the latency,
-    so the latency is the time to a first token at low load, where a CPU's TP instance
-    prefills faster than a replica though it decodes slower."""
-    if any(s not in costs for s in layout):
-        return None
-    batch = _spread(layout, costs, demand, max_batch)
     served = sum(batch)
     steps = [costs[s].step_ms(b) for s, b in zip(layout, batch)]
     tps = sum(1000.0 * b / ms for b, ms in zip(batch, steps) if b and ms > 0)

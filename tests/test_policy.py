@@ -490,11 +490,11 @@ def test_poisson_noise_at_low_load_is_no_burst_onset(seed):
     assert burst_ticks < 0
 
 
-def test_prompt_mean_starts_at_the_first_prompt_then_moves_slowly():
-    from router.policy_signals import prompt_mean
-    m = prompt_mean(0.0, 200)
+def test_moving_mean_starts_at_the_first_prompt_then_moves_slowly():
+    from router.policy_signals import moving_mean
+    m = moving_mean(0.0, 200)
     assert m == 200.0
-    assert prompt_mean(m, 1200) == pytest.approx(300.0)
+    assert moving_mean(m, 1200) == pytest.approx(300.0)
 
 
 # ---------------------------------------------------------------- utilization (NORMAL)

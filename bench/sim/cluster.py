@@ -24,7 +24,7 @@ from bench.sim.profile import Profile
 from router.classify import classify
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
-from router.policy_signals import prompt_mean
+from router.policy_signals import moving_mean
 from router.views import NodeView, single_worker_tokens
 
 SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
@@ -98,8 +98,8 @@ class Cluster:
             return False
         self.by_name[pl.node].submit(r, pl.instance)
         self.arrived[pl.node] += 1
-        self.prompt[pl.node] = prompt_mean(self.prompt.get(pl.node, 0.0), r.prompt)
-        self.output[pl.node] = prompt_mean(self.output.get(pl.node, 0.0), r.output)
+        self.prompt[pl.node] = moving_mean(self.prompt.get(pl.node, 0.0), r.prompt)
+        self.output[pl.node] = moving_mean(self.output.get(pl.node, 0.0), r.output)
         return True
 
     def _arrivals(self, rows: np.ndarray):

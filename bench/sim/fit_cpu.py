@@ -20,12 +20,13 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from bench.records import Record, load_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ("engine.json", "../cpu-2core-compiled/engine.json")
@@ -39,24 +40,23 @@ def _json(d: Path, name: str) -> dict:
     return json.loads((d / name).read_text())
 
 
-def records(d: Path, scenario: str, system: str = "static-dp") -> list[dict]:
-    with gzip.open(d / "records" / f"{scenario}-{system}.jsonl.gz", "rt") as f:
-        return [json.loads(x) for x in f]
+def records(d: Path, scenario: str, system: str = "static-dp") -> list[Record]:
+    return load_jsonl(d / "records" / f"{scenario}-{system}.jsonl.gz")
 
 
 def trace(d: Path, scenario: str) -> np.ndarray:
     """(arrival s, prompt tokens, output tokens) of a scenario's committed records (the same
     in every system's file), in arrival order."""
-    rows = np.array([(r["arrival_s"], r["prompt_tokens"], r["output_tokens"])
+    rows = np.array([(r.arrival_s, r.prompt_tokens, r.output_tokens)
                      for r in records(d, scenario)])
     return rows[np.argsort(rows[:, 0], kind="stable")]
 
 
-def ttft_line(rows: list[dict]) -> tuple[float, float]:
+def ttft_line(rows: list[Record]) -> tuple[float, float]:
     """(ms, ms per prompt token): the Theil-Sen line of TTFT over prompt tokens (the median
     of the pairwise slopes, then the median intercept; robust to the few stalled requests)."""
-    p = np.array([r["prompt_tokens"] for r in rows], float)
-    t = np.array([r["first_token_s"] - r["arrival_s"] for r in rows]) * 1e3
+    p = np.array([r.prompt_tokens for r in rows], float)
+    t = np.array([r.first_token_s - r.arrival_s for r in rows]) * 1e3
     i, j = np.triu_indices(len(p), 1)
     ok = p[i] != p[j]
     slope = float(np.median((t[j] - t[i])[ok] / (p[j] - p[i])[ok]))
