@@ -2,10 +2,16 @@
 
 Prefill ms per token comes from the start-up probe (the slope between a prefill of
 `PROBE_PREFILL_TOKENS` and one of twice as many: the marginal cost, as served steps measure
-it), then an EWMA of what the steps that carry
-at least `PREFILL_MIN_TOKENS` prompt tokens took beyond their decodes' step, per prompt token;
-decode ms by batch from the probe, then an EWMA of the pure-decode steps the instances run. Lookups go through `types.decode_at`, the same
-interpolation the router's policy applies to the snapshot it receives.
+it), then, once `PREFILL_MIN_STEPS` served steps carried at least `PREFILL_MIN_TOKENS` prompt
+tokens, from the last `PREFILL_WINDOW` of them: what they took beyond their decodes' step,
+summed, over their prompt tokens summed. A ratio of sums, not a moving average of each step's
+ratio: one step of 40 prompt tokens delayed 4 ms by a neighbour on the shared cores reads as
++0.1 ms a token, and an EWMA of such ratios swung 0.07-0.18 ms a token for TP 1 between the
+suite's scenarios (the policy then read TP 2's prefill as 1.8x TP 1's, and split at idle);
+summed, a long prompt weighs what it cost and one step's delay is spread over the window.
+Decode ms by batch from the probe, then an EWMA of the pure-decode steps the instances run.
+Lookups go through `types.decode_at`, the same interpolation the router's policy applies to
+the snapshot it receives.
 
 The two sources time different steps: the probe's run on an idle box over 64-token contexts,
 served steps over real contexts on a box shared with the router, the load and the other
@@ -17,6 +23,8 @@ interpolated), and the table never falls as the batch grows (the closest non-dec
 """
 from __future__ import annotations
 
+import time
+from collections import deque
 from statistics import median
 
 from flying_core.commands import Failed, ProbeCmd, Probed
@@ -27,6 +35,9 @@ from flying_core.types import LayoutCost, decode_at
 PROBE_PREFILL_TOKENS = 64
 PROBE_DECODE_BATCHES = (1, 4, 16)
 PREFILL_MIN_TOKENS = 32
+PREFILL_MIN_STEPS = 8           # served prefill steps before they replace the probe's slope
+PREFILL_WINDOW = 64             # the served prefill steps the estimate sums over
+SNAPSHOT_EVERY_S = 0.2          # the merged decode table is remade at most this often
 
 
 def _rising(ms: list[float]) -> list[float]:
@@ -44,29 +55,36 @@ def _rising(ms: list[float]) -> list[float]:
 class CostProfile:
     def __init__(self):
         self.prefill: dict[int, float] = {}             # size -> ms per prompt token
+        self._prefill_steps: dict[int, deque[tuple[float, int]]] = {}  # (excess ms, tokens)
         self.probed: dict[int, dict[int, float]] = {}   # size -> batch -> ms, start-up probe
         self.served: dict[int, dict[int, float]] = {}   # size -> batch -> ms, EWMA of steps run
         self._table: dict[int, dict[int, float]] = {}   # the merged table (cached)
         self._stale: set[int] = set()                   # sizes observed since it was made
+        self._snapshot: tuple[LayoutCost, ...] = ()
+        self._snapshot_at = -SNAPSHOT_EVERY_S
 
     def seed(self, size: int, prefill_ms_per_token: float, decode: dict[int, float]) -> None:
         self.prefill[size] = prefill_ms_per_token
+        self._prefill_steps[size] = deque(maxlen=PREFILL_WINDOW)
         self.probed[size] = {int(b): float(ms) for b, ms in decode.items()}
         self._table.pop(size, None)
         self._stale.discard(size)
+        self._snapshot_at = -SNAPSHOT_EVERY_S
 
     def observe(self, size: int, batch, ms: float) -> None:
         """A step of `batch` ((request, tokens) pairs) took `ms`: a pure decode step updates
         the decode table, a step with `PREFILL_MIN_TOKENS` prompt tokens or more the prefill
-        cost (what it took beyond its decodes' step, per prompt token)."""
+        cost (see the module doc)."""
         if not batch:
             return
         prompt = sum(n for _, n in batch if n > 1)
         if prompt:
             if prompt >= PREFILL_MIN_TOKENS and size in self.prefill:
                 decodes = sum(1 for _, n in batch if n == 1)
-                per = max(0.0, ms - self.step_ms(size, max(1, decodes))) / prompt
-                self.prefill[size] = 0.8 * self.prefill[size] + 0.2 * per
+                steps = self._prefill_steps[size]
+                steps.append((max(0.0, ms - self.step_ms(size, max(1, decodes))), prompt))
+                if len(steps) >= PREFILL_MIN_STEPS:
+                    self.prefill[size] = sum(x for x, _ in steps) / sum(n for _, n in steps)
             return
         table = self.served.setdefault(size, {})
         b = len(batch)
@@ -96,9 +114,15 @@ class CostProfile:
     def prefill_ms(self, size: int) -> float:
         return self.prefill.get(size, 0.0)
 
-    def snapshot(self) -> tuple[LayoutCost, ...]:
-        return tuple(LayoutCost(s, self.prefill.get(s, 0.0), self.decode(s))
-                     for s in sorted(self.probed.keys() | self.served.keys()))
+    def snapshot(self, now: float | None = None) -> tuple[LayoutCost, ...]:
+        """The profile as the status publishes it, remade at most every `SNAPSHOT_EVERY_S`
+        (the driver publishes a status every turn; the policy reads one every 0.5 s)."""
+        now = time.monotonic() if now is None else now
+        if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            self._snapshot_at = now
+            self._snapshot = tuple(LayoutCost(s, self.prefill.get(s, 0.0), self.decode(s))
+                                   for s in sorted(self.probed.keys() | self.served.keys()))
+        return self._snapshot
 
     def probe(self, seq: Sequencer, num_workers: int, sizes: tuple[int, ...]) -> None:
         """Measure every TP size once, all instances of that size together (before serving)."""

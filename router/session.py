@@ -66,7 +66,27 @@ class RequestStream:
             raise _error_of(ev.error)
         if ev.response.HasField("complete"):
             self._end()
-        return ev.response
+            return ev.response
+        return self._coalesce(ev.response)
+
+    def _coalesce(self, resp: pb.GenerateResponse) -> pb.GenerateResponse:
+        """`resp` (a chunk) and the chunks queued behind it, as one: a consumer that fell a
+        step or more behind (the gateway under load) passes each backlog through the
+        dispatcher, the gateway and the socket once, not once per token (vLLM's output
+        processor hands out whatever is ready the same way). Text concatenates (each chunk
+        is the detokenizer's delta), token ids and logprobs extend; prompt logprobs come only
+        in a request's first chunk."""
+        merged = None
+        while self.events and self.events[0].HasField("response") and \
+                self.events[0].response.HasField("chunk"):
+            nxt = self.events.popleft().response.chunk
+            if merged is None:
+                merged = pb.GenerateResponse()
+                merged.chunk.CopyFrom(resp.chunk)
+            merged.chunk.token_ids.extend(nxt.token_ids)
+            merged.chunk.text += nxt.text
+            merged.chunk.logprobs.extend(nxt.logprobs)
+        return resp if merged is None else merged
 
     def _end(self) -> None:
         self.done = True

@@ -31,7 +31,10 @@ No split (d = T) when: T < `min_split_tokens`; a side has no profile; B's decode
 exceed the time-between-tokens SLO while A's would not; nothing waits on A (the makespan is a
 throughput argument: the two segments of one request run one after the other, so with no
 queue to drain a split only adds its move; measured: before this rule the adaptive split
-ran at 0.68x colocation's goodput in the quick micro run); or the balanced split does not
+ran at 0.68x colocation's goodput in the quick micro run); requests wait on B as well (both
+saturated: the move's barrier costs each side a half step and B has no room to take work;
+measured: past capacity, at 80 req/s, the split ran at 0.55x colocation's goodput); or the
+balanced split does not
 lower the makespan `max(LA + W1, LB + W2)` below colocation's `max(LA + W1(T), LB)` by both
 `min_gain` (a fraction) and `min_gain_ms`. When A's step would break the SLO and B's would not, all
 decoding goes to B (d = 0).
@@ -133,6 +136,9 @@ def choose_split(prompt_tokens: int, max_tokens: int, a: Side, b: Side,
                              "decoding on A would break the time-between-tokens SLO")
     if a.waiting <= 0:
         return keep("nothing waits on A: a split would only add its move")
+    if b.waiting > 0:
+        return keep("requests wait on B too: both instances are saturated, a split would "
+                    "only add its move")
     den = ca + cb - x
     if den > 0:
         star = (b.load_ms + t * cb + cfg.split_overhead_ms + x * p - a.load_ms - p * pa) / den

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flying_core.cost_profile import CostProfile
+from flying_core.cost_profile import (PREFILL_MIN_STEPS, PREFILL_WINDOW, SNAPSHOT_EVERY_S,
+                                      CostProfile)
 
 
 def _decode_step(batch: int):
@@ -57,9 +58,12 @@ def test_one_slow_step_is_averaged_not_carried_to_every_larger_batch():
 def test_only_pure_decode_steps_count_for_decode_and_prefill_is_measured_served():
     c = CostProfile()
     c.seed(2, 0.1, {1: 2.0})
-    c.observe(2, [("a", 1), ("b", 64)], 50.0)   # a prefill chunk rode along
+    for _ in range(PREFILL_MIN_STEPS - 1):
+        c.observe(2, [("a", 1), ("b", 64)], 50.0)   # a prefill chunk rode along
     assert c.decode(2) == {1: 2.0}
-    assert c.prefill_ms(2) == pytest.approx(0.8 * 0.1 + 0.2 * (50.0 - 2.0) / 64)
+    assert c.prefill_ms(2) == 0.1                   # the probe's, until enough steps were seen
+    c.observe(2, [("a", 1), ("b", 64)], 50.0)
+    assert c.prefill_ms(2) == pytest.approx((50.0 - 2.0) / 64)
     before = c.prefill_ms(2)
     c.observe(2, [("c", 8)], 90.0)              # too few prompt tokens to say much
     assert c.prefill_ms(2) == before
@@ -67,3 +71,31 @@ def test_only_pure_decode_steps_count_for_decode_and_prefill_is_measured_served(
     c.observe(2, _decode_step(1), 3.0)
     c.observe(2, _decode_step(1), 4.0)
     assert c.decode(2)[1] == pytest.approx(0.8 * 3.0 + 0.2 * 4.0)
+
+
+def test_served_prefill_is_a_ratio_of_sums_so_one_delayed_short_step_barely_moves_it():
+    """0.05 ms a prompt token on 400-token steps; one 40-token step delayed 4 ms by a neighbour
+    (0.15 ms a token on its own) moves the estimate by 4 ms over the window's tokens, where a
+    moving average of per-step ratios moved it by a fifth of 0.1."""
+    c = CostProfile()
+    c.seed(1, 0.08, {1: 2.0})
+    for _ in range(PREFILL_WINDOW):
+        c.observe(1, [("a", 1), ("b", 400)], 2.0 + 400 * 0.05)
+    assert c.prefill_ms(1) == pytest.approx(0.05)
+    c.observe(1, [("a", 1), ("c", 40)], 2.0 + 40 * 0.05 + 4.0)
+    tokens = (PREFILL_WINDOW - 1) * 400 + 40
+    assert c.prefill_ms(1) == pytest.approx(0.05 + 4.0 / tokens)
+    assert c.prefill_ms(1) - 0.05 < 0.0002 < 0.2 * 0.1
+    for _ in range(PREFILL_WINDOW):                 # the window forgets it
+        c.observe(1, [("a", 1), ("b", 400)], 2.0 + 400 * 0.05)
+    assert c.prefill_ms(1) == pytest.approx(0.05)
+
+
+def test_the_snapshot_is_remade_at_most_every_snapshot_every_s():
+    c = CostProfile()
+    c.seed(1, 0.05, {1: 2.0})
+    first = c.snapshot(now=10.0)
+    c.observe(1, _decode_step(1), 6.0)
+    assert c.snapshot(now=10.0 + SNAPSHOT_EVERY_S / 2) is first
+    later = c.snapshot(now=10.0 + SNAPSHOT_EVERY_S * 1.01)
+    assert first[0].decode_ms[1] == 2.0 and later[0].decode_ms[1] == 6.0   # served: measured

@@ -156,3 +156,36 @@ def test_router_request_streams_behave_as_generate_calls(agent):
     assert [t for r in again if r.HasField("chunk") for t in r.chunk.token_ids] == want
     assert not session.open                 # closed with the client
     assert wait_kv_free(stub) == 0
+
+
+def test_a_consumer_that_falls_behind_gets_the_backlog_as_one_chunk(agent):
+    """Chunks queued behind the one read merge (tokens, text, logprobs extend); the complete
+    stays its own; a reader that keeps up gets one chunk a step."""
+    address, _ = agent
+
+    async def read(slow: bool):
+        client = AgentClient(address)
+        try:
+            req = request(3, max_tokens=16)
+            req.sampling.logprobs = 2
+            chunks, complete = [], None
+            async for resp in client.generate(req):
+                if resp.HasField("complete"):
+                    complete = resp.complete
+                    continue
+                chunks.append(resp.chunk)
+                if slow and len(chunks) == 1:
+                    await asyncio.sleep(1.0)          # the rest queue up meanwhile
+            return chunks, complete
+        finally:
+            await client.close()
+
+    fast, done_fast = asyncio.run(read(False))
+    slow, done_slow = asyncio.run(read(True))
+    ids = [t for c in fast for t in c.token_ids]
+    assert len(ids) == 16 and len(fast) == 16
+    assert [t for c in slow for t in c.token_ids] == ids
+    assert len(slow) < len(fast) and max(len(c.token_ids) for c in slow) > 1
+    assert "".join(c.text for c in slow) == "".join(c.text for c in fast)
+    assert [lp.token_id for c in slow for lp in c.logprobs] == ids
+    assert done_slow.usage.completion_tokens == done_fast.usage.completion_tokens == 16

@@ -55,6 +55,15 @@ def test_no_split_when_b_is_loaded():
     assert not dec.split and dec.d == 200
 
 
+def test_no_split_when_requests_wait_on_b_too():
+    """Both instances saturated (past capacity): the move's barrier would cost both, and B has
+    no room, however the queued work compares (measured: 0.55x colocation at 80 req/s)."""
+    a = Side(COST, load_ms=5000.0, waiting=10)
+    assert choose_split(1000, 200, a, Side(COST)).split
+    dec = choose_split(1000, 200, a, Side(COST, waiting=1))
+    assert not dec.split and dec.d == 200 and "saturated" in dec.reason
+
+
 def test_disaggregation_when_a_is_loaded():
     dec = choose_split(1000, 200, Side(COST, load_ms=5000.0, waiting=10), Side(COST))
     assert dec.split and dec.d == 0
