@@ -359,6 +359,24 @@ def test_burst_onset_splits_on_the_rising_rate_within_three_ticks():
     assert drive(slow, (2,), timeline, costs=GPU)[0] == []
 
 
+def test_an_onset_with_nothing_waiting_splits_only_when_the_projected_rate_needs_it():
+    """The quick burst: the rate rises, nothing waits yet. The onset is scored as NORMAL load
+    at the rate projected ahead: TP 2 serves ~60 req/s of these short requests with the
+    earlier first token, so a rise to 8 req/s (~20 projected) keeps it; to 64 it does not
+    (HARD)."""
+    def rise(top):
+        rates = [1.0] * 10 + [top / 8, top / 4, top / 2, top, top, top]
+        return [(k * 0.5, 0, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
+                for k, r in enumerate(rates)]
+    kept = Policy()
+    assert drive(kept, (2,), rise(8.0), costs=GPU)[0] == []
+    assert kept._nodes["n0"].onset and kept._nodes["n0"].regime == Regime.BURST   # an onset
+    decisions, layout = drive(Policy(), (2,), rise(64.0), costs=GPU)
+    assert layout == (1, 1) and len(decisions) == 1
+    t, d = decisions[0]
+    assert d.kind == "queueing" and d.mode == PreemptMode.HARD and t <= 5.0 + 3 * 0.5
+
+
 def test_a_short_rate_wobble_is_no_onset():
     rates = [2.0, 3.0] * 20                                 # +1 req/s then back, every tick
     timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
