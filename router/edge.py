@@ -31,9 +31,11 @@ def error_response(code: str, message: str) -> JSONResponse:
                         headers={"Retry-After": str(wait)} if wait is not None else None)
 
 
-def sse(obj: Any) -> dict:
-    """One OpenAI stream event for EventSourceResponse: `data: {json}` and a blank line."""
-    return {"data": json.dumps(obj, ensure_ascii=False)}
+def sse(obj: Any) -> bytes:
+    """One OpenAI stream event, encoded: `data: {json}` and a blank line. EventSourceResponse
+    sends bytes as they are; given a dict it builds a ServerSentEvent and splits its data on
+    line breaks for every token, and compact JSON has none to split (they are escaped)."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
 class Edge:

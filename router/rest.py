@@ -24,7 +24,7 @@ from router.metrics import RequestTrack, RouterMetrics
 from router.shapes import Shape, usage
 
 log = logs.get("flying.router.rest")
-SSE_DONE = {"data": "[DONE]"}
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 class _ClientGone(Exception):
@@ -169,7 +169,7 @@ def create_app(backend: Backend, settings: RouterSettings, tokenizer: Any = None
             track.close()
 
     async def events(it: AsyncIterator, first: Any, n: int, shape: Shape, include_usage: bool,
-                     track: RequestTrack, state: dict) -> AsyncIterator[dict]:
+                     track: RequestTrack, state: dict) -> AsyncIterator[bytes]:
         u: Any = None if include_usage else ...
         ended = False
         dones: dict[int, Done] = {}
