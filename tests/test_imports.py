@@ -26,6 +26,7 @@ PROTO_EDGES = {
     "router/micro.py": "sets split/resume fields of the forwarded GenerateRequest",
     "flying/demo.py": "`flying up --demo`: a Router gRPC client",
     "bench/systems.py": "the benchmark drives an agent over gRPC",
+    "bench/sim/micro.py": "the GenerateRequest the simulator hands router.micro.plan_split",
 }
 
 

@@ -8,26 +8,32 @@ from pathlib import Path
 
 from bench.sim import profile as prof
 from bench.sim import traces
-from bench.sim.args import SYSTEMS, add_args
+from bench.sim.args import MICRO, SYSTEMS, add_args
 from bench.sim.cluster import Cluster, SimConfig
+from bench.sim.micro import MicroCluster
 from bench.sim.report import plot_timeline, summarize
 
 
 def run(args) -> dict:
     p = prof.load(args.profile)
     workers = args.gpus_per_node or _workers(args.profile)
-    rows = traces.load(args.trace, args.scale, args.duration, args.seed)
+    if args.trace == "micro-skewed":
+        from bench.sim.micro_sweep import skewed_rows
+        rows = skewed_rows(args.rate)
+    else:
+        rows = traces.load(args.trace, args.scale, args.duration, args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     systems, runs = {}, {}
     names = args.systems.split(",")
-    bad = [n for n in names if n not in SYSTEMS]
+    bad = [n for n in names if n not in SYSTEMS + MICRO]
     if bad:
-        raise ValueError(f"unknown system(s) {bad} (known: {', '.join(SYSTEMS)})")
+        raise ValueError(f"unknown system(s) {bad} (known: {', '.join(SYSTEMS + MICRO)})")
     for name in names:
         t0 = time.monotonic()
-        c = Cluster(SimConfig(system=name, nodes=args.nodes, workers=workers, start=args.start,
-                              sample_nodes=args.sample_nodes, seed=args.seed), p)
+        c = (MicroCluster if name in MICRO else Cluster)(SimConfig(
+            system=name, nodes=args.nodes, workers=workers, start=args.start,
+            sample_nodes=args.sample_nodes, seed=args.seed, tbt_slo_ms=args.tbt_slo_ms), p)
         c.run(rows)
         systems[name] = {**summarize(c), "wall_s": round(time.monotonic() - t0, 2)}
         runs[name] = c

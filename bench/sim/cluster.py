@@ -7,7 +7,8 @@ nodes, placement sees a random sample of that many nodes (power-of-d choices) to
 simulation linear in requests; requests no node takes now wait in a router queue, retried
 every `tick_s`. Every `policy_interval_s` (the router's 0.5 s), `router.policy.Policy.evaluate`
 gets every node's view and `LoadSignals`, and its `Reconfigure` decisions run as live switches
-(`Node.switch`) or, for the cold-restart system, as restarts (`Node.restart`).
+(`Node.switch`) or, for the cold-restart system, as restarts (`Node.restart`). The `MICRO`
+systems (static DP nodes whose requests may split) are `bench/sim/micro.py`'s `MicroCluster`.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import simpy
 
 from bench.sim import memo
+from bench.sim.args import MICRO
 from bench.sim.node import Node, Req
 from bench.sim.profile import Profile
 from router.classify import classify
@@ -27,7 +29,7 @@ from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
 from router.policy_signals import moving_mean
 from router.views import NodeView, single_worker_tokens
 
-SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart")
+SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart") + MICRO
 PLACE_CFG = PlacementConfig(queue_when_full=True)
 
 
@@ -42,6 +44,8 @@ class SimConfig:
     sample_nodes: int = 8           # placement looks at this many nodes (all when fewer)
     timeline_s: float = 1.0         # timeline bucket
     seed: int = 0
+    tbt_slo_ms: float = 0.0         # > 0: SLO-aware step budget (the agent's --tbt-slo-ms)
+    replica_tp: int = 1             # TP size of each static DP replica
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
@@ -55,11 +59,11 @@ class Cluster:
         memo.install()
         self.env = simpy.Environment()
         self.rng = random.Random(cfg.seed)
-        dp, tp = (1,) * cfg.workers, (cfg.workers,)
-        first = dp if cfg.system == "static-dp" or (
+        dp, tp = (cfg.replica_tp,) * (cfg.workers // cfg.replica_tp), (cfg.workers,)
+        first = dp if cfg.system in ("static-dp", *MICRO) or (
             cfg.system != "static-tp" and cfg.start == "dp") else tp
-        self.nodes = [Node(self.env, f"node-{i}", profile, cfg.workers, first, self._done)
-                      for i in range(cfg.nodes)]
+        self.nodes = [Node(self.env, f"node-{i}", profile, cfg.workers, first, self._done,
+                           cfg.tbt_slo_ms) for i in range(cfg.nodes)]
         self.by_name = {n.name: n for n in self.nodes}
         self.queue: deque[Req] = deque()
         self.done: list[Req] = []
@@ -96,11 +100,14 @@ class Cluster:
             if why == Unplaced.NEEDS_MERGE:
                 self.pending.append(PendingRequest(c.context_tokens, c.urgent))
             return False
-        self.by_name[pl.node].submit(r, pl.instance)
+        self._submit(r, self.by_name[pl.node], pl.instance)
         self.arrived[pl.node] += 1
         self.prompt[pl.node] = moving_mean(self.prompt.get(pl.node, 0.0), r.prompt)
         self.output[pl.node] = moving_mean(self.output.get(pl.node, 0.0), r.output)
         return True
+
+    def _submit(self, r: Req, node: Node, instance: int) -> None:
+        node.submit(r, instance)
 
     def _arrivals(self, rows: np.ndarray):
         env, delay = self.env, self.p.request_overhead_ms / 1e3    # the front door's latency

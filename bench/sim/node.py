@@ -2,7 +2,8 @@
 
 Each step is planned as the engine's scheduler (flying_core/scheduler.py) plans it: running
 requests oldest first take their next token or prefill chunk, then waiting ones are admitted
-in arrival order, within the `max_batch_tokens` budget and `max_running`. KV blocks are
+in arrival order, within the step budget (`flying_core.scheduler.Budget.tokens`:
+`max_batch_tokens`, or with a TBT SLO what fits in it) and `max_running`. KV blocks are
 allocated as a request's context grows (not reserved for prompt + max tokens up front); when
 the pool is short, the newest running request is preempted by recompute (its KV freed, its
 prompt and tokens so far prefilled again later; its first-token time kept).
@@ -22,6 +23,7 @@ import simpy
 
 from bench.sim.profile import Profile
 from flying_core import layout as lay
+from flying_core.scheduler import Budget
 from flying_core.types import GroupStatus, InstanceStatus
 from router.views import blocks_for
 
@@ -64,12 +66,17 @@ class Instance:
     stopped: bool = False
     idle: simpy.Event | None = None
     proc: simpy.Process | None = None
+    barriers: deque = field(default_factory=deque)   # KV moves to join (bench/sim/micro.py)
 
 
 class Node:
     def __init__(self, env: simpy.Environment, name: str, profile: Profile, workers: int,
-                 layout: tuple[int, ...], on_done):
+                 layout: tuple[int, ...], on_done, tbt_slo_ms: float = 0.0):
         self.env, self.name, self.p, self.workers = env, name, profile, workers
+        # the engine's step budget; with a TBT SLO, what fits in it (SLO-aware batching)
+        self.budget = Budget(profile.max_batch_tokens, profile.max_running, tbt_slo_ms,
+                             lambda tp, b: profile.cost(tp).step_ms(b),
+                             lambda tp: profile.cost(tp).prefill_ms_per_token)
         self.on_done = on_done            # callback(req) when a request finishes
         self.state = "serving"
         self.switches = self.restarts = 0
@@ -131,7 +138,8 @@ class Node:
 
     def _plan(self, inst: Instance) -> list[tuple[Req, int]]:
         """One step's (request, tokens): running ones oldest first, then admissions."""
-        budget, batch = self.p.max_batch_tokens, []
+        decodes = sum(1 for r in inst.running if r.prefill_left == 0)
+        budget, batch = self.budget.tokens(inst.size, decodes), []
         for r in sorted(inst.running, key=lambda v: v.arrival):
             if budget <= 0:
                 break
@@ -183,6 +191,8 @@ class Node:
     def _run(self, inst: Instance):
         env, cost = self.env, self.p.cost(inst.size)
         while not inst.stopped:
+            while inst.barriers:            # a KV move queued behind this instance's step
+                yield inst.barriers.popleft()()
             batch = self._plan(inst)
             if not batch:
                 inst.idle = env.event()
