@@ -48,6 +48,9 @@ from flying_core.transfer import Transfers
 from flying_core.types import Event, FinishReason, GroupStatus, WorkerInfo
 
 
+SLOW_STEP_MS = 250.0    # a step this long (sent to answered) is logged
+
+
 class Driver:
     def __init__(self, cfg: GroupConfig, seq: Sequencer, info: WorkerInfo,
                  eos_ids: frozenset[int], layout: tuple[int, ...], costs: CostProfile):
@@ -192,6 +195,11 @@ class Driver:
     def finish_step(self, sched: InstanceScheduler, reply: StepDone) -> None:
         step, sched.step = sched.step, None
         self.costs.observe(sched.inst.size, step.batch, reply.ms)
+        wall_ms = (time.perf_counter() - step.t0) * 1e3
+        if wall_ms >= SLOW_STEP_MS:     # a stall, told apart: the model (ms) or around it
+            self.log.warning("slow step", instance=sched.inst.index, tp_size=sched.inst.size,
+                             requests=len(step.batch), tokens=sum(n for _, n in step.batch),
+                             worker_ms=round(reply.ms, 1), wall_ms=round(wall_ms, 1))
         tokens = {rid: (token, lp) for rid, token, lp in reply.tokens}
         prompt = dict(reply.prompt)
         for req, n in step.batch:
