@@ -1,6 +1,8 @@
 """The simulator's engine (bench/sim): exact step arithmetic, switches, traces, roofline."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import simpy
@@ -132,3 +134,24 @@ def test_kv_grows_with_the_context_and_the_newest_request_is_preempted():
     env.run()
     assert done == [a, b] and a.t_done < b.t_done and b.t_first == first_b
     assert node.instances[0].kv_used == 0
+
+
+def test_the_front_doors_cpu_delays_the_running_requests_not_the_newcomer():
+    """`arrival_ms`: a request reaching a busy instance costs it 5 ms after its next step;
+    one reaching an idle instance costs nothing (as test_arrival_interrupts_a_decode_stretch,
+    plus the stall)."""
+    env, done = simpy.Environment(), []
+    node = Node(env, "n", dataclasses.replace(PROF, arrival_ms=5.0), 2, (2,), done.append)
+    a, b = Req(0, 0.0, prompt=10, output=11), Req(1, 0.0185, prompt=10, output=2)
+    node.submit(a, 0)
+
+    def later():
+        yield env.timeout(0.0185)
+        node.submit(b, 0)
+    env.process(later())
+    env.run()
+    first_b = 0.003 + 3 * 0.006 + (0.006 + 0.003)       # a's prefill, 3 steps, mixed step
+    assert a.t_first == pytest.approx(0.003)
+    assert b.t_first == pytest.approx(first_b)
+    assert b.t_done == pytest.approx(first_b + 0.005 + 0.008)
+    assert a.t_done == pytest.approx(first_b + 0.005 + 0.008 + 5 * 0.006)

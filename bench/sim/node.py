@@ -12,6 +12,11 @@ pure-decode stretch with a fixed batch is ONE event lasting `k * step_ms(b)`, k 
 tokens any running request still has to make (fewer if the KV pool would run short first;
 its blocks are allocated up front). An arrival interrupts the stretch: the step in progress
 finishes, then the new request joins the batch.
+Where the front door shares the node's cores (`arrival_ms` > 0: the CPU box), every instance
+with running requests when a request reaches the node owes `arrival_ms`, paid after its next
+step (a stretch: after it ends): the front door ran during the request's
+`request_overhead_ms`, so it delayed the steps then in progress (the running requests), not
+the newcomer's first step at the next step boundary.
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ class Instance:
     running: list = field(default_factory=list)
     kv_used: int = 0
     in_span: bool = False
+    stall: float = 0.0            # s the front door took from its cores (arrival_ms)
     stopped: bool = False
     idle: simpy.Event | None = None
     proc: simpy.Process | None = None
@@ -102,6 +108,9 @@ class Node:
 
     # ------------------------------------------------------------ requests
     def submit(self, req: Req, index: int) -> None:
+        for i in self.instances:          # the front door's work for it took busy cores
+            if i.running:
+                i.stall += self.p.arrival_ms / 1e3
         inst = self.instances[index]
         req.blocks = 0
         inst.waiting.append(req)
@@ -194,6 +203,7 @@ class Node:
             while inst.barriers:            # a KV move queued behind this instance's step
                 yield inst.barriers.popleft()()
             batch = self._plan(inst)
+            owed, inst.stall = inst.stall, 0.0     # front-door time taken during the last step
             if not batch:
                 inst.idle = env.event()
                 yield inst.idle
@@ -229,6 +239,8 @@ class Node:
                 for r in decoding:
                     r.left -= j
             self._finish(inst)
+            if owed:                # after this step: a newcomer's first step is not delayed
+                yield env.timeout(owed)
 
     # ------------------------------------------------------------ layouts
     def _build(self, layout: tuple[int, ...], carry=()) -> None:

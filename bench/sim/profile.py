@@ -6,7 +6,10 @@ decode_ms by batch), `possible_tp_sizes`, `block_size`, `max_model_len`,
 moved between workers per second, /1e9), `switch_fixed_ms` (a switch's own overhead),
 `cold_start_s` (a cold restart: reload weights), `max_running`, `max_batch_tokens`,
 `request_overhead_ms` (a fixed delay from a request's arrival to its node: the front door's
-HTTP, tokenizer and router hops, outside any engine step; 0 by default).
+HTTP, tokenizer and router hops, outside any engine step; 0 by default), `arrival_ms` (the
+CPU time that front door takes, per request, from each busy instance of the node whose cores
+it shares: the 2-core box, where client, router and agent run beside the workers; 0 by
+default, as on GPU nodes whose front door has CPUs of its own).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Profile:
     max_running: int = 32
     max_batch_tokens: int = 512
     request_overhead_ms: float = 0.0
+    arrival_ms: float = 0.0
 
     def cost(self, size: int) -> LayoutCost:
         for c in self.costs:
@@ -59,7 +63,7 @@ def parse(d: dict) -> Profile:
                              {int(b): float(ms) for b, ms in c["decode_ms"].items()})
                   for c in d["costs"])
     keys = ("kv_bytes_per_token", "link_gb_s", "switch_fixed_ms", "cold_start_s",
-            "max_running", "max_batch_tokens", "request_overhead_ms")
+            "max_running", "max_batch_tokens", "request_overhead_ms", "arrival_ms")
     return Profile(d["name"], costs, tuple(d["possible_tp_sizes"]), int(d["block_size"]),
                    int(d["max_model_len"]), int(d["kv_blocks_per_worker"]),
                    **{k: d[k] for k in keys if k in d})
