@@ -81,11 +81,17 @@ def test_adaptive_is_the_routers_plan_split_on_the_nodes_live_state():
     assert plan("adaptive", node, 1, 16, 96) == (1, None)    # nothing waits on B
 
 
-def test_adaptive_splits_on_a_loaded_node_and_accounts_every_request():
+def test_adaptive_stands_aside_on_a_saturated_node_and_runs_as_colocation():
+    """40 req/s on this box's profile: whenever requests wait on the home instance they wait
+    on the other one too (placement balances them), and the router's split policy declines
+    (both saturated): no split, every request served exactly as colocation serves it."""
     rows = ms.skewed_rows(40.0)
-    c = cluster("adaptive", CPU, slo_ms=60.0)
+    c, co = cluster("adaptive", CPU, slo_ms=60.0), cluster("colocation", CPU, slo_ms=60.0)
     c.run(rows)
-    assert len(c.done) == len(rows) and c.splits == c.moves + c.recomputed > 0
+    co.run(rows)
+    assert len(c.done) == len(rows) and c.splits == c.moves == c.recomputed == 0
+    assert sorted((r.id, r.t_first, r.t_done) for r in c.done) == \
+        sorted((r.id, r.t_first, r.t_done) for r in co.done)
 
 
 def test_the_step_budget_is_the_engines_slo_aware_budget():
