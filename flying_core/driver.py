@@ -47,7 +47,6 @@ from flying_core.switch import Switcher
 from flying_core.transfer import Transfers
 from flying_core.types import Event, FinishReason, GroupStatus, WorkerInfo
 
-
 SLOW_STEP_MS = 250.0    # a step this long (sent to answered) is logged
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from flying_core.cost_profile import (PREFILL_MIN_STEPS, PREFILL_WINDOW, SNAPSHOT_EVERY_S,
-                                      CostProfile)
+from flying_core.cost_profile import (
+    PREFILL_MIN_STEPS,
+    PREFILL_WINDOW,
+    SNAPSHOT_EVERY_S,
+    CostProfile,
+)
 
 
 def _decode_step(batch: int):
