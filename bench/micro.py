@@ -32,6 +32,7 @@ MODES = ("off", "disagg", "adaptive")
 LABEL = {"off": "colocation", "disagg": "disaggregation (d=0)", "adaptive": "adaptive micro"}
 ATTAIN = 0.9
 TBT_SLO_MS = 60.0
+SLO_MICRO = SLO(ttft_s=2.0, tpot_s=TBT_SLO_MS / 1e3)   # TTFT <= 2 s, TPOT <= the TBT SLO
 
 
 def _start(model: str, log_dir: Path):
@@ -96,7 +97,7 @@ def run_micro(out: Path, quick: bool, model: str | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     n = 24 if quick else 60
     rates = QUICK_RATES if quick else RATES
-    slo = SLO(ttft_s=2.0, tpot_s=TBT_SLO_MS / 1e3)
+    slo = SLO_MICRO
     per_rate = {r: n if quick else max(n, int(SPAN_S * r)) for r in rates}
     samples = skewed_mix(max(per_rate.values()), seed=3, tokenizer=TokenCounter(model),
                          prefill_heavy=(384, 8), decode_heavy=(16, 96), prefill_share=0.4)

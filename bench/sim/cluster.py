@@ -21,6 +21,7 @@ import simpy
 
 from bench.sim import memo
 from bench.sim.args import MICRO
+from bench.sim.args import SYSTEMS as LAYOUT_SYSTEMS
 from bench.sim.node import Node, Req
 from bench.sim.profile import Profile
 from router.classify import classify
@@ -29,7 +30,7 @@ from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
 from router.policy_signals import moving_mean
 from router.views import NodeView, single_worker_tokens
 
-SYSTEMS = ("static-dp", "static-tp", "flying", "cold-restart") + MICRO
+SYSTEMS = LAYOUT_SYSTEMS + MICRO
 PLACE_CFG = PlacementConfig(queue_when_full=True)
 
 

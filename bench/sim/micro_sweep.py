@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets import skewed_mix
-from bench.metrics import SLO, summarize
-from bench.micro import ATTAIN, LABEL, RATES, SPAN_S, TBT_SLO_MS, headline
+from bench.metrics import summarize
+from bench.micro import ATTAIN, LABEL, RATES, SLO_MICRO, SPAN_S, TBT_SLO_MS, headline
 from bench.records import Record
 from bench.sim import profile as prof
 from bench.sim.args import MICRO
@@ -37,7 +37,6 @@ from bench.sim.micro import HANDOFF_FIXED_MS, MicroCluster
 from bench.workloads import poisson_arrivals
 
 MODE = dict(zip(MICRO, ("off", "disagg", "adaptive")))   # sim system -> bench/micro.py mode
-SLO_MICRO = SLO(ttft_s=2.0, tpot_s=TBT_SLO_MS / 1e3)   # bench/micro.py's run_micro
 MIN_N = 60                                              # bench/micro.py: n = 60 (full run)
 
 
