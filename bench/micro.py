@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench.client import ClientConfig, run
+from bench.client import ClientConfig, run, send_lag_guard
 from bench.datasets import TokenCounter, skewed_mix
 from bench.metrics import SLO, summarize
 from bench.model_files import bench_env
 from bench.procs import Proc, free_port, grpc_serving, http_ok, wait_until
+from bench.scenarios import MAX_SEND_LAG_S
 from bench.workloads import build_requests, poisson_arrivals
 
 MODES = ("off", "disagg", "adaptive")
@@ -64,18 +65,25 @@ QUICK_RATES = (1.0, 3.0)
 
 
 def _row(rate: float, recs, slo: SLO, wall: float) -> dict:
+    """One rung of one system; `invalid` says why it must not be scored (the load generator
+    fell behind its schedule: it measured the box), else None."""
     s = summarize(recs, slo)
     return {"rate": rate, "goodput_req_s": s.goodput_req_s, "slo_attainment": s.slo_attainment,
             "failed": s.failed, "ttft_p90": s.ttft_p90, "tpot_p99": s.tpot_p99,
-            "output_tok_s": s.output_tok_s, "wall_s": wall}
+            "output_tok_s": s.output_tok_s, "wall_s": wall, "send_lag_p99": s.send_lag_p99,
+            "invalid": send_lag_guard(recs, MAX_SEND_LAG_S)}
 
 
 def headline(systems: dict) -> dict:
     """Per rate, adaptive's goodput over the better of colocation and disaggregation; its
-    worst rate; capacities (highest rate at >= ATTAIN in SLO) over colocation's."""
+    worst rate; capacities (highest rate at >= ATTAIN in SLO) over colocation's. A rate where
+    any system's load generator fell behind (`invalid`) is not scored."""
     by = {m: {r["rate"]: r for r in systems[LABEL[m]]["by_rate"]} for m in MODES}
     per_rate = {}
     for rate, ad in by["adaptive"].items():
+        if any(by[m].get(rate, {}).get("invalid") for m in MODES):
+            per_rate[str(rate)] = None
+            continue
         best = max((by[m][rate]["goodput_req_s"] or 0.0) for m in ("off", "disagg")
                    if rate in by[m])
         per_rate[str(rate)] = (ad["goodput_req_s"] or 0.0) / best if best else None
@@ -129,7 +137,8 @@ def run_micro(out: Path, quick: bool, model: str | None = None) -> dict:
         agent.stop(15.0)
     result["rates"] = [r["rate"] for r in rows["off"]]
     for mode in MODES:
-        ok = [r["rate"] for r in rows[mode] if (r["slo_attainment"] or 0) >= ATTAIN]
+        ok = [r["rate"] for r in rows[mode]
+              if (r["slo_attainment"] or 0) >= ATTAIN and not r["invalid"]]
         result["systems"][LABEL[mode]] = {
             "mode": mode, "by_rate": rows[mode], "capacity_req_s": max(ok) if ok else 0.0,
             "peak_goodput_req_s": max((r["goodput_req_s"] or 0) for r in rows[mode]),

@@ -197,6 +197,7 @@ class StepDone(Reply):
     tokens: tuple[tuple[str, int, TokenLogprob | None], ...]
     ms: float
     prompt: tuple[tuple[str, tuple[TokenLogprob, ...]], ...] = ()   # chunks' prompt logprobs
+    cpu_ms: float = 0.0            # the leader's own CPU time in the step (ms is its wall time)
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,8 @@ class Driver:
         if wall_ms >= SLOW_STEP_MS:     # a stall, told apart: the model (ms) or around it
             self.log.warning("slow step", instance=sched.inst.index, tp_size=sched.inst.size,
                              requests=len(step.batch), tokens=sum(n for _, n in step.batch),
-                             worker_ms=round(reply.ms, 1), wall_ms=round(wall_ms, 1))
+                             worker_ms=round(reply.ms, 1), worker_cpu_ms=round(reply.cpu_ms, 1),
+                             wall_ms=round(wall_ms, 1))
         tokens = {rid: (token, lp) for rid, token, lp in reply.tokens}
         prompt = dict(reply.prompt)
         for req, n in step.batch:

@@ -57,6 +57,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def _own_session() -> None:
+    """Linux: a session of its own, hence a CPU scheduling group of its own where the kernel
+    groups tasks by session (autogroup, on by default). Sharing the agent's group, a node's
+    workers shared one group's CPU share with the agent: on a box whose cores the router,
+    agent and workers share, the router's group held a worker's core for up to 0.6 s while
+    that worker's step was runnable (`perf sched` traces; micro-request bench at 64 req/s:
+    31-33 steps over 150 ms, waits up to 0.6 s; with each worker in a group of its own, 12,
+    the longest wait 0.15 s, most of them prefill steps busy on the CPU). It still dies with
+    the agent (`_die_with_parent`), whose session no longer reaches it."""
+    try:
+        os.setsid()
+    except (AttributeError, OSError):     # not POSIX, or already a session leader
+        pass
+
+
 def _pin_threads(cfg: WorkerConfig) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
@@ -197,9 +212,11 @@ class Worker:
                                                SampleParams()),))
 
     def step(self, cmd: StepCmd):
-        t = time.perf_counter()
+        """Sampled tokens, the step's wall ms and this thread's CPU ms over it: a step whose
+        wall time is far above its CPU time waited for a core (or a peer), not on the model."""
+        t, c = time.perf_counter(), time.thread_time()
         out = self.runners[cmd.size].step(cmd.seqs)
-        return out, (time.perf_counter() - t) * 1e3
+        return out, (time.perf_counter() - t) * 1e3, (time.thread_time() - c) * 1e3
 
     def move(self, cmd: MoveCmd) -> tuple[int, float]:
         t = time.perf_counter()
@@ -257,9 +274,9 @@ class Worker:
             self._skew()                   # test hook: skew this worker
         match cmd:
             case StepCmd():
-                tokens, ms = self.step(cmd)
+                tokens, ms, cpu_ms = self.step(cmd)
                 return StepDone(cmd.ticket, self.rank, tuple(tokens), ms,
-                                tuple(self.runners[cmd.size].prompt_out)) \
+                                tuple(self.runners[cmd.size].prompt_out), cpu_ms) \
                     if cmd.first == self.rank else None
             case MoveCmd():
                 nbytes, ms = self.move(cmd)
@@ -287,6 +304,7 @@ def _rss() -> int:
 def worker_main(cfg: WorkerConfig, conn) -> None:
     """Process entry point (spawned)."""
     _die_with_parent()
+    _own_session()
     _pin_threads(cfg)
     from flying import heap, logs
     logs.configure(component=f"worker{cfg.rank}")

@@ -109,6 +109,20 @@ def test_micro_bench_headline_is_adaptive_over_the_better_other_system_at_every_
     assert h["capacity_adaptive_over_colocation"] == 0.5
 
 
+def test_micro_bench_does_not_score_a_rate_whose_load_generator_fell_behind():
+    from bench.micro import LABEL, headline
+
+    def sysrow(rows):
+        return {"by_rate": [{"rate": r, "goodput_req_s": g, "invalid": bad}
+                            for r, g, bad in rows], "capacity_req_s": 1.0}
+    lagged = "invalid: the load generator fell behind"
+    h = headline({LABEL["off"]: sysrow([(1.0, 1.0, None), (2.0, 2.0, None)]),
+                  LABEL["disagg"]: sysrow([(1.0, 1.0, None), (2.0, 2.0, lagged)]),
+                  LABEL["adaptive"]: sysrow([(1.0, 0.5, None), (2.0, 0.1, None)])})
+    assert h["adaptive_over_best_goodput_by_rate"] == {"1.0": 0.5, "2.0": None}
+    assert h["adaptive_over_best_goodput_worst"] == 0.5
+
+
 def test_a_move_waits_for_the_slower_sides_step():
     slow_b = Side(LayoutCost(1, 0.1, {1: 40.0}))
     assert barrier_ms(Side(COST), slow_b) == 20.0          # half of B's 40 ms step

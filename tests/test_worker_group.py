@@ -5,6 +5,7 @@ workers out of step with each other.
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -119,6 +120,13 @@ def test_weights_are_views_and_kv_is_one_pool(group):
         report = info.view_report[2]
         assert report.aliased == report.tensors and report.own_bytes == 0, report
         assert all(p == info.kv_ptr for p in info.kv_view_ptrs.values()), info.kv_view_ptrs
+
+
+def test_each_worker_is_a_cpu_scheduling_group_of_its_own(group):
+    """A session (hence an autogroup) per worker, not the starting process's (see
+    `worker._own_session`)."""
+    for info in group.worker_info:
+        assert os.getsid(info.pid) == info.pid != os.getsid(0)
 
 
 def test_every_tp_size_runs_the_pinned_cpu_backend(group):
