@@ -60,7 +60,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
                 group_overrides=group_overrides, topology=topology)
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                       *server_options(settings.max_request_bytes)])
-    flying_pb2_grpc.add_AgentServicer_to_server(AgentService(node, tls), server)
+    service = AgentService(node, tls)
+    flying_pb2_grpc.add_AgentServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_svc, server)
     reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME,
                                          health_pb2.DESCRIPTOR.services_by_name["Health"]
@@ -97,6 +98,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event | None = None,
     log.info("draining", grace_s=settings.grace_s)
     sdnotify.stopping()
     await node.drain()
+    service.end_sessions()
     await set_health(False)
     watcher.cancel()
     await server.stop(settings.grace_s)

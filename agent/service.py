@@ -24,6 +24,17 @@ log = logs.get("flying.agent")
 class AgentService(pb_grpc.AgentServicer):
     def __init__(self, node: Node, tls: TLSFiles = TLSFiles()):
         self.node, self.tls = node, tls
+        self.sessions: set[AgentSession] = set()
+        self.draining = False
+
+    def end_sessions(self) -> None:
+        """Draining: every session ends once its requests have finished, and one opened from
+        now on ends as soon as it has none. A router keeps its session open while idle, and
+        the server's graceful stop waited for it until the grace ran out (60 s: a cold restart
+        of a node that had served took a minute to stop)."""
+        self.draining = True
+        for session in self.sessions:
+            session.end_when_idle()
 
     async def Generate(self, request, context):
         """One request on its own stream (clients other than the router use this)."""
@@ -62,11 +73,15 @@ class AgentService(pb_grpc.AgentServicer):
     async def Session(self, request_iterator, context):
         """Every request of one router over one stream (agent/session.py)."""
         session = AgentSession(self.node, self.pull_kv, asyncio.get_running_loop())
+        if self.draining:
+            session.end_when_idle()
+        self.sessions.add(session)
         reader = asyncio.create_task(session.read(request_iterator))
         try:
             while (msg := await session.next_message()) is not None:
                 yield msg
         finally:
+            self.sessions.discard(session)
             reader.cancel()
             session.close()
 

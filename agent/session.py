@@ -24,6 +24,7 @@ class AgentSession:
         self.outbox = Outbox(loop)
         self.live: dict[str, RequestOutput] = {}
         self.reading = True
+        self.ending = False             # the agent drains: end once no request runs
         self.tasks: set[asyncio.Task] = set()
 
     async def read(self, requests) -> None:
@@ -79,11 +80,17 @@ class AgentSession:
             del self.live[rid]
             self.node.abort(rid)
 
+    def end_when_idle(self) -> None:
+        """End the stream once no request of this session runs (the agent drains)."""
+        self.ending = True
+        self.outbox.wake()
+
     async def next_message(self) -> pb.SessionEvents | None:
-        """The next message for the router; None once the router half-closed and no request
-        of this session is running."""
+        """The next message for the router; None once the router half-closed (or the agent
+        drains) and no request of this session is running."""
         while True:
-            if not self.reading and not any(self.live.values()) and not self.outbox.buf:
+            if (not self.reading or self.ending) and not any(self.live.values()) \
+                    and not self.outbox.buf:
                 return None
             batch = await self.outbox.take()
             per: dict[str, list] = {}

@@ -1,17 +1,19 @@
 """The request streams of the five scenarios (deterministic from fixed seeds).
 
 - ``burst``: ShareGPT prompts (cut to 256 tokens, answers capped at 128) on the authors' burst
-  pattern (base 3 req/s, peaks 10/15/17 req/s, gamma burstiness 0.7) scaled x3 (base 9, peaks
-  30/45/51 req/s): the peaks overload this 2-core box, which serves about 24 such requests/s
-  through the REST front door (static DP; less in TP). Until the servers froze their start-up
-  heap (flying/heap.py) garbage-collection pauses held it to 8-15 req/s and the pattern was
-  scaled x2; at x2 no layout queues any more (P90 TTFT ~78 ms for DP and TP alike; measured
-  at x3: static DP 283 ms, static TP 822; at x4: 645 and 2,385).
+  pattern (base 3 req/s, peaks 10/15/17 req/s, gamma burstiness 0.7) scaled x4 (base 12,
+  peaks 40/60/68 req/s): the peaks overload this 2-core box through the REST front door.
+  Calibrated twice as the box's capacity rose: x2 while garbage-collection pauses held it to
+  8-15 req/s (before the servers froze their start-up heap, flying/heap.py), x3 until each
+  worker got a CPU scheduling group of its own (flying_core/worker.py `_own_session`; before,
+  the router's group held a worker's core for up to 0.6 s). At x3 static DP then no longer
+  queued (P90 TTFT 49 ms, static TP 530); at x4: 476 and 1,546; at x5: 692 and 2,629.
 - ``low``: HumanEval prompts, 64 output tokens, Poisson at 1 req/s: never queues.
-- ``priority``: ShareGPT at 30 req/s, above static DP's capacity (~24 req/s, 2,500 output
-  tokens/s; the scenario ran at 24 req/s before the heap freeze, when that was above
-  capacity), 20 % of the requests urgent
-  (priority -1): queues form and urgent requests should pass them.
+- ``priority``: ShareGPT at 40 req/s, above static DP's capacity (~2,950 output tokens/s),
+  20 % of the requests urgent (priority -1): queues form and urgent requests should pass
+  them. It ran at 24 req/s before the heap freeze and at 30 before the workers' own
+  scheduling groups, each above the capacity of its day; at 30 static DP's mean TTFT was then
+  60 ms (no queue), at 40 807 ms, at 50 2,032.
 - ``azure``: the Azure LLM inference trace 2023 (conversation), its first requests with their
   real arrival times compressed x`AZURE_TIME_SCALE` and their lengths capped to this box
   (prompt <= 1,024 tokens, output <= 128; random-token prompts, so no prefix is shared).
@@ -28,8 +30,8 @@ from bench import datasets as ds
 from bench import workloads as wl
 
 LONG_OUTPUT = 16
-BURST_SCALE = 3.0       # the authors' pattern x3 (see the module doc)
-PRIORITY_RATE = 30.0    # req/s, above static DP's capacity here (~24)
+BURST_SCALE = 4.0       # the authors' pattern x4 (see the module doc)
+PRIORITY_RATE = 40.0    # req/s, above static DP's capacity here (see the module doc)
 
 
 @dataclass

@@ -20,6 +20,12 @@ looked cheaper than a smaller one served (batch 16 at 3.0 ms beside a served bat
 in the suite's Azure run), and the policy scored layouts on steps that never happen. So the
 probe's points are scaled by the median served/probed ratio (at the batches served, the probe
 interpolated), and the table never falls as the batch grows (the closest non-decreasing fit).
+
+A profile that served no step for `IDLE_FORGET_S` forgets what it served and speaks from its
+probe again: its last served steps may have been measured under contention (the chaos test's
+frozen and thawed agent read 4x slower than its peer, 0.27 vs 0.068 ms a prompt token), and
+placement, which reads them, would send such a node nothing until the faster-looking one was
+loaded. The first served steps after that rescale the probe again (the median ratio above).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ PREFILL_MIN_TOKENS = 32
 PREFILL_MIN_STEPS = 8           # served prefill steps before they replace the probe's slope
 PREFILL_WINDOW = 64             # the served prefill steps the estimate sums over
 SNAPSHOT_EVERY_S = 0.2          # the merged decode table is remade at most this often
+IDLE_FORGET_S = 10.0            # no served step this long: back to the probe (module doc)
 
 
 def _rising(ms: list[float]) -> list[float]:
@@ -55,6 +62,8 @@ def _rising(ms: list[float]) -> list[float]:
 class CostProfile:
     def __init__(self):
         self.prefill: dict[int, float] = {}             # size -> ms per prompt token
+        self._probed_prefill: dict[int, float] = {}     # size -> the probe's slope
+        self._served_at: float | None = None            # monotonic time of the last step
         self._prefill_steps: dict[int, deque[tuple[float, int]]] = {}  # (excess ms, tokens)
         self.probed: dict[int, dict[int, float]] = {}   # size -> batch -> ms, start-up probe
         self.served: dict[int, dict[int, float]] = {}   # size -> batch -> ms, EWMA of steps run
@@ -64,19 +73,20 @@ class CostProfile:
         self._snapshot_at = -SNAPSHOT_EVERY_S
 
     def seed(self, size: int, prefill_ms_per_token: float, decode: dict[int, float]) -> None:
-        self.prefill[size] = prefill_ms_per_token
+        self.prefill[size] = self._probed_prefill[size] = prefill_ms_per_token
         self._prefill_steps[size] = deque(maxlen=PREFILL_WINDOW)
         self.probed[size] = {int(b): float(ms) for b, ms in decode.items()}
         self._table.pop(size, None)
         self._stale.discard(size)
         self._snapshot_at = -SNAPSHOT_EVERY_S
 
-    def observe(self, size: int, batch, ms: float) -> None:
+    def observe(self, size: int, batch, ms: float, now: float | None = None) -> None:
         """A step of `batch` ((request, tokens) pairs) took `ms`: a pure decode step updates
         the decode table, a step with `PREFILL_MIN_TOKENS` prompt tokens or more the prefill
         cost (see the module doc)."""
         if not batch:
             return
+        self._served_at = time.monotonic() if now is None else now
         prompt = sum(n for _, n in batch if n > 1)
         if prompt:
             if prompt >= PREFILL_MIN_TOKENS and size in self.prefill:
@@ -118,11 +128,24 @@ class CostProfile:
         """The profile as the status publishes it, remade at most every `SNAPSHOT_EVERY_S`
         (the driver publishes a status every turn; the policy reads one every 0.5 s)."""
         now = time.monotonic() if now is None else now
+        if self._served_at is not None and now - self._served_at >= IDLE_FORGET_S:
+            self.forget_served()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
             self._snapshot = tuple(LayoutCost(s, self.prefill.get(s, 0.0), self.decode(s))
                                    for s in sorted(self.probed.keys() | self.served.keys()))
         return self._snapshot
+
+    def forget_served(self) -> None:
+        """Back to the probe: every served step forgotten (an idle profile, module doc)."""
+        self._served_at = None
+        self.served.clear()
+        self.prefill.update(self._probed_prefill)
+        for steps in self._prefill_steps.values():
+            steps.clear()
+        self._table.clear()
+        self._stale.clear()
+        self._snapshot_at = -SNAPSHOT_EVERY_S
 
     def probe(self, seq: Sequencer, num_workers: int, sizes: tuple[int, ...]) -> None:
         """Measure every TP size once, all instances of that size together (before serving)."""

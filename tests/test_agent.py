@@ -190,7 +190,27 @@ def test_killed_worker_is_detected_and_group_restarts(agent, stub, prompts, refe
     assert "died" in stub.GetStatus(pb.GetStatusRequest()).last_error
 
 
+def _idle_session(port: int):
+    """A router's session to the agent at `port`: one request served, then held open idle.
+    Returns the thread reading it (it ends when the agent ends the stream) and the call."""
+    import queue
+    import threading
+    outgoing: queue.Queue = queue.Queue()
+    first = pb.SessionRequest(generate=gen_request(ids=[5, 6, 7], max_tokens=4))
+    first.generate.request_id = "s1"
+    outgoing.put(first)
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    call = pb_grpc.AgentStub(ch).Session(iter(outgoing.get, None))
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(
+        ev.request_id for msg in call for ev in msg.events), daemon=True)
+    reader.start()
+    return reader, seen, outgoing, ch
+
+
 def test_sigterm_drains_notifies_and_leaves_no_orphans(tiny_model, tmp_path):
+    """SIGTERM: the agent drains and stops its workers; a router's idle session does not hold
+    the stop for the whole grace (60 s here): the agent ends it."""
     port, metrics_port = free_port(), free_port()
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
@@ -199,7 +219,7 @@ def test_sigterm_drains_notifies_and_leaves_no_orphans(tiny_model, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flying.cli", "agent", "--model", tiny_model, "--workers", "2",
          "--port", str(port), "--dtype", "float32", "--kv-bytes", str(8 << 20),
-         "--grace-s", "5", "--metrics-port", str(metrics_port)], env=env,
+         "--grace-s", "60", "--metrics-port", str(metrics_port)], env=env,
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "w"))
     try:
         seen = set()
@@ -221,8 +241,16 @@ def test_sigterm_drains_notifies_and_leaves_no_orphans(tiny_model, tmp_path):
             assert name in text, name
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 2
+        reader, seen, outgoing, ch = _idle_session(port)
+        _wait(lambda: "s1" in seen, timeout=60)
+        t = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+        assert time.monotonic() - t < 15, "the idle session held the stop"
+        reader.join(10)
+        assert not reader.is_alive()           # the agent ended the router's session
+        outgoing.put(None)
+        ch.close()
         gone, alive = psutil.wait_procs(children, timeout=15)
         assert not alive, alive
         messages = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flying_core.cost_profile import (
+    IDLE_FORGET_S,
     PREFILL_MIN_STEPS,
     PREFILL_WINDOW,
     SNAPSHOT_EVERY_S,
@@ -103,3 +104,20 @@ def test_the_snapshot_is_remade_at_most_every_snapshot_every_s():
     assert c.snapshot(now=10.0 + SNAPSHOT_EVERY_S / 2) is first
     later = c.snapshot(now=10.0 + SNAPSHOT_EVERY_S * 1.01)
     assert first[0].decode_ms[1] == 2.0 and later[0].decode_ms[1] == 6.0   # served: measured
+
+
+def test_a_profile_that_served_nothing_for_a_while_speaks_from_its_probe_again():
+    """The chaos test's thawed agent: steps measured under contention must not keep a node
+    looking slow once it serves nothing (placement would never send it anything)."""
+    c = CostProfile()
+    c.seed(1, 0.05, {1: 2.0, 16: 6.0})
+    for i in range(PREFILL_MIN_STEPS):
+        c.observe(1, [("p", 100)], 20.0 + 2.0, now=100.0 + i)   # 0.2 ms a token: 4x
+    c.observe(1, _decode_step(1), 8.0, now=110.0)
+    slow = c.snapshot(now=110.0)[0]
+    assert slow.decode_ms[1] == 8.0 and slow.prefill_ms_per_token > 0.15
+    assert c.snapshot(now=110.0 + IDLE_FORGET_S * 0.9)[0].decode_ms[1] == 8.0   # not yet
+    back = c.snapshot(now=110.0 + IDLE_FORGET_S)[0]
+    assert back.decode_ms == {1: 2.0, 16: 6.0} and back.prefill_ms_per_token == 0.05
+    c.observe(1, _decode_step(1), 4.0, now=200.0)    # serving again: the probe rescaled
+    assert c.snapshot(now=200.0)[0].decode_ms == {1: 4.0, 16: 12.0}
