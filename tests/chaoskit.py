@@ -148,7 +148,7 @@ def reaches(procs: Procs, node: str) -> None:
     runs on the other node a second cannot: it goes to `node` if `node` is serving. (Shorter
     streams could all be served one after the other by the other node, whose measured profile
     may be faster: a node re-admitted after a freeze keeps the slow steps it measured under
-    contention until it serves again.)"""
+    contention until it serves again or, idle, for `cost_profile.IDLE_FORGET_S`.)"""
     before = queried(procs, node)
     for _ in range(3):
         s = Streams(procs, 1, REACH_TOKENS, 60, f"reach {node}", gap=0.25, most=8,
