@@ -20,6 +20,8 @@ looked cheaper than a smaller one served (batch 16 at 3.0 ms beside a served bat
 in the suite's Azure run), and the policy scored layouts on steps that never happen. So the
 probe's points are scaled by the median served/probed ratio (at the batches served, the probe
 interpolated), and the table never falls as the batch grows (the closest non-decreasing fit).
+A size not served yet takes the ratio its node's served sizes measured: the contention is the
+node's, and a raw probe beside a scaled one made the unserved layout look 1.5-3x faster.
 
 A profile that served no step for `IDLE_FORGET_S` forgets what it served and speaks from its
 probe again: its last served steps may have been measured under contention (the chaos test's
@@ -99,7 +101,7 @@ class CostProfile:
         table = self.served.setdefault(size, {})
         b = len(batch)
         table[b] = ms if b not in table else 0.8 * table[b] + 0.2 * ms
-        self._stale.add(size)
+        self._stale.update(self.probed)     # an unserved size's scale is read from this one
 
     def decode(self, size: int, fresh: bool = True) -> dict[int, float]:
         """Step ms by batch for `size`: served steps where measured, the probe's points scaled
@@ -110,13 +112,19 @@ class CostProfile:
         if size not in self._table or (fresh and size in self._stale):
             self._stale.discard(size)
             probed, served = self.probed.get(size, {}), self.served.get(size, {})
-            ratios = [ms / decode_at(probed, b) for b, ms in served.items()
-                      if decode_at(probed, b) > 0]
+            ratios = self._ratios(size) or [r for other in self.served if other != size
+                                            for r in self._ratios(other)]
             scale = median(ratios) if ratios else 1.0
             merged = {b: ms * scale for b, ms in probed.items()} | served
             self._table[size] = dict(zip(sorted(merged), _rising([merged[b] for b in
                                                                   sorted(merged)])))
         return self._table[size]
+
+    def _ratios(self, size: int) -> list[float]:
+        """Served over probed step time at each batch `size` served."""
+        probed = self.probed.get(size, {})
+        return [ms / decode_at(probed, b) for b, ms in self.served.get(size, {}).items()
+                if decode_at(probed, b) > 0]
 
     def step_ms(self, size: int, batch: int) -> float:
         return decode_at(self.decode(size, fresh=False), batch)

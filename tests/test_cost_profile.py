@@ -121,3 +121,16 @@ def test_a_profile_that_served_nothing_for_a_while_speaks_from_its_probe_again()
     assert back.decode_ms == {1: 2.0, 16: 6.0} and back.prefill_ms_per_token == 0.05
     c.observe(1, _decode_step(1), 4.0, now=200.0)    # serving again: the probe rescaled
     assert c.snapshot(now=200.0)[0].decode_ms == {1: 4.0, 16: 12.0}
+
+
+def test_a_size_not_served_yet_is_scaled_by_what_the_node_served():
+    """Only TP 2 served (2x its probe): TP 1's probe points are doubled too, not left raw
+    beside a scaled TP 2 (the policy would have read TP 1 as 2x faster than it runs)."""
+    c = CostProfile()
+    c.seed(1, 0.1, {1: 2.0, 16: 6.0})
+    c.seed(2, 0.06, {1: 3.0, 16: 5.0})
+    c.observe(2, _decode_step(1), 6.0)
+    assert c.decode(2)[1] == 6.0
+    assert c.decode(1) == {1: 4.0, 16: 12.0}
+    c.observe(1, _decode_step(1), 3.0)          # TP 1 served: its own ratio (1.5x) rules
+    assert c.decode(1) == {1: 3.0, 16: 9.0}
