@@ -223,6 +223,9 @@ async def run_workload(requests: Sequence[Request], cfg: ClientConfig) -> list[R
     return records
 
 
+MAX_SEND_LAG_S = float(os.environ.get("FLYING_BENCH_MAX_SEND_LAG_MS", "50")) / 1e3
+
+
 def send_lag_guard(records: Sequence[Record], max_p99_s: float) -> str | None:
     """Why a run must be refused because its load generator fell behind (None: it kept to
     its schedule): the p99 of (actual send - scheduled send) over the requests sent."""

@@ -21,12 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench.client import ClientConfig, run, send_lag_guard
+from bench.client import MAX_SEND_LAG_S, ClientConfig, run, send_lag_guard
 from bench.datasets import TokenCounter, skewed_mix
 from bench.metrics import SLO, summarize
 from bench.model_files import bench_env
 from bench.procs import Proc, free_port, grpc_serving, http_ok, wait_until
-from bench.scenarios import MAX_SEND_LAG_S
 from bench.workloads import build_requests, poisson_arrivals
 
 MODES = ("off", "disagg", "adaptive")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench import box, plots, plots_suite, report
 from bench import workloads_suite as ws
-from bench.client import ClientConfig, run, send_lag_guard
+from bench.client import MAX_SEND_LAG_S, ClientConfig, run, send_lag_guard
 from bench.datasets import TokenCounter
 from bench.metrics import SLO
 from bench.model_files import extended_model, kv_bytes_per_token, vllm_server
@@ -36,7 +36,6 @@ START = {"burst": "tp", "low": "tp", "priority": "tp", "azure": "tp", "long": "d
 KV_BYTES, MAX_MODEL_LEN = 16 << 20, 8192
 VLLM_LAYOUTS = {"vllm-dp": (1, 2), "vllm-tp": (2, 1)}    # (tp, dp)
 START_LEAD_S = 3.0        # arrival 0 this long after replay() is called (process start)
-MAX_SEND_LAG_S = float(os.environ.get("FLYING_BENCH_MAX_SEND_LAG_MS", "50")) / 1e3
 Log = Callable[[str], None]
 
 

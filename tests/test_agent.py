@@ -192,7 +192,9 @@ def test_killed_worker_is_detected_and_group_restarts(agent, stub, prompts, refe
 
 def _idle_session(port: int):
     """A router's session to the agent at `port`: one request served, then held open idle.
-    Returns the thread reading it (it ends when the agent ends the stream) and the call."""
+    Returns the thread reading it (it ends when the agent ends the stream), the request ids
+    it has seen events for, the queue feeding the stream (put None to half-close) and the
+    channel."""
     import queue
     import threading
     outgoing: queue.Queue = queue.Queue()
