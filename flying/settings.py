@@ -112,7 +112,7 @@ class RouterSettings(_Section):
     api_keys: StrList = Field((), description="accept this bearer key (repeat); none: no key "
                               "needed")
     policy: bool = Field(True, description="let the router reconfigure nodes on its own")
-    policy_interval_s: float = Field(0.5, description="how often the policy looks at the nodes")
+    policy_interval_s: float = Field(0.25, description="how often the policy looks at the nodes")
     grace_s: float = Field(10.0, description="on SIGTERM, streams get this long to finish")
     agent_poll_s: float = Field(0.25, gt=0, description="how often the router asks each agent its "
                                 "status")

@@ -161,6 +161,8 @@ class Driver:
                 self.start_step(sched)
 
     def start_step(self, sched: InstanceScheduler) -> None:
+        if self.switcher.pending is None:
+            self.instances.rebalance(sched)
         batch = sched.schedule()
         if not batch:
             return

@@ -53,6 +53,8 @@ class Controller:
             views, now = self.cluster.views(), time.monotonic()
             decisions = self.policy.evaluate(views, self.dispatcher.signals(), now,
                                              tuple(self.dispatcher.pending.values()))
+            for node, note in self.policy.notes:
+                log.info("load regime", node=node, change=note)
             self.dispatcher.reserved = self.policy.reservations(now)
             for d in decisions:
                 if d.node in self._busy:

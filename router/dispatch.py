@@ -30,7 +30,7 @@ from router.micro import (
 )
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
-from router.policy_signals import moving_mean
+from router.policy_signals import MeanLength
 from router.prefix_affinity import PrefixAffinity
 from router.views import single_worker_tokens
 
@@ -44,15 +44,15 @@ class NodeLoad:
     urgent_waiting: dict[str, float] = field(default_factory=dict)
     held: int = 0
     longest: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: float = 0.0    # mean prompt length, a moving average over its requests
-    output_tokens: float = 0.0    # mean output length, over its finished requests
+    prompts: MeanLength = field(default_factory=MeanLength)   # of its requests' prompts
+    outputs: MeanLength = field(default_factory=MeanLength)   # of its finished requests
 
     def arrived(self, now: float, prompt_tokens: int) -> None:
         self.arrivals.append(now)
-        self.prompt_tokens = moving_mean(self.prompt_tokens, prompt_tokens)
+        self.prompts.add(prompt_tokens)
 
     def finished(self, output_tokens: int) -> None:
-        self.output_tokens = moving_mean(self.output_tokens, output_tokens)
+        self.outputs.add(output_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         while self.arrivals and now - self.arrivals[0] > 2.0:
@@ -62,8 +62,8 @@ class NodeLoad:
                            pending=pending, urgent_waiting=len(self.urgent_waiting),
                            urgent_wait_s=now - oldest,
                            longest_inflight_tokens=max(self.longest.values(), default=0),
-                           prompt_tokens=self.prompt_tokens,
-                           output_tokens=self.output_tokens)
+                           prompt_tokens=self.prompts.mean(),
+                           output_tokens=self.outputs.mean())
 
 
 class Dispatcher:

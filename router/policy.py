@@ -122,6 +122,8 @@ class Policy:
     def __init__(self, cfg: PolicyConfig = PolicyConfig()):
         self.cfg = cfg
         self._nodes: dict[str, NodeState] = {}
+        self.notes: list[tuple[str, str]] = []   # the last evaluation's regime changes
+        self._declined = ""                      # why the last queueing check kept a layout
 
     def regime(self, node: str) -> Regime:
         return self._nodes.get(node, NodeState()).regime
@@ -141,6 +143,7 @@ class Policy:
                  pending: Sequence[PendingRequest] = ()) -> list[Reconfigure]:
         """Decisions for this round: at most one per node, none for a node mid-switch."""
         c, out, ready = self.cfg, [], []
+        self.notes = []
         switching = False
         for v in views:
             st = self._nodes.setdefault(v.name, NodeState())
@@ -162,12 +165,17 @@ class Policy:
             st.costs = st.smoother.update(v.status.costs)
             if st.reserved is not None and now >= st.urgent_until:
                 st.reserved = None
-            track_regime(st, v.status, sig, now, self.cfg)
+            change = track_regime(st, v.status, sig, now, self.cfg)
+            self._declined = ""
             d = self._decide(v, sig, st, now)
             if d is not None:
                 out.append(self._record(st, d, now))
             else:
                 ready.append(v)
+            if change is not None:
+                self.notes.append((v.name, change + (f"; kept {list(v.status.layout)}: "
+                                                     f"{self._declined}" if self._declined
+                                                     else "")))
         d = None if switching else self._global_merge(ready, loads, pending, now)
         if d is not None:
             out.append(self._record(self._nodes[d.node], d, now))
@@ -298,10 +306,13 @@ class Policy:
             return None
         ms, cap, _, lo = best
         now_cap = capacity_rps(s.layout, costs, *work) or 0.0
+        self._declined = (f"queueing at {rate:.1f} req/s: {list(lo)} first token {ms:.0f} ms "
+                          f"vs {current:.0f}, capacity {-cap:.1f} vs {now_cap:.1f} req/s")
         if math.isinf(ms) and -cap < now_cap * (1 + c.throughput_gain):
             return None
         if not math.isinf(ms) and ms > current * (1 - c.latency_gain):
             return None
+        self._declined = ""
         why = (f"queueing: {rate:.1f} req/s of {work[0]:.0f}+{work[1]:.0f} tokens; "
                f"{list(lo)} gives a first token in {ms:.0f} ms vs {current:.0f} for "
                f"{list(s.layout)} ({now_cap:.1f} req/s capacity vs {-cap:.1f})")

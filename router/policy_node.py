@@ -34,8 +34,9 @@ class NodeState:
 
 
 def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
-                 c: PolicyConfig) -> None:
-    """Rule 3: the node's load regime after this observation (and its trend and growth)."""
+                 c: PolicyConfig) -> str | None:
+    """Rule 3: the node's load regime after this observation (and its trend and growth);
+    returns what changed and on what evidence (None: nothing changed)."""
     n = max(1, sum(s.layout))
     waiting = sum(i.waiting for i in s.instances) + sig.queue_depth
     backlog = waiting / n
@@ -48,9 +49,11 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
               sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
     st.rising = st.rising + 1 if rising else 0
     onset = st.rising >= c.trend_ticks
+    seen = (f"{sig.arrival_rate:.1f} req/s (rising {slope:+.1f}/s), {waiting} waiting, "
+            f"load {load:.1f} per worker")
     if onset and st.regime != Regime.BURST:
         st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
-        return
+        return f"burst onset: {seen}"
     r = st.regime
     fresh_onset = st.onset and now - st.regime_since < c.trend_horizon_s + c.regime_confirm_s
     if r == Regime.BURST and not fresh_onset:
@@ -63,3 +66,5 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
         r = Regime.LOW
     if r != st.regime:
         st.regime, st.regime_since, st.onset = r, now, False
+        return f"{r.value}: {seen}"
+    return None

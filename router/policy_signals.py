@@ -45,10 +45,32 @@ class Smoother:
 
 
 def moving_mean(mean: float, tokens: int, weight: float = 0.1) -> float:
-    """A node's mean request length after one more request (a moving average; 0: none yet):
-    of prompts, the policy's `LoadSignals.prompt_tokens`, and of finished requests' outputs,
-    `output_tokens` (router/dispatch.py and the simulator)."""
+    """A node's mean request length after one more request (a moving average; 0: none yet),
+    as the simulator keeps it (the router keeps a `MeanLength`)."""
     return float(tokens) if not mean else (1 - weight) * mean + weight * tokens
+
+
+@dataclass
+class MeanLength:
+    """A node's mean request length (of prompts placed on it, or of finished requests'
+    outputs), as the router reports it to the policy: a running mean over the first
+    `1 / weight` requests, then a moving average; 0 ("none yet": the policy assumes its
+    `PolicyConfig` lengths) until `min_n` requests were seen. One request's length is not a
+    mean: the first prompt of a run (17 tokens) once split a node for low load just as an
+    overload began, and the outputs that finish first in a run are its shortest (a mean of
+    18 tokens where 128 was right read the node's capacity 3x too high at an overload's
+    onset, and the split came 0.5 s later)."""
+    weight: float = 0.1
+    min_n: int = 16
+    value: float = 0.0
+    n: int = 0
+
+    def add(self, tokens: int) -> None:
+        self.n += 1
+        self.value += max(self.weight, 1.0 / self.n) * (tokens - self.value)
+
+    def mean(self) -> float:
+        return self.value if self.n >= self.min_n else 0.0
 
 
 @dataclass

@@ -5,7 +5,8 @@ Per request: `router.classify.classify` then `router.placement.place` over the n
 `PlacementConfig(queue_when_full=True)` as `router.dispatch` uses). Above `sample_nodes`
 nodes, placement sees a random sample of that many nodes (power-of-d choices) to keep the
 simulation linear in requests; requests no node takes now wait in a router queue, retried
-every `tick_s`. Every `policy_interval_s` (the router's 0.5 s), `router.policy.Policy.evaluate`
+every `tick_s`. Every `policy_interval_s` (0.5 s: the router's interval when the runs it is
+validated against were recorded; the router's is 0.25 s now), `router.policy.Policy.evaluate`
 gets every node's view and `LoadSignals`, and its `Reconfigure` decisions run as live switches
 (`Node.switch`) or, for the cold-restart system, as restarts (`Node.restart`). The `MICRO`
 systems (static DP nodes whose requests may split) are `bench/sim/micro.py`'s `MicroCluster`.
