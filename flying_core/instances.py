@@ -59,7 +59,9 @@ class Instances:
         be, so under overload one replica's queue outlived the other's by 1-1.5 s of a 15 s
         run, one core idle meanwhile. Only requests that hold no KV and are not
         micro-requests move, and a donor keeps the ones it starts itself next step (its free
-        slots' worth, in its priority order). Returns how many moved."""
+        slots' worth, in its priority order). A prefix the donor caches is computed again on
+        `thief`: the request starts now instead of waiting for a slot. Returns how many
+        moved."""
         cap = self.budget.max_running
         spare = cap - len(thief.running) - len(thief.waiting)
         moved = 0
