@@ -123,7 +123,7 @@ class Policy:
         self.cfg = cfg
         self._nodes: dict[str, NodeState] = {}
         self.notes: list[tuple[str, str]] = []   # the last evaluation's regime changes
-        self._declined = ""                      # why the last queueing check kept a layout
+        self._declined: tuple = ()               # what the last queueing check kept a layout on
 
     def regime(self, node: str) -> Regime:
         return self._nodes.get(node, NodeState()).regime
@@ -166,16 +166,14 @@ class Policy:
             if st.reserved is not None and now >= st.urgent_until:
                 st.reserved = None
             change = track_regime(st, v.status, sig, now, self.cfg)
-            self._declined = ""
+            self._declined = ()
             d = self._decide(v, sig, st, now)
             if d is not None:
                 out.append(self._record(st, d, now))
             else:
                 ready.append(v)
             if change is not None:
-                self.notes.append((v.name, change + (f"; kept {list(v.status.layout)}: "
-                                                     f"{self._declined}" if self._declined
-                                                     else "")))
+                self.notes.append((v.name, change + self._kept(v.status.layout)))
         d = None if switching else self._global_merge(ready, loads, pending, now)
         if d is not None:
             out.append(self._record(self._nodes[d.node], d, now))
@@ -286,6 +284,14 @@ class Policy:
             return Reconfigure(v.name, lo, mode, why, "latency")
         return None
 
+    def _kept(self, layout: tuple[int, ...]) -> str:
+        """What the queueing check kept `layout` on this evaluation, for its note ("": none)."""
+        if not self._declined:
+            return ""
+        rate, lo, ms, current, cap, now_cap = self._declined
+        return (f"; kept {list(layout)}: queueing at {rate:.1f} req/s: {list(lo)} first token "
+                f"{ms:.0f} ms vs {current:.0f}, capacity {cap:.1f} vs {now_cap:.1f} req/s")
+
     def _queueing(self, v: NodeView, rate: float, work: tuple, costs, cands
                   ) -> Reconfigure | None:
         """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
@@ -306,13 +312,10 @@ class Policy:
             return None
         ms, cap, _, lo = best
         now_cap = capacity_rps(s.layout, costs, *work) or 0.0
-        self._declined = (f"queueing at {rate:.1f} req/s: {list(lo)} first token {ms:.0f} ms "
-                          f"vs {current:.0f}, capacity {-cap:.1f} vs {now_cap:.1f} req/s")
-        if math.isinf(ms) and -cap < now_cap * (1 + c.throughput_gain):
+        if math.isinf(ms) and -cap < now_cap * (1 + c.throughput_gain) or \
+                not math.isinf(ms) and ms > current * (1 - c.latency_gain):
+            self._declined = (rate, lo, ms, current, -cap, now_cap)
             return None
-        if not math.isinf(ms) and ms > current * (1 - c.latency_gain):
-            return None
-        self._declined = ""
         why = (f"queueing: {rate:.1f} req/s of {work[0]:.0f}+{work[1]:.0f} tokens; "
                f"{list(lo)} gives a first token in {ms:.0f} ms vs {current:.0f} for "
                f"{list(s.layout)} ({now_cap:.1f} req/s capacity vs {-cap:.1f})")

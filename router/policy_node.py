@@ -49,11 +49,12 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
               sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
     st.rising = st.rising + 1 if rising else 0
     onset = st.rising >= c.trend_ticks
-    seen = (f"{sig.arrival_rate:.1f} req/s (rising {slope:+.1f}/s), {waiting} waiting, "
-            f"load {load:.1f} per worker")
+    def seen(what: str) -> str:       # formatted only on a change (the simulator's hot path)
+        return (f"{what}: {sig.arrival_rate:.1f} req/s (rising {slope:+.1f}/s), {waiting} "
+                f"waiting, load {load:.1f} per worker")
     if onset and st.regime != Regime.BURST:
         st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
-        return f"burst onset: {seen}"
+        return seen("burst onset")
     r = st.regime
     fresh_onset = st.onset and now - st.regime_since < c.trend_horizon_s + c.regime_confirm_s
     if r == Regime.BURST and not fresh_onset:
@@ -66,5 +67,5 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
         r = Regime.LOW
     if r != st.regime:
         st.regime, st.regime_since, st.onset = r, now, False
-        return f"{r.value}: {seen}"
+        return seen(r.value)
     return None
