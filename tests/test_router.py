@@ -26,8 +26,12 @@ from router.policy import PolicyConfig
 from tests.agentkit import InProcessAgent, free_port, wait_serving
 
 POLICY = PolicyConfig(min_dwell_s=1.0, memory_dwell_s=0.2, memory_hold_s=1.0, burst_enter=2.0,
-                      burst_exit=0.5, max_batch=8, regime_confirm_s=0.3, latency_gain=0.6)
-# latency_gain 0.6: no latency-driven merge here (CPU profiles are noisy); it has unit tests
+                      burst_exit=0.5, max_batch=8, regime_confirm_s=0.3, latency_gain=0.6,
+                      prompt_tokens=16)
+# latency_gain 0.6: no latency-driven merge here (CPU profiles are noisy); it has unit tests.
+# prompt_tokens 16: these tests send short prompts, fewer than the 16 a node's mean needs
+# (`MeanLength`); at the default 256 the warm-up profile's 2x faster TP prefill merged node A
+# for low load between tests.
 
 
 class InProcessRouter:
