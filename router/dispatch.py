@@ -30,7 +30,7 @@ from router.micro import (
 )
 from router.placement import PlacementConfig, Unplaced, place
 from router.policy import LoadSignals, PendingRequest
-from router.policy_signals import MeanLength
+from router.policy_signals import ArrivalOnset, MeanLength
 from router.prefix_affinity import PrefixAffinity
 from router.views import single_worker_tokens
 
@@ -40,37 +40,64 @@ RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
 
 @dataclass
 class NodeLoad:
+    """What the router measured of one node's traffic, for the layout policy (`signals`).
+    `onset_rps_per_worker`: the rate per worker whose sudden arrival is an onset
+    (`policy_signals.ArrivalOnset`; `PolicyConfig.trend_rate`, the rate the policy's trend
+    looks for)."""
+    onset_rps_per_worker: float = 4.0
+    window_s: float = 2.0          # the arrival rate is a count over this window
+    base_window_s: float = 8.0     # ... and the onset test's base also over this one
     arrivals: deque = field(default_factory=deque)
     urgent_waiting: dict[str, float] = field(default_factory=dict)
     held: int = 0
     longest: dict[str, int] = field(default_factory=dict)
-    prompts: MeanLength = field(default_factory=MeanLength)   # of its requests' prompts
+    # of its requests' prompts, from 6 on (an onset's alarm needs 6 arrivals: at 40 req/s
+    # the 16th comes 0.25 s after it, and the default 256 tokens had TP's capacity equal to
+    # DP's on this box, so the split waited for the next tick); arrival order says nothing of
+    # a prompt's length, unlike the order in which outputs finish
+    prompts: MeanLength = field(default_factory=lambda: MeanLength(min_n=6))
     outputs: MeanLength = field(default_factory=MeanLength)   # of its finished requests
+    onset: ArrivalOnset = field(default_factory=ArrivalOnset)
+    _recent: deque = field(default_factory=deque)             # arrivals, base_window_s
 
-    def arrived(self, now: float, prompt_tokens: int) -> None:
-        self.arrivals.append(now)
+    def _forget(self, now: float) -> None:
+        for q, keep in ((self.arrivals, self.window_s), (self._recent, self.base_window_s)):
+            while q and now - q[0] > keep:
+                q.popleft()
+
+    def arrived(self, now: float, prompt_tokens: int, workers: int = 1) -> bool:
+        """Count an arrival; True when it makes an arrival-rate onset (wake the policy)."""
+        self._forget(now)
         self.prompts.add(prompt_tokens)
+        # the rate before it, the higher of two windows' (a 2 s count alone reads a steady
+        # load low often enough to see a jump in its own noise)
+        base = max(len(self.arrivals) / self.window_s, len(self._recent) / self.base_window_s)
+        self.arrivals.append(now)
+        self._recent.append(now)
+        return self.onset.arrived(now, base, self.onset_rps_per_worker * max(1, workers))
 
     def finished(self, output_tokens: int) -> None:
         self.outputs.add(output_tokens)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
-        while self.arrivals and now - self.arrivals[0] > 2.0:
-            self.arrivals.popleft()
+        self._forget(now)
         oldest = min(self.urgent_waiting.values(), default=now)
-        return LoadSignals(arrival_rate=len(self.arrivals) / 2.0, queue_depth=self.held,
-                           pending=pending, urgent_waiting=len(self.urgent_waiting),
+        return LoadSignals(arrival_rate=len(self.arrivals) / self.window_s,
+                           queue_depth=self.held, pending=pending,
+                           urgent_waiting=len(self.urgent_waiting),
                            urgent_wait_s=now - oldest,
                            longest_inflight_tokens=max(self.longest.values(), default=0),
                            prompt_tokens=self.prompts.mean(),
-                           output_tokens=self.outputs.mean())
+                           output_tokens=self.outputs.mean(),
+                           onset_rate=self.onset.rate(now))
 
 
 class Dispatcher:
     def __init__(self, cluster: Cluster, tokenizer=None, placement_wait_s: float = 60.0,
                  max_attempts: int = 3, micro_requests: str = "off",
-                 prefix_routing: bool = True):
+                 prefix_routing: bool = True, onset_rps_per_worker: float = 4.0):
         self.cluster, self.tokenizer = cluster, tokenizer
+        self.onset_rps_per_worker = onset_rps_per_worker   # PolicyConfig.trend_rate
         self.affinity = PrefixAffinity() if prefix_routing else None
         self.micro_requests = micro_requests
         self.placement_wait_s, self.max_attempts = placement_wait_s, max_attempts
@@ -78,10 +105,12 @@ class Dispatcher:
         self.pending: dict[str, PendingRequest] = {}
         self.reserved: dict[str, int] = {}   # node -> instance the policy keeps for urgent
         self.placed = 0   # placements so far: equal instances are taken in turn
-        self.kick = asyncio.Event()   # wakes the policy loop (a request needs a merge)
+        self.kick = asyncio.Event()   # wakes the policy loop (a merge needed, an onset)
 
     def load(self, node: str) -> NodeLoad:
-        return self.loads.setdefault(node, NodeLoad())
+        if node not in self.loads:
+            self.loads[node] = NodeLoad(self.onset_rps_per_worker)
+        return self.loads[node]
 
     def signals(self) -> dict[str, LoadSignals]:
         now = time.monotonic()
@@ -184,7 +213,10 @@ class Dispatcher:
             placement, cls = await self._place(req, exclude)
             agent = self.cluster.by_name(placement.node)
             load = self.load(placement.node)
-            load.arrived(time.monotonic(), len(req.prompt_token_ids.ids))
+            status = agent.view().status
+            if load.arrived(time.monotonic(), len(req.prompt_token_ids.ids),
+                            sum(status.layout) if status else 1):
+                self.kick.set()      # the policy reads the onset now, not at its next tick
             load.longest[req.request_id] = cls.context_tokens
             if cls.urgent:
                 load.urgent_waiting[req.request_id] = time.monotonic()

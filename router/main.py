@@ -65,7 +65,8 @@ async def serve(settings: RouterSettings, stop: asyncio.Event | None = None,
     await cluster.start()
     tokenizer = load_tokenizer(cluster)
     dispatcher = Dispatcher(cluster, tokenizer, micro_requests=settings.micro_requests,
-                            prefix_routing=settings.prefix_routing)
+                            prefix_routing=settings.prefix_routing,
+                            onset_rps_per_worker=policy_cfg.trend_rate)
     leader = leadership.from_settings(settings.leader_lock, settings.leader_lease)
     controller = Controller(cluster, dispatcher, settings.policy, settings.policy_interval_s,
                             policy_cfg, leader)

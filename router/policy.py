@@ -35,14 +35,18 @@ decided while a node is switching, warming, draining or restarting):
    only once it has lasted `regime_confirm_s` (a load swinging faster than that moves nothing).
    **Trend**: when the arrival rate rose by `trend_enter` req/s per second per worker over
    `trend_window_s` and, projected `trend_horizon_s` ahead, reaches `trend_rate` req/s per
-   worker, on `trend_ticks` evaluations in a row, BURST is entered and confirmed at once and the split may come after
-   `onset_dwell_s` (a burst is split before its backlog builds up).
+   worker, on `trend_ticks` evaluations in a row, or when the router's arrival-by-arrival
+   test saw the rate jump to `trend_rate` per worker or more (`LoadSignals.onset_rate`, the
+   rate since the jump; `policy_signals.ArrivalOnset`), BURST is entered and confirmed at
+   once and the split may come after `onset_dwell_s` (a burst is split before its backlog
+   builds up).
 4. After `min_dwell_s` in the current layout, every aligned layout is scored by the profile at
    the node's demand (`views.score_layout`; layouts with an unprofiled size are skipped, and
    so are layouts whose largest instance cannot hold the longest in-flight request or the
    memory hold):
    - BURST from a trend onset with nothing waiting yet: the NORMAL rule's queueing split
-     (below) at the arrival rate projected `trend_horizon_s` ahead: a rise the current layout
+     (below) at the arrival rate projected `trend_horizon_s` ahead (or the rate since the
+     jump, if higher): a rise the current layout
      serves with the earliest first token is not split for (5 seeds of the quick burst: static
      TP had the lower P90 in 3, and the throughput split at the onset cost Flying up to 1.67x
      there);
@@ -67,9 +71,13 @@ decided while a node is switching, warming, draining or restarting):
      at its share of a step at its largest batch, as many as its KV holds,
      `views.capacity_rps`): switch to the layout with more instances that beats the current
      one by `latency_gain` (past every layout's capacity: the one that serves the most, by
-     `throughput_gain`), HARD. A load that rises steadily (the Azure trace) made neither a
+     `throughput_gain`, at a trend onset by any margin), HARD. A load that rises steadily (the Azure trace) made neither a
      backlog nor a trend in time: the node stayed merged until its queue was seconds long.
-   Ties go to the layout that disturbs fewer workers.
+   Ties go to the layout that disturbs fewer workers. Every layout is scored at one batch
+   cap, `max_batch` or else the largest batch every TP size's profile measured
+   (`views.common_batch`): a size served at batch 32 beside one only probed to 16 had its
+   decode cost per token read at twice the batch, and TP's capacity came out equal to DP's
+   at an onset on this box, where DP serves 1.25x TP's tokens.
    Profiles are smoothed first (`policy_signals.Smoother`, weight `profile_alpha`), so one
    noisy measurement cannot flip a decision.
 5. **Preempt mode**: HARD when urgent requests wait on the node and the oldest has waited
@@ -107,6 +115,7 @@ from router.views import (
     capacity_rps,
     capacity_tokens,
     changed_workers,
+    common_batch,
     first_token_ms,
     fits,
     merge_for,
@@ -229,13 +238,14 @@ class Policy:
             return None
         need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
         keep = st.urgent_size if now < st.urgent_until else 0
-        rate = sig.arrival_rate + (max(0.0, st.history.rate_slope(c.trend_window_s))
-                                   * c.trend_horizon_s if st.onset else 0.0)
+        rate = max(sig.arrival_rate + max(0.0, st.history.rate_slope(c.trend_window_s))
+                   * c.trend_horizon_s, sig.onset_rate) if st.onset else sig.arrival_rate
         demand = math.ceil(sum(i.running + i.waiting for i in s.instances) + sig.queue_depth
                            + rate * c.rate_horizon_s)
+        batch = c.max_batch or common_batch(costs)
         work = (round(sig.prompt_tokens or c.prompt_tokens),      # whole tokens: the
                 round(sig.output_tokens or c.output_tokens),      # simulator memoizes on them
-                c.max_batch, worker_blocks(s) * s.block_size)
+                batch, worker_blocks(s) * s.block_size)
         burst = st.regime == Regime.BURST
         cands = []
         for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
@@ -247,12 +257,12 @@ class Policy:
             return self._queueing(v, sig.arrival_rate, work, costs, cands)
         queued = sum(i.waiting for i in s.instances) + sig.queue_depth
         if burst and st.onset and not queued:
-            return self._queueing(v, rate, work, costs, cands)
+            return self._queueing(v, rate, work, costs, cands, onset=True)
         hard = self._hard(sig) or (burst and (queued or st.growing))
         mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
         low = st.regime == Regime.LOW
         prompt = work[0] if low else 0
-        current = score_layout(s.layout, costs, demand, c.max_batch, prompt)
+        current = score_layout(s.layout, costs, demand, batch, prompt)
         if current is None:
             return None
         queue_ms = first_token_ms(s.layout, costs, sig.arrival_rate, *work) if low else None
@@ -261,7 +271,7 @@ class Policy:
             if queue_ms is not None and len(lo) < len(s.layout) \
                     and (first_token_ms(lo, costs, sig.arrival_rate, *work) or 0.0) >= queue_ms:
                 continue        # a merge whose queue costs more than it saves (rule 4, NORMAL)
-            sc = score_layout(lo, costs, demand, c.max_batch, prompt)
+            sc = score_layout(lo, costs, demand, batch, prompt)
             if sc is not None:
                 scored.append((lo, sc, changed))
         cands = scored
@@ -292,12 +302,15 @@ class Policy:
         return (f"; kept {list(layout)}: queueing at {rate:.1f} req/s: {list(lo)} first token "
                 f"{ms:.0f} ms vs {current:.0f}, capacity {cap:.1f} vs {now_cap:.1f} req/s")
 
-    def _queueing(self, v: NodeView, rate: float, work: tuple, costs, cands
-                  ) -> Reconfigure | None:
+    def _queueing(self, v: NodeView, rate: float, work: tuple, costs, cands,
+                  onset: bool = False) -> Reconfigure | None:
         """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
         first token with queueing (`views.first_token_ms`) beats the current one's by
-        `latency_gain`; past every layout's capacity, to the one that serves the most. HARD:
-        a node this busy is not left to drain."""
+        `latency_gain`; past every layout's capacity, to the one that serves the most (by
+        `throughput_gain`; at an `onset`, by any margin: a burst is never merged back, so
+        there is no flapping to guard against, and at the priority scenario's onset the
+        capacities read 36.8 vs 33.7 req/s, 1.09x, and the split waited for the next tick).
+        HARD: a node this busy is not left to drain."""
         c, s = self.cfg, v.status
         current = first_token_ms(s.layout, costs, rate, *work)
         if current is None:
@@ -312,7 +325,8 @@ class Policy:
             return None
         ms, cap, _, lo = best
         now_cap = capacity_rps(s.layout, costs, *work) or 0.0
-        if math.isinf(ms) and -cap < now_cap * (1 + c.throughput_gain) or \
+        gain = 0.0 if onset else c.throughput_gain
+        if math.isinf(ms) and -cap <= now_cap * (1 + gain) or \
                 not math.isinf(ms) and ms > current * (1 - c.latency_gain):
             self._declined = (rate, lo, ms, current, -cap, now_cap)
             return None

@@ -48,10 +48,12 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
     rising = (slope >= c.trend_enter * n and
               sig.arrival_rate + slope * c.trend_horizon_s >= c.trend_rate * n)
     st.rising = st.rising + 1 if rising else 0
-    onset = st.rising >= c.trend_ticks
+    jumped = sig.onset_rate >= c.trend_rate * n       # the router's arrival-by-arrival test
+    onset = st.rising >= c.trend_ticks or jumped
     def seen(what: str) -> str:       # formatted only on a change (the simulator's hot path)
-        return (f"{what}: {sig.arrival_rate:.1f} req/s (rising {slope:+.1f}/s), {waiting} "
-                f"waiting, load {load:.1f} per worker")
+        jump = f", {sig.onset_rate:.1f} req/s since it jumped" if jumped else ""
+        return (f"{what}: {sig.arrival_rate:.1f} req/s (rising {slope:+.1f}/s{jump}), "
+                f"{waiting} waiting, load {load:.1f} per worker")
     if onset and st.regime != Regime.BURST:
         st.regime, st.regime_since, st.onset = Regime.BURST, now - c.regime_confirm_s, True
         return seen("burst onset")

@@ -6,9 +6,12 @@
 - `History`: recent (time, arrival rate, backlog) samples; `rate_slope` (req/s per second)
   and `backlog_growth` (requests) compare the newest sample with the newest one at least a
   window old, so a single-tick wobble is not read as a trend.
+- `ArrivalOnset`: a jump of the arrival rate, detected arrival by arrival (a CUSUM), and the
+  rate since it began.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -100,6 +103,69 @@ class History:
         """How much the backlog grew over the last `window_s` (0 when unknown)."""
         then = self._then(window_s)
         return 0.0 if then is None else self.samples[-1][2] - then[2]
+
+
+@dataclass
+class ArrivalOnset:
+    """Page's CUSUM test on a node's arrivals (Poisson): has the rate jumped from `base` to at
+    least `alt`? Each arrival adds the log likelihood ratio of the two rates over the gap since
+    the previous one, `log(alt / base) - (alt - base) * gap`, to a score floored at 0 (and
+    capped at twice the threshold). A run starts where the score leaves 0 (the candidate
+    change point); its `base` and `alt` are those given at its first arrival (the rate before
+    it, and at least twice that). An onset is declared when the score reaches `threshold`
+    (nats) over at least `min_count` arrivals; it stays visible `hold_s` (`rate()`: the rate
+    since the change point), then the test starts afresh, its base the new rate: a sustained
+    overload is one onset, not an alarm for as long as it lasts.
+
+    Why not the policy's trend alone: it reads a 2 s count at each evaluation and needs two
+    evaluations in a row, so an overload starting at full rate was split 0.5 s in (0.25 s
+    interval); this test alarms after a handful of arrivals (40 req/s: ~0.15 s), while a
+    steady load drifts its score back to 0 (`tests/test_load_rate.py` checks both).
+    Hand-written: a dozen lines, and no kept library tests a point process arrival by
+    arrival."""
+    threshold: float = 12.0
+    min_count: int = 6
+    floor_rps: float = 0.5         # the base rate of an idle node (a rate of 0 has no ratio)
+    hold_s: float = 1.0            # an onset is reported this long (the policy's next ticks)
+    score: float = 0.0
+    since: float = 0.0             # the change point: the first arrival of the current run
+    count: int = 0                 # arrivals since the change point
+    last: float = -math.inf
+    alarm_at: float | None = None  # when the current run's onset was declared
+    _base: float = 1.0
+    _alt: float = 2.0
+
+    def arrived(self, t: float, base: float, alt: float) -> bool:
+        """Fold in an arrival at `t` (`base`: the rate before it; `alt`: the least rate that
+        is an onset); True when it declares the onset."""
+        if self.alarm_at is not None and t - self.alarm_at > self.hold_s:
+            self.score, self.alarm_at = 0.0, None     # reported: test afresh from here
+        self.score = max(0.0, self.score - (self._alt - self._base) * (t - self.last))
+        if self.score == 0.0:
+            self.since, self.count = t, 0
+            self._base = max(base, self.floor_rps)
+            self._alt = max(alt, 2.0 * self._base)
+        self.score = min(self.score + math.log(self._alt / self._base), 2 * self.threshold)
+        self.count += 1
+        self.last = t
+        if self.alarm_at is None and self._over(t):
+            self.alarm_at = t
+            return True
+        return False
+
+    def _over(self, now: float) -> bool:
+        decay = (self._alt - self._base) * max(0.0, now - self.last)
+        return self.count >= self.min_count and self.score - decay >= self.threshold
+
+    def alarmed(self, now: float) -> bool:
+        return (self.alarm_at is not None and now - self.alarm_at <= self.hold_s
+                and self._over(now))
+
+    def rate(self, now: float) -> float:
+        """The arrival rate since the change point while an onset is reported (req/s), else 0."""
+        if not self.alarmed(now):
+            return 0.0
+        return (self.count - 1) / max(self.last - self.since, 0.05)
 
 
 def fastest_step(layout: tuple[int, ...], costs: dict[int, LayoutCost], batch: int

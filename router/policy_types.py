@@ -25,6 +25,7 @@ class LoadSignals:
     longest_inflight_tokens: int = 0       # longest context running on it (0: unknown)
     prompt_tokens: float = 0.0             # its requests' mean prompt length (0: none seen)
     output_tokens: float = 0.0             # its finished requests' mean output (0: none yet)
+    onset_rate: float = 0.0                # req/s since an arrival-rate jump (0: none now)
 
 
 class Regime(enum.StrEnum):

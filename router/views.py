@@ -184,6 +184,13 @@ def instance_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
     return tuple(out)
 
 
+def common_batch(costs: Mapping[int, LayoutCost]) -> int:
+    """The largest batch every size of `costs` measured (0: none measured), the one batch
+    cap layouts are compared at (`router.policy`, rule 4)."""
+    sizes = [max(c.decode_ms) for c in costs.values() if c.decode_ms]
+    return min(sizes) if sizes else 0
+
+
 def capacity_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
                  prompt_tokens: float, output_tokens: float, max_batch: int = 0,
                  kv_tokens_per_worker: int = 0) -> float | None:
