@@ -23,13 +23,6 @@ interpolated), and the table never falls as the batch grows (the closest non-dec
 A size not served yet takes the ratio its node's served sizes measured: the contention is the
 node's, and a raw probe beside a scaled one made the unserved layout look 1.5-3x faster.
 
-A size not served now while another is takes its *own* ratio from the last time it served,
-when it has one: contention is not the same for every size. On the 2-core box TP 2's steps
-run 4-6x its probe under load (its all-reduce waits for both cores) and TP 1's 2-3x, so TP 2
-scaled by TP 1's ratio read 1.5-2x faster than it serves, and the policy kept an overload
-merged at its onset, its capacity model reading TP's capacity above DP's (DP serves 1.25x
-TP's tokens there).
-
 A profile that served no step for `IDLE_FORGET_S` forgets what it served and speaks from its
 probe again: its last served steps may have been measured under contention (the chaos test's
 frozen and thawed agent read 4x slower than its peer, 0.27 vs 0.068 ms a prompt token), and
@@ -78,7 +71,6 @@ class CostProfile:
         self.served: dict[int, dict[int, float]] = {}   # size -> batch -> ms, EWMA of steps run
         self._table: dict[int, dict[int, float]] = {}   # the merged table (cached)
         self._stale: set[int] = set()                   # sizes observed since it was made
-        self._last_ratio: dict[int, float] = {}         # size -> served/probed when it served
         self._snapshot: tuple[LayoutCost, ...] = ()
         self._snapshot_at = -SNAPSHOT_EVERY_S
 
@@ -120,14 +112,9 @@ class CostProfile:
         if size not in self._table or (fresh and size in self._stale):
             self._stale.discard(size)
             probed, served = self.probed.get(size, {}), self.served.get(size, {})
-            own = self._ratios(size)
-            others = [r for other in self.served if other != size for r in self._ratios(other)]
-            if own:
-                scale = self._last_ratio[size] = median(own)
-            elif others:
-                scale = self._last_ratio.get(size) or median(others)
-            else:
-                scale = 1.0
+            ratios = self._ratios(size) or [r for other in self.served if other != size
+                                            for r in self._ratios(other)]
+            scale = median(ratios) if ratios else 1.0
             merged = {b: ms * scale for b, ms in probed.items()} | served
             self._table[size] = dict(zip(sorted(merged), _rising([merged[b] for b in
                                                                   sorted(merged)])))

@@ -134,24 +134,3 @@ def test_a_size_not_served_yet_is_scaled_by_what_the_node_served():
     assert c.decode(1) == {1: 4.0, 16: 12.0}
     c.observe(1, _decode_step(1), 3.0)          # TP 1 served: its own ratio (1.5x) rules
     assert c.decode(1) == {1: 3.0, 16: 9.0}
-
-
-def test_a_size_not_served_now_keeps_its_own_ratio_from_when_it_served():
-    """The 2-core box under load: TP 2's steps 5x its probe, TP 1's 2x. Back on TP 1 (TP 2
-    not served now), TP 2 is its probe x its own 5, not x TP 1's 2 (which read TP 2 2.5x
-    faster than it serves, and kept an overload merged). Idle long enough, both speak from
-    their probes again, as before."""
-    c = CostProfile()
-    c.seed(1, 0.1, {1: 2.0, 16: 6.0})
-    c.seed(2, 0.06, {1: 1.5, 16: 4.0})
-    c.observe(2, _decode_step(1), 7.5, now=100.0)               # TP 2 served: 5x its probe
-    c.snapshot(now=100.0)
-    assert c.decode(1) == {1: 10.0, 16: 30.0}                   # never served: TP 2's ratio
-    idle = {x.tp_size: x for x in c.snapshot(now=100.0 + IDLE_FORGET_S)}
-    assert idle[2].decode_ms == {1: 1.5, 16: 4.0}              # idle: the probe again
-    c.observe(1, _decode_step(1), 4.0, now=120.0 + IDLE_FORGET_S)   # later TP 1 serves: 2x
-    snap = {x.tp_size: x for x in c.snapshot(now=120.0 + IDLE_FORGET_S)}
-    assert snap[1].decode_ms == {1: 4.0, 16: 12.0}
-    assert snap[2].decode_ms == {1: 7.5, 16: 20.0}             # its own 5x, not TP 1's 2x
-    idle = {x.tp_size: x for x in c.snapshot(now=121.0 + 2 * IDLE_FORGET_S)}
-    assert idle[1].decode_ms == {1: 2.0, 16: 6.0} and idle[2].decode_ms == {1: 1.5, 16: 4.0}
