@@ -29,8 +29,8 @@ POLICY = PolicyConfig(min_dwell_s=1.0, memory_dwell_s=0.2, memory_hold_s=1.0, bu
                       burst_exit=0.5, max_batch=8, regime_confirm_s=0.3, latency_gain=0.6,
                       prompt_tokens=16)
 # latency_gain 0.6: no latency-driven merge here (CPU profiles are noisy); it has unit tests.
-# prompt_tokens 16: these tests send short prompts, fewer than the 16 a node's mean needs
-# (`MeanLength`); at the default 256 the warm-up profile's 2x faster TP prefill merged node A
+# prompt_tokens 16: these tests send short prompts, often fewer than the 6 a node's mean
+# prompt needs (`MeanLength`); at the default 256 the warm-up profile's 2x faster TP prefill merged node A
 # for low load between tests.
 
 
