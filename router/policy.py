@@ -46,10 +46,9 @@ decided while a node is switching, warming, draining or restarting):
    memory hold):
    - BURST from a trend onset with nothing waiting yet: the NORMAL rule's queueing split
      (below) at the arrival rate projected `trend_horizon_s` ahead (or the rate since the
-     jump, if higher): a rise the current layout
-     serves with the earliest first token is not split for (5 seeds of the quick burst: static
-     TP had the lower P90 in 3, and the throughput split at the onset cost Flying up to 1.67x
-     there);
+     jump, if higher): a rise the current layout serves with the earliest first token is not
+     split for (5 seeds of the quick burst: static TP had the lower P90 in 3, and the
+     throughput split at the onset cost Flying up to 1.67x there);
    - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
      beats the current one by `throughput_gain`, among layouts with at least as many
      instances as the current one: a burst only ever splits (its queue is served by more
@@ -71,8 +70,9 @@ decided while a node is switching, warming, draining or restarting):
      at its share of a step at its largest batch, as many as its KV holds,
      `views.capacity_rps`): switch to the layout with more instances that beats the current
      one by `latency_gain` (past every layout's capacity: the one that serves the most, by
-     `throughput_gain`, at a trend onset by any margin), HARD. A load that rises steadily (the Azure trace) made neither a
-     backlog nor a trend in time: the node stayed merged until its queue was seconds long.
+     `throughput_gain`, at a trend onset by any margin), HARD. A load that rises steadily
+     (the Azure trace) made neither a backlog nor a trend in time: the node stayed merged
+     until its queue was seconds long.
    Ties go to the layout that disturbs fewer workers. Every layout is scored at one batch
    cap, `max_batch` or else the largest batch every TP size's profile measured
    (`views.common_batch`): a size served at batch 32 beside one only probed to 16 had its
