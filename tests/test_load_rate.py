@@ -16,12 +16,15 @@ from tests.test_policy import GPU, status
 TICK = RouterSettings().policy_interval_s
 
 
-def _run(arrivals, until, layout=(2,), costs=GPU):
+def _run(arrivals, until, layout=(2,), costs=GPU, onset=True):
     """The policy every `TICK` over the rate of `arrivals` (nothing waits yet: the quick
-    burst's onset), and at once on an arrival that makes an onset (the router's kick);
-    returns the decisions and the policy's notes, each (time, what)."""
+    burst's onset), and at once on an arrival that makes an onset (the router's kick;
+    `onset=False`: the trend alone); returns the decisions and the policy's notes, each
+    (time, what)."""
     load, policy, out, i, t = NodeLoad(), Policy(), [], 0, 0.0
     notes = []
+    if not onset:
+        load.onset.threshold = float("inf")
 
     def evaluate(now):
         nonlocal layout
@@ -55,20 +58,8 @@ def test_an_overload_starting_at_full_rate_is_split_within_half_a_second():
     """Poisson 64 req/s from t = 10 on a merged node (the mixed-priority scenario's shape).
     The trend takes `trend_ticks` evaluations in a row: every 0.5 s, the split came 1.0 s in
     (and ~1.2 s on the box, with the switch); every 0.25 s, 0.5 s in."""
-    load = NodeLoad()
-    load.onset.threshold = float("inf")     # the trend alone
-    arrivals = _poisson(64.0, 10.0, 20.0, 3)
-    policy, layout, t, i, split = Policy(), (2,), 0.0, 0, None
-    while t < 14.0 and split is None:
-        while i < len(arrivals) and arrivals[i] <= t:
-            load.arrived(arrivals[i], 16, 2)
-            i += 1
-        sig = load.signals(t)
-        sig = type(sig)(**{**sig.__dict__, "prompt_tokens": 16.0, "output_tokens": 8.0})
-        if policy.evaluate([NodeView("n", status(layout, 0, 4, costs=GPU))], {"n": sig}, t):
-            split = t
-        t = round(t + TICK, 6)
-    assert split is not None and split - 10.0 <= 0.5
+    out, _ = _run(_poisson(64.0, 10.0, 20.0, 3), 14.0, onset=False)
+    assert out and out[0][1].layout == (1, 1) and out[0][0] - 10.0 <= 0.5
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
