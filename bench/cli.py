@@ -1,5 +1,10 @@
-"""``flying bench [all|burst|low|priority|azure|long|check|switch|micro|engine|prefix|soak|seeds]
-[--quick] [--out D]``.
+"""``flying bench [all|burst|low|priority|azure|long|check|switch|micro|engine|prefix|soak|seeds|
+repeat] [--quick] [--out D]``.
+
+``repeat`` (bench/repeat.py: ``--scenarios S,...`` over ``--rounds N`` interleaved rounds of
+the same workload, default priority, low, burst, azure x 5; static DP, static TP and Flying in
+an order rotated round by round; every target ratio per round, its spread, and the verdict at
+the median round) is a separate run.
 
 ``seeds`` (bench/seeds.py: the burst scenario over ``--seeds N`` seeds of its pattern, default
 5; static DP, static TP and Flying; the spread of the headline ratios) is a separate run.
@@ -86,6 +91,9 @@ def problems(results: dict[str, dict]) -> list[str]:
 def check(out: str) -> list[str]:
     """What in ``<out>``'s markdown tables does not match their JSON (suite and engine)."""
     from bench import engine_report, summary
+    if Path(out, "repeat.json").is_file():
+        from bench import repeat
+        return repeat.verify(out)
     if Path(out, "seeds.json").is_file():
         from bench import seeds
         return seeds.verify(out)
@@ -127,6 +135,18 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         n = (extra or {}).get("seeds", 5)
         return seeds.run(out, quick, n, _command(scenario, quick, out) + f" --seeds {n}",
                          log=_log)
+    if scenario == "repeat":          # interleaved rounds of the same workloads
+        from bench import repeat
+        _on_sigterm()
+        names = (extra or {}).get("scenarios") or ",".join(repeat.DEFAULT)
+        n = (extra or {}).get("rounds", 5)
+        names_ = names.split(",")
+        if any(x not in repeat.TARGETS for x in names_):
+            print(f"flying bench repeat: unknown scenario in {names!r} (choose from "
+                  f"{', '.join(repeat.TARGETS)})", file=sys.stderr)
+            return 2
+        return repeat.run(out, quick, names_, n, _command(scenario, quick, out)
+                          + f" --scenarios {names} --rounds {n}", log=_log)
     if scenario == "engine":
         from bench.engine import run_engine
         _on_sigterm()

@@ -160,13 +160,12 @@ class Suite:
         self.save(scenario)
 
     # ----------------------------------------------------------------- agent systems
-    def agent_systems(self, bed: Testbed, scenario: str, cold: bool = True) -> None:
+    def agent_systems(self, bed: Testbed, scenario: str, cold: bool = True,
+                      order: tuple[str, ...] = ("static-dp", "static-tp", "flying")) -> None:
+        """Static DP, static TP and Flying (in ``order``), then cold restart if ``cold``."""
         n = self.cfg.workers
         dp, tp = (1,) * n, (n,)
         start = tp if START[scenario] == "tp" else dp
-        for name, layout in (("static-dp", dp), ("static-tp", tp)):
-            self._guard(scenario, name,
-                        lambda n=name, lo=layout: self.measure(scenario, bed.static(n, lo)))
 
         def flying() -> None:
             run_, close = bed.flying(start)
@@ -174,7 +173,11 @@ class Suite:
                 self.measure(scenario, run_)
             finally:
                 close()
-        self._guard(scenario, "flying", flying)
+        runs = {name: (lambda n=name, lo=layout: self.measure(scenario, bed.static(n, lo)))
+                for name, layout in (("static-dp", dp), ("static-tp", tp))}
+        runs["flying"] = flying
+        for name in order:
+            self._guard(scenario, name, runs[name])
         if cold:
             self._guard(scenario, "cold-restart", lambda: self._cold(bed, scenario, start))
 

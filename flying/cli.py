@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overload: send this many requests instead of --seconds")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds: how many seeds of the burst pattern (default 5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="repeat: interleaved rounds per scenario (default 5)")
+    p.add_argument("--scenarios", default=None,
+                   help="repeat: comma-separated scenarios (default priority,low,burst,azure)")
 
     p = sub.add_parser("sim", help="simulate the cluster at scale (writes summary.json + PNG)")
     from bench.sim.args import add_args as sim_args
@@ -106,10 +110,14 @@ def main(argv: list[str] | None = None) -> int:
             from bench.cli import run_bench
             out = ns.out or (f"bench/results/{ns.scenario}"
                              if ns.scenario in ("soak", "overload") else ".bench")
-            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests", "seeds")
+            extra = {k: getattr(ns, k) for k in ("seconds", "factor", "requests", "seeds",
+                                                 "rounds", "scenarios")
                      if getattr(ns, k) is not None}
             if ns.scenario != "seeds":
                 extra.pop("seeds", None)
+            if ns.scenario != "repeat":
+                extra.pop("rounds", None)
+                extra.pop("scenarios", None)
             if ns.quick and ns.scenario == "overload":
                 extra = {"seconds": 10.0, "factor": 3.0, "max_queue": 4, **extra}
             return run_bench(ns.scenario, quick=ns.quick, out=out, model=ns.model,
