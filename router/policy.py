@@ -99,9 +99,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from flying_core.types import PreemptMode
 from router.policy_node import NodeState, track_regime
-from router.policy_signals import History, Smoother, fastest_step
+from router.policy_rules import memory_merge, profile_switch, queueing_split, urgent_switch
+from router.policy_signals import History, Smoother
 from router.policy_types import (  # noqa: F401 - re-exported: the policy's public interface
     LoadSignals,
     PendingRequest,
@@ -112,15 +112,11 @@ from router.policy_types import (  # noqa: F401 - re-exported: the policy's publ
 from router.views import (
     NodeView,
     aligned_layouts,
-    capacity_rps,
     capacity_tokens,
     changed_workers,
     common_batch,
-    first_token_ms,
     fits,
     merge_for,
-    score_layout,
-    step_ms,
     worker_blocks,
 )
 
@@ -203,19 +199,6 @@ class Policy:
     def _hard(self, sig: LoadSignals) -> bool:
         return sig.urgent_waiting > 0 and sig.urgent_wait_s >= self.cfg.hard_wait_s
 
-    def _memory(self, v: NodeView, req: PendingRequest, sig: LoadSignals, st: NodeState,
-                now: float, found) -> Reconfigure:
-        new, first, size = found
-        if now >= st.hold_until:
-            st.hold_tokens = 0
-        st.hold_tokens = max(st.hold_tokens, req.context_tokens)
-        st.hold_until = now + self.cfg.memory_hold_s
-        mode = PreemptMode.HARD if req.urgent or self._hard(sig) else PreemptMode.SOFT
-        why = (f"memory: a {req.context_tokens}-token request fits no instance of "
-               f"{list(v.status.layout)}; merge workers {first}-{first + size - 1} "
-               f"(holds {capacity_tokens(v.status, size)} tokens)")
-        return Reconfigure(v.name, new, mode, why, "memory")
-
     def _decide(self, v: NodeView, sig: LoadSignals, st: NodeState, now: float
                 ) -> Reconfigure | None:
         c, s = self.cfg, v.status
@@ -226,10 +209,10 @@ class Policy:
             for req in sorted(needs, key=lambda r: (not r.urgent, -r.context_tokens)):
                 found = merge_for(s, req.context_tokens)
                 if found:
-                    return self._memory(v, req, sig, st, now, found)
+                    return memory_merge(self.cfg, v, req, st, now, found, self._hard(sig))
         costs = {x.tp_size: x for x in st.costs if x.decode_ms}
         if now - st.since >= c.memory_dwell_s and self._hard(sig):
-            d = self._urgent(v, sig, st, costs, now)
+            d = urgent_switch(c, v, sig, st, costs, now)
             if d is not None:
                 return d
         dwell = (max(c.min_dwell_s, c.latency_dwell_s) if st.regime == Regime.LOW else
@@ -254,45 +237,17 @@ class Policy:
                 continue
             cands.append((lo, changed_workers(s.layout, lo)))
         if st.regime == Regime.NORMAL:
-            return self._queueing(v, sig.arrival_rate, work, costs, cands)
+            return self._split(v, sig.arrival_rate, work, costs, cands)
         queued = sum(i.waiting for i in s.instances) + sig.queue_depth
         if burst and st.onset and not queued:
-            return self._queueing(v, rate, work, costs, cands, onset=True)
+            return self._split(v, rate, work, costs, cands, onset=True)
         hard = self._hard(sig) or (burst and (queued or st.growing))
-        mode = PreemptMode.HARD if hard or st.onset else PreemptMode.SOFT
-        low = st.regime == Regime.LOW
-        prompt = work[0] if low else 0
-        current = score_layout(s.layout, costs, demand, batch, prompt)
-        if current is None:
-            return None
-        queue_ms = first_token_ms(s.layout, costs, sig.arrival_rate, *work) if low else None
-        scored = []
-        for lo, changed in cands:
-            if queue_ms is not None and len(lo) < len(s.layout) \
-                    and (first_token_ms(lo, costs, sig.arrival_rate, *work) or 0.0) >= queue_ms:
-                continue        # a merge whose queue costs more than it saves (rule 4, NORMAL)
-            sc = score_layout(lo, costs, demand, batch, prompt)
-            if sc is not None:
-                scored.append((lo, sc, changed))
-        cands = scored
-        if not cands:
-            return None
-        if burst:
-            lo, sc, _ = min(cands, key=lambda t: (-t[1].throughput_tps, t[2], t[0]))
-            if sc.throughput_tps >= current.throughput_tps * (1 + c.throughput_gain):
-                why = (f"throughput: backlog at {demand} requests"
-                       f"{' (arrivals rising)' if st.onset else ''}; {list(lo)} gives "
-                       f"{sc.throughput_tps:.0f} tok/s vs {current.throughput_tps:.0f} for "
-                       f"{list(s.layout)}")
-                return Reconfigure(v.name, lo, mode, why, "throughput")
-            return None
-        lo, sc, _ = min(cands, key=lambda t: (t[1].latency_ms, t[2], t[0]))
-        if sc.latency_ms <= current.latency_ms * (1 - c.latency_gain):
-            why = (f"latency: low load ({demand} requests, {prompt:.0f}-token prompts); "
-                   f"{list(lo)} gives a first token in {sc.latency_ms:.1f} ms vs "
-                   f"{current.latency_ms:.1f} ms for {list(s.layout)}")
-            return Reconfigure(v.name, lo, mode, why, "latency")
-        return None
+        return profile_switch(c, v, sig, st, costs, cands, demand, work, hard)
+
+    def _split(self, v: NodeView, rate: float, work: tuple, costs, cands,
+               onset: bool = False) -> Reconfigure | None:
+        d, self._declined = queueing_split(self.cfg, v, rate, work, costs, cands, onset)
+        return d
 
     def _kept(self, layout: tuple[int, ...]) -> str:
         """What the queueing check kept `layout` on this evaluation, for its note ("": none)."""
@@ -301,71 +256,6 @@ class Policy:
         rate, lo, ms, current, cap, now_cap = self._declined
         return (f"; kept {list(layout)}: queueing at {rate:.1f} req/s: {list(lo)} first token "
                 f"{ms:.0f} ms vs {current:.0f}, capacity {cap:.1f} vs {now_cap:.1f} req/s")
-
-    def _queueing(self, v: NodeView, rate: float, work: tuple, costs, cands,
-                  onset: bool = False) -> Reconfigure | None:
-        """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
-        first token with queueing (`views.first_token_ms`) beats the current one's by
-        `latency_gain`; past every layout's capacity, to the one that serves the most (by
-        `throughput_gain`; at an `onset`, by any margin: a burst is never merged back, so
-        there is no flapping to guard against, and at the priority scenario's onset the
-        capacities read 36.8 vs 33.7 req/s, 1.09x, and the split waited for the next tick).
-        HARD: a node this busy is not left to drain."""
-        c, s = self.cfg, v.status
-        current = first_token_ms(s.layout, costs, rate, *work)
-        if current is None:
-            return None
-        best = None
-        for lo, changed in cands:
-            ms = first_token_ms(lo, costs, rate, *work) if len(lo) > len(s.layout) else None
-            if ms is not None:
-                key = (ms, -(capacity_rps(lo, costs, *work) or 0.0), changed, lo)
-                best = key if best is None or key < best else best
-        if best is None:
-            return None
-        ms, cap, _, lo = best
-        now_cap = capacity_rps(s.layout, costs, *work) or 0.0
-        gain = 0.0 if onset else c.throughput_gain
-        if math.isinf(ms) and -cap <= now_cap * (1 + gain) or \
-                not math.isinf(ms) and ms > current * (1 - c.latency_gain):
-            self._declined = (rate, lo, ms, current, -cap, now_cap)
-            return None
-        why = (f"queueing: {rate:.1f} req/s of {work[0]:.0f}+{work[1]:.0f} tokens; "
-               f"{list(lo)} gives a first token in {ms:.0f} ms vs {current:.0f} for "
-               f"{list(s.layout)} ({now_cap:.1f} req/s capacity vs {-cap:.1f})")
-        return Reconfigure(v.name, lo, PreemptMode.HARD, why, "queueing")
-
-    def _urgent(self, v: NodeView, sig: LoadSignals, st: NodeState, costs, now: float
-                ) -> Reconfigure | None:
-        """Rule 2: urgent requests have waited; HARD switch to a layout whose fastest
-        instance steps fastest for them, or reserve the current layout's fastest instance."""
-        c, s = self.cfg, v.status
-        batch = max(1, sig.urgent_waiting)
-        current = fastest_step(s.layout, costs, batch)
-        if current is None:
-            return None
-        need = max(sig.longest_inflight_tokens, st.hold_tokens if now < st.hold_until else 0)
-        best = None
-        for lo in aligned_layouts(sum(s.layout), tuple(s.possible_tp_sizes)):
-            ms = fastest_step(lo, costs, batch)
-            if lo == s.layout or ms is None or (
-                    need and max(capacity_tokens(s, x) for x in lo) < need):
-                continue
-            key = (ms, changed_workers(s.layout, lo), lo)
-            best = key if best is None or key < best else best
-        st.urgent_until = now + c.urgent_hold_s
-        if best is not None and best[0] <= current * (1 - c.latency_gain):
-            ms, _, lo = best
-            st.urgent_size, st.reserved = max(lo), None
-            why = (f"urgent: {sig.urgent_waiting} urgent requests waited "
-                   f"{sig.urgent_wait_s:.2f} s; {list(lo)} steps {batch} in {ms:.1f} ms vs "
-                   f"{current:.1f} ms for {list(s.layout)}")
-            return Reconfigure(v.name, lo, PreemptMode.HARD, why, "urgent")
-        if len(s.instances) > 1:
-            st.reserved = min(s.instances, key=lambda i: (
-                step_ms(costs.get(i.tp_size), i.running + 1, math.inf), i.waiting,
-                i.index)).index
-        return None
 
     def _global_merge(self, ready: list[NodeView], loads: Mapping[str, LoadSignals],
                       pending: Sequence[PendingRequest], now: float) -> Reconfigure | None:
@@ -385,5 +275,6 @@ class Policy:
             if options:
                 *_, v, found = min(options, key=lambda o: o[:3])
                 sig = loads.get(v.name, LoadSignals())
-                return self._memory(v, req, sig, self._nodes[v.name], now, found)
+                return memory_merge(self.cfg, v, req, self._nodes[v.name], now, found,
+                                    self._hard(sig))
         return None
