@@ -21,7 +21,19 @@ in the suite's Azure run), and the policy scored layouts on steps that never hap
 probe's points are scaled by the median served/probed ratio (at the batches served, the probe
 interpolated), and the table never falls as the batch grows (the closest non-decreasing fit).
 A size not served yet takes the ratio its node's served sizes measured: the contention is the
-node's, and a raw probe beside a scaled one made the unserved layout look 1.5-3x faster.
+node's, and a raw probe beside a scaled one made the unserved layout look 1.5-3x faster. Its
+prefill too: the unserved size's prefill had stayed the idle probe's beside the served size's
+1.6-2.3x, so on this box whichever layout was not serving read as the faster prefill, and the
+policy's low-load rule split TP for replicas and merged them back 12 s later at the same load.
+A decode step's contention grows with the workers it spans, a prefill's does not: under the
+same Azure-trace load (`flying bench` on 2 cores, the agent's published profile sampled every
+second) TP 2's decode steps ran 2.3-3.6x its probe and TP 1's 1.3-2.5x, their prefill 1.6-2.0x
+and 1.7-2.3x. A short decode step waits for every worker it spans, and each of them can be
+held by the router or the load on its core: so an unserved size s takes a served size o's
+decode ratio r as 1 + (r - 1) * s / o (its excess over the probe in proportion to its
+workers; TP 2's 3x read as 2x for TP 1), and its prefill ratio as measured. Taken raw, TP 2's
+decode ratio made replicas look as slow as the merged instance under the Azure trace's load
+(18.3 vs 17.6 req/s), where static DP's P90 TTFT was 1.3-1.5x lower than static TP's.
 
 A profile that served no step for `IDLE_FORGET_S` forgets what it served and speaks from its
 probe again: its last served steps may have been measured under contention (the chaos test's
@@ -112,7 +124,8 @@ class CostProfile:
         if size not in self._table or (fresh and size in self._stale):
             self._stale.discard(size)
             probed, served = self.probed.get(size, {}), self.served.get(size, {})
-            ratios = self._ratios(size) or [r for other in self.served if other != size
+            ratios = self._ratios(size) or [1.0 + (r - 1.0) * size / other
+                                            for other in self.served if other != size
                                             for r in self._ratios(other)]
             scale = median(ratios) if ratios else 1.0
             merged = {b: ms * scale for b, ms in probed.items()} | served
@@ -130,7 +143,17 @@ class CostProfile:
         return decode_at(self.decode(size, fresh=False), batch)
 
     def prefill_ms(self, size: int) -> float:
-        return self.prefill.get(size, 0.0)
+        """ms per prompt token for `size`: served where `PREFILL_MIN_STEPS` steps measured it,
+        else its probe scaled by the median served/probed ratio of the sizes that did."""
+        probed = self._probed_prefill.get(size)
+        if probed is None or self._prefill_served(size):
+            return self.prefill.get(size, 0.0)
+        ratios = [self.prefill[o] / p for o, p in self._probed_prefill.items()
+                  if o != size and p > 0 and self._prefill_served(o)]
+        return probed * median(ratios) if ratios else probed
+
+    def _prefill_served(self, size: int) -> bool:
+        return len(self._prefill_steps.get(size, ())) >= PREFILL_MIN_STEPS
 
     def snapshot(self, now: float | None = None) -> tuple[LayoutCost, ...]:
         """The profile as the status publishes it, remade at most every `SNAPSHOT_EVERY_S`
@@ -140,7 +163,7 @@ class CostProfile:
             self.forget_served()
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
-            self._snapshot = tuple(LayoutCost(s, self.prefill.get(s, 0.0), self.decode(s))
+            self._snapshot = tuple(LayoutCost(s, self.prefill_ms(s), self.decode(s))
                                    for s in sorted(self.probed.keys() | self.served.keys()))
         return self._snapshot
 

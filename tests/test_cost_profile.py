@@ -124,13 +124,41 @@ def test_a_profile_that_served_nothing_for_a_while_speaks_from_its_probe_again()
 
 
 def test_a_size_not_served_yet_is_scaled_by_what_the_node_served():
-    """Only TP 2 served (2x its probe): TP 1's probe points are doubled too, not left raw
-    beside a scaled TP 2 (the policy would have read TP 1 as 2x faster than it runs)."""
+    """Only TP 2 served (3x its probe): TP 1's probe points are scaled too, not left raw
+    beside a scaled TP 2 (the policy would have read TP 1 as 3x faster than it runs), by
+    the excess over the probe in proportion to the workers a step spans: 1 + 2 / 2 = 2x."""
     c = CostProfile()
     c.seed(1, 0.1, {1: 2.0, 16: 6.0})
     c.seed(2, 0.06, {1: 3.0, 16: 5.0})
-    c.observe(2, _decode_step(1), 6.0)
-    assert c.decode(2)[1] == 6.0
+    c.observe(2, _decode_step(1), 9.0)
+    assert c.decode(2)[1] == 9.0
     assert c.decode(1) == {1: 4.0, 16: 12.0}
     c.observe(1, _decode_step(1), 3.0)          # TP 1 served: its own ratio (1.5x) rules
     assert c.decode(1) == {1: 3.0, 16: 9.0}
+
+
+def test_an_unserved_merged_size_takes_the_replicas_excess_per_worker():
+    """Replicas served at 2x their probe: TP 2's steps span two workers, 1 + 1 * 2 = 3x."""
+    c = CostProfile()
+    c.seed(1, 0.1, {1: 2.0, 16: 6.0})
+    c.seed(2, 0.06, {1: 3.0, 16: 5.0})
+    c.observe(1, _decode_step(1), 4.0)
+    assert c.decode(2) == {1: 9.0, 16: 15.0}
+
+
+def test_an_unserved_size_prefills_at_the_served_sizes_ratio_not_its_idle_probe():
+    """The low-load flap: TP 2 served its prompts at 2x its probe while TP 1's prefill stayed
+    the idle probe's, so replicas looked the faster prefill until they served, then TP 2."""
+    c = CostProfile()
+    c.seed(1, 0.02, {1: 2.0})
+    c.seed(2, 0.012, {1: 3.0})
+    assert c.prefill_ms(1) == 0.02                  # nothing served: the probes
+    for _ in range(PREFILL_MIN_STEPS):
+        c.observe(2, [("a", 1), ("b", 100)], 3.0 + 100 * 0.024)
+    assert c.prefill_ms(2) == pytest.approx(0.024)
+    assert c.prefill_ms(1) == pytest.approx(0.04)   # 2x, as served beside it
+    snap = {x.tp_size: x.prefill_ms_per_token for x in c.snapshot()}
+    assert snap[1] == pytest.approx(0.04) and snap[1] > snap[2]   # TP 1 prefills slower still
+    for _ in range(PREFILL_MIN_STEPS):              # TP 1 served: its own measurement rules
+        c.observe(1, [("a", 1), ("b", 100)], 2.0 + 100 * 0.03)
+    assert c.prefill_ms(1) == pytest.approx(0.03)
