@@ -141,9 +141,9 @@ def run_bench(scenario: str = "all", quick: bool = False, out: str = ".bench",
         names = (extra or {}).get("scenarios") or ",".join(repeat.DEFAULT)
         n = (extra or {}).get("rounds", 5)
         names_ = names.split(",")
-        if any(x not in repeat.TARGETS for x in names_):
-            print(f"flying bench repeat: unknown scenario in {names!r} (choose from "
-                  f"{', '.join(repeat.TARGETS)})", file=sys.stderr)
+        if any(x not in repeat.TARGETS for x in names_) or n < 1:
+            print(f"flying bench repeat: --scenarios from {', '.join(repeat.TARGETS)} (got "
+                  f"{names!r}), --rounds 1 or more (got {n})", file=sys.stderr)
             return 2
         return repeat.run(out, quick, names_, n, _command(scenario, quick, out)
                           + f" --scenarios {names} --rounds {n}", log=_log)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import repeat
 from bench.cli import check
 from tests.test_bench_recheck import _recs, _write
@@ -80,3 +82,10 @@ def test_the_suite_runs_the_systems_in_the_order_given(tmp_path, monkeypatch):
                         raising=False)
     suite.agent_systems(Bed(), "burst", cold=False, order=repeat.order(2))
     assert ran == ["static-tp", "flying", "static-dp"]
+
+
+@pytest.mark.parametrize("extra", [{"scenarios": "burst,long"}, {"rounds": 0}])
+def test_a_bad_argument_is_refused_before_anything_starts(extra, capsys):
+    from bench.cli import run_bench
+    assert run_bench("repeat", out="/nonexistent/never-written", extra=extra) == 2
+    assert "--rounds 1 or more" in capsys.readouterr().err
