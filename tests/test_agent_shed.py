@@ -39,7 +39,8 @@ def outcome(stream):
 
 def test_urgent_request_sheds_the_least_urgent_queued_one(stub):
     ids = list(range(5, 40))
-    running = stub.Generate(req(ids, 400, 1), timeout=120)   # outlasts the queue checks
+    running = stub.Generate(req(ids, 1500, 1), timeout=120)  # outlasts the queue checks (400
+    # tokens ran out before them on a fast box: 1-2 ms a token)
     next(running)              # started, and more urgent than any below: never preempted
     queued = []
     for prio in (3, 5, 4):                                  # max_running=1: these wait
