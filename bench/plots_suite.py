@@ -2,6 +2,7 @@
 failed ones (and their HTTP status) on the top edge and the testbed's limits marked."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -48,3 +49,34 @@ def long_probes(result: dict, path: str | Path, title: str = "") -> Path:
     fig.savefig(p, dpi=120)
     plt.close(fig)
     return p
+
+
+def repeat_rounds(res: dict, path: str | Path, title: str = "") -> Path:
+    """`flying bench repeat`: every round's target ratio (dots), the median round's (bar) and
+    the target (dashed), one panel per scenario; a ratio on the target's good side is green."""
+    scenarios = list(res["scenarios"].items())
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(3.3 * len(scenarios), 4.2),
+                             squeeze=False)
+    for ax, (name, sc) in zip(axes[0], scenarios):
+        for i, t in enumerate(sc["targets"]):
+            op, bound = t["target"].split()
+            bound = float(bound)
+            vals = [r["ratios"][i] for r in sc["rows"] if r["ratios"][i] is not None]
+            good = [(v <= bound) if op == "<=" else (v >= bound) for v in vals]
+            ax.scatter([i] * len(vals), vals, s=22, zorder=3,
+                       c=["tab:green" if g else "tab:red" for g in good])
+            if t["median"] is not None:
+                ax.hlines(t["median"], i - 0.25, i + 0.25, color="black", linewidth=2)
+            ax.hlines(bound, i - 0.35, i + 0.35, color="0.4", linestyles="dashed")
+        ax.set_xticks(range(len(sc["targets"])))
+        ax.set_xticklabels([textwrap.fill(t["title"], 16) for t in sc["targets"]], fontsize=6.5)
+        ax.set_xlim(-0.6, len(sc["targets"]) - 0.4)
+        ax.set_title(f"{name} ({len(sc['rows'])} rounds)", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("ratio (dots: rounds; bar: median; dashed: target)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

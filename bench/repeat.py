@@ -10,7 +10,7 @@ a warm cache favours one system. Each round is a suite output of its own,
 ``D/<scenario>/round-k/`` (the scenario JSON, per-request records, summary.json /
 summary.md: ``flying bench check --out`` that folder); ``D/repeat.json`` / ``D/repeat.md``
 give every round's target ratios, their spread (min, median, max) and in how many rounds
-each target was met. The verdict is the median round's ratio: one lucky or unlucky round
+each target was met; ``D/repeat.png`` plots them. The verdict is the median round's ratio: one lucky or unlucky round
 settles nothing. ``flying bench check --out D`` recomputes both files from the round
 folders (whose JSON it checks against their records).
 """
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import summary
+from bench import plots_suite, summary
 
 SYSTEMS = ("static-dp", "static-tp", "flying")
 STATICS = SYSTEMS[:2]
@@ -194,6 +194,7 @@ def run(out: str | Path, quick: bool, scenarios: list[str], rounds: int, command
     (out / "repeat.json").write_text(json.dumps(res, indent=2))
     md = markdown(res)
     (out / "repeat.md").write_text(md)
+    plots_suite.repeat_rounds(res, out / "repeat.png", f"flying bench repeat ({out.name})")
     print(md, flush=True)
     bad = [b for (name, _), s in suites.items() for b in problems({name: s.result(name)})]
     for b in bad:

@@ -89,3 +89,10 @@ def test_a_bad_argument_is_refused_before_anything_starts(extra, capsys):
     from bench.cli import run_bench
     assert run_bench("repeat", out="/nonexistent/never-written", extra=extra) == 2
     assert "--rounds 1 or more" in capsys.readouterr().err
+
+
+def test_the_rounds_are_plotted_against_their_targets(tmp_path):
+    from bench import plots_suite
+    res = _rounds(tmp_path, [0.18, 0.22, 0.26])
+    png = plots_suite.repeat_rounds(res, tmp_path / "repeat.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
