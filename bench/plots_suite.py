@@ -54,6 +54,7 @@ def long_probes(result: dict, path: str | Path, title: str = "") -> Path:
 def repeat_rounds(res: dict, path: str | Path, title: str = "") -> Path:
     """`flying bench repeat`: every round's target ratio (dots), the median round's (bar) and
     the target (dashed), one panel per scenario; a ratio on the target's good side is green."""
+    from bench import repeat  # repeat.py writes this figure (it imports this module)
     scenarios = list(res["scenarios"].items())
     fig, axes = plt.subplots(1, len(scenarios), figsize=(3.3 * len(scenarios), 4.2),
                              squeeze=False)
@@ -62,7 +63,7 @@ def repeat_rounds(res: dict, path: str | Path, title: str = "") -> Path:
             op, bound = t["target"].split()
             bound = float(bound)
             vals = [r["ratios"][i] for r in sc["rows"] if r["ratios"][i] is not None]
-            good = [(v <= bound) if op == "<=" else (v >= bound) for v in vals]
+            good = [repeat.met(v, op, bound) for v in vals]
             ax.scatter([i] * len(vals), vals, s=22, zorder=3,
                        c=["tab:green" if g else "tab:red" for g in good])
             if t["median"] is not None:

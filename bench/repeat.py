@@ -22,21 +22,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import plots_suite, summary
+from bench import metrics as mx
+from bench import plots_suite, report, summary
 
 SYSTEMS = ("static-dp", "static-tp", "flying")
-STATICS = SYSTEMS[:2]
+STATICS = report.STATICS
 DEFAULT = ("priority", "low", "burst", "azure")
 
 
 def _metric(res: dict, system: str, key: str, cls: str | None = None) -> float | None:
-    m = (res["systems"].get(system) or {}).get("metrics") or {}
-    m = (m.get("by_class") or {}).get(cls) if cls else m.get("all")
-    return (m or {}).get(key)
+    """One system's figure in a round (a class's: its mean TTFT, the only one a target asks)."""
+    if cls:
+        assert key == "ttft_mean", key
+        return report.class_mean(res, system, cls)
+    return report.all_metrics(res, system).get(key)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else round(a / b, 4)
+    r = mx.ratio(a, b)
+    return None if r is None else round(r, 4)
 
 
 def _vs_best(key: str, lower: bool, cls: str | None = None) -> Callable[[dict], float | None]:
@@ -83,7 +87,8 @@ def order(k: int) -> tuple[str, ...]:
     return SYSTEMS[i:] + SYSTEMS[:i]
 
 
-def _met(v: float | None, op: str, bound: float) -> bool | None:
+def met(v: float | None, op: str, bound: float) -> bool | None:
+    """Whether ratio `v` meets the target `op bound` (None: no ratio)."""
     return None if v is None else (v <= bound if op == "<=" else v >= bound)
 
 
@@ -109,8 +114,8 @@ def gather(out: Path, scenarios: list[str], rounds: int, command: str, quick: bo
             verdicts.append({"target": f"{op} {bound}", "title": title,
                              "min": min(vals, default=None), "median": med,
                              "max": max(vals, default=None),
-                             "rounds_met": sum(bool(_met(v, op, bound)) for v in vals),
-                             "met_at_median": _met(med, op, bound)})
+                             "rounds_met": sum(bool(met(v, op, bound)) for v in vals),
+                             "met_at_median": met(med, op, bound)})
         res["scenarios"][name] = {"rows": rows, "targets": verdicts}
     return res
 

@@ -112,11 +112,11 @@ def restart_impact(records, events) -> dict:
                 for a, _ in wins)])}
 
 
-def _all(res: dict, system: str) -> dict:
+def all_metrics(res: dict, system: str) -> dict:
     return ((res["systems"].get(system) or {}).get("metrics") or {}).get("all") or {}
 
 
-def _class_mean(res: dict, system: str, cls: str):
+def class_mean(res: dict, system: str, cls: str):
     m = ((res["systems"].get(system) or {}).get("metrics") or {}).get("by_class") or {}
     return (m.get(cls) or {}).get("ttft_mean")
 
@@ -129,7 +129,7 @@ def _vs_best(h: dict, res: dict, metric: str, key: str, lower: bool, get=None) -
     ``best_static_<key>`` names it, ``<key>_flying_over_best_static`` is Flying / best
     (lower is better for latencies: <= 1 means Flying is at least as good; for throughput
     >= 1 does)."""
-    get = get or (lambda s: _all(res, s).get(metric))
+    get = get or (lambda s: all_metrics(res, s).get(metric))
     vals = {s: get(s) for s in STATICS if get(s) is not None}
     best = (min if lower else max)(vals, key=vals.get, default=None)
     h[f"best_static_{key}"] = best
@@ -139,7 +139,7 @@ def _vs_best(h: dict, res: dict, metric: str, key: str, lower: bool, get=None) -
 def headline(scenario: str, res: dict) -> dict:
     """The ratios the paper reports, measured in this run (None where a side is missing)."""
     ran = [s for s in ORDER if (res["systems"].get(s) or {}).get("metrics")]
-    h: dict = {"failed": {s: _all(res, s).get("failed") for s in ran},
+    h: dict = {"failed": {s: all_metrics(res, s).get("failed") for s in ran},
                "switches": {s: res["systems"][s]["switches"]["count"] for s in ran},
                "switch_time_s": {s: res["systems"][s]["switches"]["time_s"] for s in ran}}
     cold = (res["systems"].get("cold-restart") or {}).get("restart_impact")
@@ -148,23 +148,23 @@ def headline(scenario: str, res: dict) -> dict:
     if scenario == "burst":
         _vs_best(h, res, "ttft_p90", "p90_ttft", lower=True)
         _vs_best(h, res, "output_tok_s", "tok_s", lower=False)
-        h["tok_s_flying_over_static_dp"] = mx.ratio(_all(res, "flying").get("output_tok_s"),
-                                                    _all(res, "static-dp").get("output_tok_s"))
-        h["p90_ttft_static_tp_over_flying"] = mx.ratio(_all(res, "static-tp").get("ttft_p90"),
-                                                       _all(res, "flying").get("ttft_p90"))
+        h["tok_s_flying_over_static_dp"] = mx.ratio(all_metrics(res, "flying").get("output_tok_s"),
+                                                    all_metrics(res, "static-dp").get("output_tok_s"))
+        h["p90_ttft_static_tp_over_flying"] = mx.ratio(all_metrics(res, "static-tp").get("ttft_p90"),
+                                                       all_metrics(res, "flying").get("ttft_p90"))
     elif scenario == "low":
         _vs_best(h, res, "ttft_mean", "mean_ttft", lower=True)
         h["best_static"] = h.get("best_static_mean_ttft")
     elif scenario == "priority":
-        h["mean_ttft_urgent_s"] = {s: _class_mean(res, s, "urgent") for s in ran}
-        h["mean_ttft_all_s"] = {s: _all(res, s).get("ttft_mean") for s in ran}
+        h["mean_ttft_urgent_s"] = {s: class_mean(res, s, "urgent") for s in ran}
+        h["mean_ttft_all_s"] = {s: all_metrics(res, s).get("ttft_mean") for s in ran}
         _vs_best(h, res, "ttft_mean", "mean_ttft_all", lower=True)
         _vs_best(h, res, "ttft_mean", "mean_ttft_urgent", lower=True,
-                 get=lambda s: _class_mean(res, s, "urgent"))
+                 get=lambda s: class_mean(res, s, "urgent"))
         h["mean_ttft_all_static_tp_over_flying"] = mx.ratio(
-            _all(res, "static-tp").get("ttft_mean"), _all(res, "flying").get("ttft_mean"))
+            all_metrics(res, "static-tp").get("ttft_mean"), all_metrics(res, "flying").get("ttft_mean"))
         h["mean_ttft_urgent_static_tp_over_flying"] = mx.ratio(
-            _class_mean(res, "static-tp", "urgent"), _class_mean(res, "flying", "urgent"))
+            class_mean(res, "static-tp", "urgent"), class_mean(res, "flying", "urgent"))
     elif scenario == "azure":
         _vs_best(h, res, "ttft_p90", "trace_p90_ttft", lower=True)
         _vs_best(h, res, "goodput_req_s", "goodput", lower=False)
