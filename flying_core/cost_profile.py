@@ -1,14 +1,15 @@
 """The measured cost of each TP size: probed at warm-up, refined online from decode steps.
 
 Prefill ms per token comes from the start-up probe (the slope between a prefill of
-`PROBE_PREFILL_TOKENS` and one of twice as many: the marginal cost, as served steps measure
-it), then, once `PREFILL_MIN_STEPS` served steps carried at least `PREFILL_MIN_TOKENS` prompt
-tokens, from the last `PREFILL_WINDOW` of them: what they took beyond their decodes' step,
-summed, over their prompt tokens summed. A ratio of sums, not a moving average of each step's
-ratio: one step of 40 prompt tokens delayed 4 ms by a neighbour on the shared cores reads as
-+0.1 ms a token, and an EWMA of such ratios swung 0.07-0.18 ms a token for TP 1 between the
-suite's scenarios (the policy then read TP 2's prefill as 1.8x TP 1's, and split at idle);
-summed, a long prompt weighs what it cost and one step's delay is spread over the window.
+`PROBE_PREFILL_TOKENS` and one of four times as many, the best of three each: the marginal
+cost, as served steps measure it), then, once `PREFILL_MIN_STEPS` served steps carried at least
+`PREFILL_MIN_TOKENS` prompt tokens, from the last `PREFILL_WINDOW` of them: what they took
+beyond their decodes' step, summed, over their prompt tokens summed. A ratio of sums, not a
+moving average of each step's ratio: one step of 40 prompt tokens delayed 4 ms by a neighbour
+on the shared cores reads as +0.1 ms a token, and an EWMA of such ratios swung 0.07-0.18 ms a
+token for TP 1 between the suite's scenarios (the policy then read TP 2's prefill as 1.8x TP
+1's, and split at idle); summed, a long prompt weighs what it cost and one step's delay is
+spread over the window.
 Decode ms by batch from the probe, then an EWMA of the pure-decode steps the instances run.
 Lookups go through `types.decode_at`, the same interpolation the router's policy applies to
 the snapshot it receives.

@@ -228,21 +228,23 @@ class Worker:
     def probe(self, cmd: ProbeCmd) -> Probed:
         """Prefill ms/token and decode ms by batch for this TP size (collective per instance)."""
         s, bs, n = cmd.size, self.cfg.group.block_size, cmd.prefill_tokens
-        blocks_needed = -(-2 * n // bs) + 1
+        blocks_needed = -(-4 * n // bs) + 1
         table = tuple(b * s for b in range(blocks_needed))
 
         def prefill_ms(tokens: int) -> float:
             best = float("inf")
-            for k in range(2):
+            for k in range(3):
                 t = time.perf_counter()
                 self.runners[s].step((SeqChunk(f"probe{tokens}-{k}", tuple(range(3, 3 + tokens)),
                                                0, table, SampleParams()),))
                 best = min(best, (time.perf_counter() - t) * 1e3)
             return best
         # the marginal cost of a prompt token (a step's own cost is the decode table's), as
-        # the agent measures it on served steps: the slope between n and 2n tokens
-        short, long = prefill_ms(n), prefill_ms(2 * n)
-        per_token = (long - short) / n if long > short else short / n
+        # the agent measures it on served steps: the slope between n and 4n tokens (between n
+        # and 2n, ~0.5 ms apart on this box, one start read TP 2 at 0.0044 ms a token and
+        # another at 0.0119; the unserved size's prefill is scaled by it, cost_profile)
+        short, long = prefill_ms(n), prefill_ms(4 * n)
+        per_token = (long - short) / (3 * n) if long > short else short / n
         decode = {}
         for batch in cmd.decode_batches:
             seqs = tuple(SeqChunk(f"p{i}", (5,), cmd.prefill_tokens, table, SampleParams())
