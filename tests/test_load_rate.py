@@ -69,13 +69,22 @@ def test_an_overload_starting_at_full_rate_is_split_by_the_trend_alone_within_a_
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_an_overload_is_split_within_a_few_arrivals(seed):
-    """With the router's arrival-by-arrival test (`ArrivalOnset`) and its kick, the same
-    overload is split after a handful of arrivals, not at the second tick that shows it:
-    on this box the quarter to half second served merged before the split was what Flying
-    lost to static DP in the quick burst and the mixed-priority scenario."""
-    out, notes = _run(_poisson(64.0, 10.0, 20.0, seed), 14.0)
+    """With the router's arrival-by-arrival test (`ArrivalOnset`) and its kick, an overload
+    is split after a handful of arrivals, not at the second tick that shows it: on this box
+    the quarter to half second served merged before the split was what Flying lost to static
+    DP in the quick burst and the mixed-priority scenario. At 100 req/s (1.7x TP 2's 59)
+    within 0.2 s. At 64 (1.08x) within 0.5 s: the rate read from the alarm's 6 arrivals can
+    be 0.6x the true one (seed 5: 39 req/s), which TP 2 serves with the earlier first token
+    (its 16 batch slots seldom all taken, `views.first_token_ms`); the policy re-reads it at
+    12 and 24 arrivals (M/M/1 at TP's whole capacity split on the low reading, 0.25 s at
+    most over 20 seeds, and split the Azure trace's crunches for nothing)."""
+    out, notes = _run(_poisson(100.0, 10.0, 20.0, seed), 14.0)
     assert out and out[0][1].layout == (1, 1)
     assert out[0][0] - 10.0 <= 0.2
+    assert any("since it jumped" in n for _, n in notes)
+    out, notes = _run(_poisson(64.0, 10.0, 20.0, seed), 14.0)
+    assert out and out[0][1].layout == (1, 1)
+    assert out[0][0] - 10.0 <= 0.5
     assert any("since it jumped" in n for _, n in notes)
 
 
@@ -102,12 +111,18 @@ def test_the_onset_test_measures_the_rate_since_the_jump():
         assert 15.0 <= alarm[1] <= 120.0
     # a sustained overload is one onset, reported for a second (not for as long as it lasts:
     # "burst onset" again whenever the regime left BURST), and then the new base rate
-    load, alarms, seen = NodeLoad(), [], {}
+    # (the policy is woken again at 12, 24 and 48 arrivals while it is reported, to re-read
+    # the rate; those are wakes of the same onset, not new ones)
+    load, alarms, wakes, seen = NodeLoad(), set(), [], {}
     for t in _poisson(40.0, 10.0, 20.0, 1):
         if load.arrived(t, 16, 2):
-            alarms.append(t)
+            wakes.append((t, load.onset.count))
+            alarms.add(load.onset.alarm_at)
         seen.setdefault(round(t, 1), load.signals(t).onset_rate)
-    assert len(alarms) == 1 and seen[round(alarms[0] + 0.5, 1)] > 0
+    [alarm] = alarms
+    assert seen[round(alarm + 0.5, 1)] > 0
+    assert [n for _, n in wakes] == [6, 12, 24, 48][:len(wakes)] and len(wakes) >= 3
+    assert all(t - alarm <= load.onset.hold_s for t, _ in wakes)
     assert seen[12.0] == 0 and load.signals(20.5).onset_rate == 0
     # steady loads: none at low load; at 4-16 req/s a false alarm every few minutes (the
     # 2 s count reads the base low now and then), each one a queueing check at the rate seen
@@ -115,8 +130,11 @@ def test_the_onset_test_measures_the_rate_since_the_jump():
     false = {}
     for rate in (1.0, 4.0, 8.0, 16.0):
         load = NodeLoad()
-        false[rate] = sum(load.arrived(t, 16, 2) and t > 10.0
-                          for t in _poisson(rate, 0.0, 600.0, int(rate)))
+        onsets = set()
+        for t in _poisson(rate, 0.0, 600.0, int(rate)):
+            if load.arrived(t, 16, 2) and t > 10.0:
+                onsets.add(load.onset.alarm_at)
+        false[rate] = len(onsets)
     assert false[1.0] == 0 and sum(false.values()) <= 6, false
 
 

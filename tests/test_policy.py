@@ -11,6 +11,7 @@ from router.views import (
     NodeView,
     aligned_layouts,
     capacity_rps,
+    erlang_c,
     first_token_ms,
     merge_for,
     score_layout,
@@ -565,14 +566,29 @@ def test_capacity_is_prefill_plus_output_at_the_largest_batch_its_kv_holds():
     assert capacity_rps((4,), costs, 700, 112) is None
 
 
+def test_erlang_c():
+    assert erlang_c(1, 0.3) == pytest.approx(0.3)                   # M/M/1: P(wait) = rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)                 # the textbook case
+    assert erlang_c(16, 8.0) < 0.02 < erlang_c(16, 14.0) < erlang_c(16, 15.5) < 1.0
+    assert erlang_c(4, 4.0) == erlang_c(4, 5.0) == 1.0              # at or past capacity
+    assert 0.0 < erlang_c(200, 190.0) < 1.0                         # no overflow at large c
+
+
 def test_first_token_with_queueing():
     costs = {c.tp_size: c for c in BOX}
     idle = first_token_ms((2,), costs, 0.0, 700, 112)
     assert idle == pytest.approx(700 * 0.075 + 4.2)                # prefill + a step, no queue
     cap = capacity_rps((2,), costs, 700, 112)
     half = first_token_ms((2,), costs, cap / 2, 700, 112)
-    assert half == pytest.approx(idle + 1000 / cap)                 # rho 1/2: one service time
+    # 16 batch slots at rho 1/2: an arrival seldom finds them all taken (M/M/16)
+    assert half == pytest.approx(idle + 1000 * erlang_c(16, 8.0) / (cap / 2))
+    assert half < idle + 0.05 * 1000 / cap          # M/M/1 at the whole capacity: + 1000/cap
     assert first_token_ms((2,), costs, cap, 700, 112) == math.inf
+    # a KV that holds 2 such requests (1,024 tokens a worker): 2 slots, waits are longer
+    cap2 = capacity_rps((2,), costs, 700, 112, 0, BLOCKS * BS)
+    kv = first_token_ms((2,), costs, cap2 / 2, 700, 112, 0, BLOCKS * BS)
+    assert kv == pytest.approx(idle + 1000 * erlang_c(2, 1.0) / (cap2 / 2))
+    assert kv - idle > (half - idle) * cap / cap2
     # at no load the merged instance's faster prefill wins (one server twice as fast queues
     # less than two, too); near its capacity, the replicas' larger capacity wins
     assert idle < first_token_ms((1, 1), costs, 0.0, 700, 112)
