@@ -245,15 +245,16 @@ def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rat
     rho = rate / total if total > 0 else math.inf
     if rho >= 1.0:
         return math.inf
-    out = 0.0
+    out, by_size = 0.0, {}           # instances of one size: the same mu, batch and wait
     for s, mu in zip(layout, mus):
         if mu <= 0:
             continue
-        b = instance_batch(costs[s], s, prompt_tokens, output_tokens, max_batch,
-                           kv_tokens_per_worker)
-        wait = 1000.0 * erlang_c(b, rho * b) / (mu * (1.0 - rho))
-        out += mu / total * (prompt_tokens * costs[s].prefill_ms_per_token
-                             + costs[s].step_ms(1) + wait)
+        if s not in by_size:
+            b = instance_batch(costs[s], s, prompt_tokens, output_tokens, max_batch,
+                               kv_tokens_per_worker)
+            by_size[s] = (prompt_tokens * costs[s].prefill_ms_per_token + costs[s].step_ms(1)
+                          + 1000.0 * erlang_c(b, rho * b) / (mu * (1.0 - rho)))
+        out += mu / total * by_size[s]
     return out
 
 
