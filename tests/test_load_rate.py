@@ -54,23 +54,38 @@ def _poisson(rate, start, end, seed):
     return out
 
 
-def test_an_overload_starting_at_full_rate_is_split_within_half_a_second():
-    """Poisson 64 req/s from t = 10 on a merged node (the mixed-priority scenario's shape).
-    The trend takes `trend_ticks` evaluations in a row: every 0.5 s, the split came 1.0 s in
-    (and ~1.2 s on the box, with the switch); every 0.25 s, 0.5 s in."""
-    out, _ = _run(_poisson(64.0, 10.0, 20.0, 3), 14.0, onset=False)
-    assert out and out[0][1].layout == (1, 1) and out[0][0] - 10.0 <= 0.5
+def test_an_overload_starting_at_full_rate_is_split_by_the_trend_alone_at_the_measured_rate():
+    """Poisson 64 req/s from t = 10 on a merged node (the mixed-priority scenario's shape),
+    the trend alone: the onset is declared within `trend_ticks` evaluations, but the split
+    waits until the 2-s count itself reads a rate TP 2 (59 req/s) cannot serve with the
+    earlier first token, ~2 s in. It came 0.5 s in while the projected rate was scored as
+    load, which also split the Azure trace's crunches for nothing (`router.policy` rule 4):
+    a jump is the arrival-by-arrival test's to catch (next test: within 0.2-0.5 s)."""
+    out, notes = _run(_poisson(64.0, 10.0, 20.0, 3), 14.0, onset=False)
+    assert any("burst onset" in n and t - 10.0 <= 0.75 for t, n in notes)
+    assert out and out[0][1].layout == (1, 1) and out[0][0] - 10.0 <= 2.5
+    rate = float(out[0][1].reason.split("queueing: ")[1].split(" req/s")[0])
+    assert rate <= 64.0 * 1.25                               # the measured count, not a forecast
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_an_overload_is_split_within_a_few_arrivals(seed):
-    """With the router's arrival-by-arrival test (`ArrivalOnset`) and its kick, the same
-    overload is split after a handful of arrivals, not at the second tick that shows it:
-    on this box the quarter to half second served merged before the split was what Flying
-    lost to static DP in the quick burst and the mixed-priority scenario."""
-    out, notes = _run(_poisson(64.0, 10.0, 20.0, seed), 14.0)
+    """With the router's arrival-by-arrival test (`ArrivalOnset`) and its kick, an overload
+    is split after a handful of arrivals, not at the second tick that shows it: on this box
+    the quarter to half second served merged before the split was what Flying lost to static
+    DP in the quick burst and the mixed-priority scenario. At 100 req/s (1.7x TP 2's 59)
+    within 0.2 s. At 64 (1.08x) within 0.5 s: the rate read from the alarm's 6 arrivals can
+    be 0.6x the true one (seed 5: 39 req/s), which TP 2 serves with the earlier first token
+    (its 16 batch slots seldom all taken, `views.first_token_ms`); the policy re-reads it at
+    12 and 24 arrivals (M/M/1 at TP's whole capacity split on the low reading, 0.25 s at
+    most over 20 seeds, and split the Azure trace's crunches for nothing)."""
+    out, notes = _run(_poisson(100.0, 10.0, 20.0, seed), 14.0)
     assert out and out[0][1].layout == (1, 1)
     assert out[0][0] - 10.0 <= 0.2
+    assert any("since it jumped" in n for _, n in notes)
+    out, notes = _run(_poisson(64.0, 10.0, 20.0, seed), 14.0)
+    assert out and out[0][1].layout == (1, 1)
+    assert out[0][0] - 10.0 <= 0.5
     assert any("since it jumped" in n for _, n in notes)
 
 

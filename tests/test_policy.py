@@ -11,6 +11,7 @@ from router.views import (
     NodeView,
     aligned_layouts,
     capacity_rps,
+    erlang_c,
     first_token_ms,
     merge_for,
     score_layout,
@@ -359,11 +360,10 @@ def test_burst_onset_splits_on_the_rising_rate_within_three_ticks():
     assert drive(slow, (2,), timeline, costs=GPU)[0] == []
 
 
-def test_an_onset_with_nothing_waiting_splits_only_when_the_projected_rate_needs_it():
+def test_an_onset_with_nothing_waiting_splits_only_when_the_measured_rate_needs_it():
     """The quick burst: the rate rises, nothing waits yet. The onset is scored as NORMAL load
-    at the rate projected ahead: TP 2 serves ~60 req/s of these short requests with the
-    earlier first token, so a rise to 8 req/s (~20 projected) keeps it; to 64 it does not
-    (HARD)."""
+    at the measured rate: TP 2 serves ~60 req/s of these short requests with the earlier
+    first token, so a rise to 8 req/s keeps it; to 64 it does not (HARD)."""
     def rise(top):
         rates = [1.0] * 10 + [top / 8, top / 4, top / 2, top, top, top]
         return [(k * 0.5, 0, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
@@ -375,6 +375,31 @@ def test_an_onset_with_nothing_waiting_splits_only_when_the_projected_rate_needs
     assert layout == (1, 1) and len(decisions) == 1
     t, d = decisions[0]
     assert d.kind == "queueing" and d.mode == PreemptMode.HARD and t <= 5.0 + 3 * 0.5
+
+
+def test_a_crunch_projected_near_capacity_is_an_onset_but_no_split():
+    """The Azure trace's crunch: a 2-s count of 4 req/s climbs to 8 in a second (+4/s), then
+    falls back. It is a trend onset (BURST, projected 16 req/s), but the split is
+    scored at the measured rate, where the merged instance's faster prefill still gives the
+    earlier first token; scored at the projection (near TP 2's capacity), replicas won: the
+    split static TP never needed (repeat-b: 1.27-1.54x its P90 TTFT, 5 of 5 rounds)."""
+    fast = tuple(LayoutCost(c.tp_size, c.prefill_ms_per_token / 5,
+                            {b: ms / 5 for b, ms in c.decode_ms.items()}) for c in BOX)
+    costs, kv = {c.tp_size: c for c in fast}, BLOCKS * BS
+    rates = [4.0] * 10 + [6.0, 8.0, 8.0, 7.0, 6.0, 5.0, 4.0, 4.0, 4.0, 4.0]
+    timeline = [(k * 0.5, 0, 3, LoadSignals(arrival_rate=r, **LONG))
+                for k, r in enumerate(rates)]
+    p = Policy()
+    seen = []
+    for t, w, r, sig in timeline:
+        assert p.evaluate([NodeView("n0", status((2,), w, r, costs=fast))], {"n0": sig}, t) == []
+        seen.append(p._nodes["n0"].onset)
+    assert any(seen)                                                # an onset it was
+
+    def split_wins(rate):
+        return first_token_ms((1, 1), costs, rate, 700, 112, 0, kv) <= 0.9 * first_token_ms(
+            (2,), costs, rate, 700, 112, 0, kv)
+    assert split_wins(8.0 + 4.0 * PolicyConfig().trend_horizon_s) and not split_wins(8.0)
 
 
 def test_a_short_rate_wobble_is_no_onset():
@@ -541,14 +566,29 @@ def test_capacity_is_prefill_plus_output_at_the_largest_batch_its_kv_holds():
     assert capacity_rps((4,), costs, 700, 112) is None
 
 
+def test_erlang_c():
+    assert erlang_c(1, 0.3) == pytest.approx(0.3)                   # M/M/1: P(wait) = rho
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)                 # the textbook case
+    assert erlang_c(16, 8.0) < 0.02 < erlang_c(16, 14.0) < erlang_c(16, 15.5) < 1.0
+    assert erlang_c(4, 4.0) == erlang_c(4, 5.0) == 1.0              # at or past capacity
+    assert 0.0 < erlang_c(200, 190.0) < 1.0                         # no overflow at large c
+
+
 def test_first_token_with_queueing():
     costs = {c.tp_size: c for c in BOX}
     idle = first_token_ms((2,), costs, 0.0, 700, 112)
     assert idle == pytest.approx(700 * 0.075 + 4.2)                # prefill + a step, no queue
     cap = capacity_rps((2,), costs, 700, 112)
     half = first_token_ms((2,), costs, cap / 2, 700, 112)
-    assert half == pytest.approx(idle + 1000 / cap)                 # rho 1/2: one service time
+    # 16 batch slots at rho 1/2: an arrival seldom finds them all taken (M/M/16)
+    assert half == pytest.approx(idle + 1000 * erlang_c(16, 8.0) / (cap / 2))
+    assert half < idle + 0.05 * 1000 / cap          # M/M/1 at the whole capacity: + 1000/cap
     assert first_token_ms((2,), costs, cap, 700, 112) == math.inf
+    # a KV that holds 2 such requests (1,024 tokens a worker): 2 slots, waits are longer
+    cap2 = capacity_rps((2,), costs, 700, 112, 0, BLOCKS * BS)
+    kv = first_token_ms((2,), costs, cap2 / 2, 700, 112, 0, BLOCKS * BS)
+    assert kv == pytest.approx(idle + 1000 * erlang_c(2, 1.0) / (cap2 / 2))
+    assert kv - idle > (half - idle) * cap / cap2
     # at no load the merged instance's faster prefill wins (one server twice as fast queues
     # less than two, too); near its capacity, the replicas' larger capacity wins
     assert idle < first_token_ms((1, 1), costs, 0.0, 700, 112)
