@@ -52,9 +52,9 @@ decided while a node is switching, warming, draining or restarting):
      declares the onset but is never scored as load: a 2-s count's slope over 1 s, projected
      2 s ahead, is +-6 req/s of noise at 10 req/s, and the Azure trace's crunches (counts of
      8-10.5 req/s) projected to 15.5-18.4, at or past TP's capacity as measured under that
-     load; Flying split to replicas that static TP never needed, P90 TTFT 1.27-1.57x static
-     TP's in 7 of 8 rounds. A jump is the arrival-by-arrival test's to catch (its rate since
-     the jump is measured);
+     load; Flying split to replicas that static TP never needed, P90 TTFT 1.27-1.54x static
+     TP's in 5 of 5 rounds (`bench/results/cpu-2core-repeat-b`). A jump is the
+     arrival-by-arrival test's to catch (its rate since the jump is measured);
    - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
      beats the current one by `throughput_gain`, among layouts with at least as many
      instances as the current one: a burst only ever splits (its queue is served by more

@@ -232,11 +232,11 @@ def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rat
     `erlang_c(B, rho * B) / (mu - lambda)`; weighted by each instance's share of the requests.
     M/M/1 at the instance's whole capacity, as before, queued each arrival behind whole
     requests: at the Azure trace's crunch (9 req/s, TP 2's capacity 18) it read TP's wait at
-    52 ms against the replicas' 31 and split, while static TP served the crunch with the lower
-    P90 TTFT (41-52 ms against 78-79) in 3 of 3 rounds. At no load it is the low-load score (a
-    merged CPU instance prefills faster); near the merged instance's capacity its slots' wait
-    costs more than its prefill saves. inf at or past capacity; None when a size of the layout
-    has no measured profile."""
+    52 ms against the replicas' 31 and split, while static TP serves the trace with the lower
+    P90 TTFT (39-63 ms against 66-91 over 15 rounds, `bench/results/cpu-2core-repeat-b`, -c,
+    -d). At no load it is the low-load score (a merged CPU instance prefills faster); near the
+    merged instance's capacity its slots' wait costs more than its prefill saves. inf at or
+    past capacity; None when a size of the layout has no measured profile."""
     mus = instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch,
                        kv_tokens_per_worker)
     if mus is None:
