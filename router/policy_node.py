@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 from flying_core.types import GroupStatus
-from router.policy_signals import History, Smoother
+from router.policy_signals import History, PeakRate, Smoother
 from router.policy_types import LoadSignals, PolicyConfig, Regime
 
 
@@ -24,6 +24,7 @@ class NodeState:
     target_at: float = -math.inf
     smoother: Smoother | None = None
     history: History | None = None
+    peak: PeakRate | None = None            # the highest arrival rate of merge_lookback_s
     costs: tuple = ()                       # the smoothed profile
     onset: bool = False                     # the last regime change was a trend onset
     growing: bool = False                   # the backlog grew over grow_window_s
@@ -43,6 +44,7 @@ def track_regime(st: NodeState, s: GroupStatus, sig: LoadSignals, now: float,
     load = (waiting + sum(i.running for i in s.instances)
             + sig.arrival_rate * c.rate_horizon_s) / n
     st.history.add(now, sig.arrival_rate, waiting)
+    st.peak.add(now, max(sig.arrival_rate, sig.onset_rate))
     st.growing = st.history.backlog_growth(c.grow_window_s) >= c.grow_min * n
     slope = st.history.rate_slope(c.trend_window_s)
     rising = (slope >= c.trend_enter * n and

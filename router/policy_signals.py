@@ -106,6 +106,24 @@ class History:
 
 
 @dataclass
+class PeakRate:
+    """The highest arrival rate seen over the last `keep_s` (a sliding-window maximum: a deque
+    of rates each higher than every later one, O(1) amortized an observation)."""
+    keep_s: float
+    samples: deque = field(default_factory=deque)     # (t, rate), rates decreasing
+
+    def add(self, t: float, rate: float) -> None:
+        while self.samples and self.samples[-1][1] <= rate:
+            self.samples.pop()
+        self.samples.append((t, rate))
+        while t - self.samples[0][0] > self.keep_s:
+            self.samples.popleft()
+
+    def peak(self) -> float:
+        return self.samples[0][1] if self.samples else 0.0
+
+
+@dataclass
 class ArrivalOnset:
     """Page's CUSUM test on a node's arrivals (Poisson): has the rate jumped from `base` to at
     least `alt`? Each arrival adds the log likelihood ratio of the two rates over the gap since

@@ -56,6 +56,8 @@ class PolicyConfig:
     rate_horizon_s: float = 0.5     # arrivals expected within this horizon count as load
     throughput_gain: float = 0.10   # a split must add this fraction of tokens/s
     latency_gain: float = 0.10      # a merge must cut this fraction of the step time
+    merge_headroom: float = 2.0     # a NORMAL merge: capacity >= this x the arrival rate
+    merge_lookback_s: float = 30.0  # ... and >= the peak arrival rate of this long
     hard_wait_s: float = 0.5        # urgent requests waiting this long: HARD preempt
     max_batch: int = 0              # batch cap when scoring (0: largest profiled batch)
     switch_timeout_s: float = 30.0  # a decided layout not seen by then: decide afresh
@@ -82,6 +84,8 @@ class PolicyConfig:
             raise ValueError("need low_enter < burst_enter")
         if not (0 <= self.throughput_gain < 1 and 0 <= self.latency_gain < 1):
             raise ValueError("gains must be in [0, 1)")
+        if self.merge_headroom < 1:
+            raise ValueError("need merge_headroom >= 1")
         if min(self.min_dwell_s, self.memory_dwell_s, self.memory_hold_s,
                self.latency_dwell_s, self.onset_dwell_s, self.urgent_hold_s) < 0:
             raise ValueError("times must be >= 0")

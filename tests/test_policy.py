@@ -335,9 +335,13 @@ def test_scripted_day_on_gpu():
                                 ((60, 90), low)]:
         timeline += steady(t0, t1, w, r, s)
     decisions, layout = drive(Policy(), (1, 1), timeline)
-    assert [(d.kind, d.layout) for _, d in decisions] == [
-        ("latency", (2,)), ("throughput", (1, 1)), ("latency", (2,))]
-    assert [t for t, _ in decisions] == [1.0, 11.0, 61.0]
+    # after the burst, a NORMAL load with nothing waiting, where the merged instance (TP
+    # steps faster here) gives the earlier first token: merged back HARD once the regime
+    # is confirmed (31 s), not only when LOW comes (61 s); the low load then keeps it
+    assert [(d.kind, d.layout, d.mode) for _, d in decisions] == [
+        ("latency", (2,), PreemptMode.SOFT), ("throughput", (1, 1), PreemptMode.HARD),
+        ("queueing", (2,), PreemptMode.HARD)]
+    assert [t for t, _ in decisions] == [1.0, 11.0, 31.0] and layout == (2,)
 
 
 # ---------------------------------------------------------------- trend, growth, noise, urgent
@@ -632,3 +636,27 @@ def test_low_load_merges_only_where_queueing_does_not_undo_it():
     busier = [(t, w, r, LoadSignals(arrival_rate=2.4, **LONG)) for t, w, r, _ in quiet]
     assert drive(Policy(PolicyConfig(low_enter=1.5, low_exit=3.0)), (1, 1), busier,
                  costs=BOX)[0] == []
+
+
+def test_normal_load_merges_back_when_the_merged_first_token_wins_with_room():
+    """After a crunch the replicas serve a NORMAL load the merged instance serves with the
+    earlier first token (with queueing): merge, HARD, once, and stay. Not when the rate uses
+    more than half the merged capacity (1.8 req/s of TP's 3.26, though its first token would
+    win 0.82x), nor where it does not win by `latency_gain` (2.0 req/s: 0.93x), nor in a lull
+    within 30 s (`merge_lookback_s`) of a peak the merged instance could not serve."""
+    def run(rate, cfg=PolicyConfig()):
+        timeline = steady(0.0, 30.0, 0, 4, LoadSignals(arrival_rate=rate, **LONG))
+        return drive(Policy(cfg), (1, 1), timeline, costs=BOX)
+    decisions, layout = run(1.5)
+    assert layout == (2,)
+    [(t, d)] = decisions
+    assert d.kind == "queueing" and d.mode == PreemptMode.HARD and "merged [2]" in d.reason
+    assert run(1.8)[0] == [] and run(2.0)[0] == []
+    assert run(1.8, PolicyConfig(merge_headroom=1.0))[1] == (2,)
+    lull = steady(0.0, 5.0, 0, 4, LoadSignals(arrival_rate=4.0, **LONG)) + steady(
+        5.0, 60.0, 0, 4, LoadSignals(arrival_rate=1.5, **LONG))
+    [(t, d)] = drive(Policy(), (1, 1), lull, costs=BOX)[0]
+    assert d.kind == "queueing" and d.layout == (2,) and 4.5 + 30.0 < t <= 4.5 + 30.0 + 0.5
+    # a burst never merges: the same load with a backlog (BURST) stays on replicas
+    backlog = steady(0.0, 30.0, 6, 4, LoadSignals(arrival_rate=1.5, **LONG))
+    assert drive(Policy(), (1, 1), backlog, costs=BOX)[0] == []

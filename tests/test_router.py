@@ -114,13 +114,13 @@ def test_openai_chat_streaming_and_not(cluster):
 
 def kv_in_use(cluster) -> int:
     """KV blocks the agents hold, asked of each agent itself (the router's view of them is a
-    cached poll, and a busy node's answer may miss its short status deadline)."""
-    used = 0
-    for address in cluster["agents"]:
-        with grpc.insecure_channel(address) as ch:
-            st = pb_grpc.AgentStub(ch).GetStatus(pb.GetStatusRequest(), timeout=10)
-        used += sum(i.kv_blocks_used for i in st.instances)
-    return used
+    cached poll, and a busy node's answer may miss its short status deadline). The channels
+    are kept: a new channel's connect costs tens of ms on a busy 2-core box, as long as part
+    of a short stream, and the poll must see the stream running."""
+    stubs = cluster.setdefault("agent_stubs", [
+        pb_grpc.AgentStub(grpc.insecure_channel(a)) for a in cluster["agents"]])
+    return sum(i.kv_blocks_used for stub in stubs
+               for i in stub.GetStatus(pb.GetStatusRequest(), timeout=10).instances)
 
 
 def test_client_disconnect_mid_stream_aborts_on_the_agent(cluster):
