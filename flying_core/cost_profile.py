@@ -41,6 +41,11 @@ probe again: its last served steps may have been measured under contention (the 
 frozen and thawed agent read 4x slower than its peer, 0.27 vs 0.068 ms a prompt token), and
 placement, which reads them, would send such a node nothing until the faster-looking one was
 loaded. The first served steps after that rescale the probe again (the median ratio above).
+So does one size that served no step for `SIZE_FORGET_S` while another served: it speaks as
+an unserved size again (its probe at the served sizes' ratio). Kept, the replicas' steps
+served under a static-DP overload read their capacity below the merged instance's (38.4 vs
+44.9 req/s) 24 s later, after the merged instance had served a lighter load, and the
+priority scenario's overload was never split (`bench/results/cpu-2core-repeat-c`, round 1).
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ PREFILL_MIN_STEPS = 8           # served prefill steps before they replace the p
 PREFILL_WINDOW = 64             # the served prefill steps the estimate sums over
 SNAPSHOT_EVERY_S = 0.2          # the merged decode table is remade at most this often
 IDLE_FORGET_S = 10.0            # no served step this long: back to the probe (module doc)
+SIZE_FORGET_S = 20.0            # a size that served nothing this long, while another did
 
 
 def _rising(ms: list[float]) -> list[float]:
@@ -79,6 +85,7 @@ class CostProfile:
         self.prefill: dict[int, float] = {}             # size -> ms per prompt token
         self._probed_prefill: dict[int, float] = {}     # size -> the probe's slope
         self._served_at: float | None = None            # monotonic time of the last step
+        self._size_served_at: dict[int, float] = {}     # size -> time of its last step
         self._prefill_steps: dict[int, deque[tuple[float, int]]] = {}  # (excess ms, tokens)
         self.probed: dict[int, dict[int, float]] = {}   # size -> batch -> ms, start-up probe
         self.served: dict[int, dict[int, float]] = {}   # size -> batch -> ms, EWMA of steps run
@@ -102,6 +109,7 @@ class CostProfile:
         if not batch:
             return
         self._served_at = time.monotonic() if now is None else now
+        self._size_served_at[size] = self._served_at
         prompt = sum(n for _, n in batch if n > 1)
         if prompt:
             if prompt >= PREFILL_MIN_TOKENS and size in self.prefill:
@@ -162,15 +170,30 @@ class CostProfile:
         now = time.monotonic() if now is None else now
         if self._served_at is not None and now - self._served_at >= IDLE_FORGET_S:
             self.forget_served()
+        for size, at in list(self._size_served_at.items()):
+            if now - at >= SIZE_FORGET_S:
+                self._forget_size(size)
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
             self._snapshot_at = now
             self._snapshot = tuple(LayoutCost(s, self.prefill_ms(s), self.decode(s))
                                    for s in sorted(self.probed.keys() | self.served.keys()))
         return self._snapshot
 
+    def _forget_size(self, size: int) -> None:
+        """`size`'s served steps forgotten: it is scaled like an unserved size (module doc)."""
+        del self._size_served_at[size]
+        self.served.pop(size, None)
+        if size in self._probed_prefill:
+            self.prefill[size] = self._probed_prefill[size]
+            self._prefill_steps[size].clear()
+        self._table.pop(size, None)
+        self._stale.update(self.probed)
+        self._snapshot_at = -SNAPSHOT_EVERY_S
+
     def forget_served(self) -> None:
         """Back to the probe: every served step forgotten (an idle profile, module doc)."""
         self._served_at = None
+        self._size_served_at.clear()
         self.served.clear()
         self.prefill.update(self._probed_prefill)
         for steps in self._prefill_steps.values():

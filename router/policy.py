@@ -44,7 +44,8 @@ decided while a node is switching, warming, draining or restarting):
    the node's demand (`views.score_layout`; layouts with an unprofiled size are skipped, and
    so are layouts whose largest instance cannot hold the longest in-flight request or the
    memory hold):
-   - BURST from a trend onset with nothing waiting yet: the NORMAL rule's queueing split
+   - BURST from a trend onset with less than BURST's backlog waiting (`burst_enter` per
+     worker; one request waiting for the next step is no backlog): the NORMAL queueing split
      (below), HARD, after `onset_dwell_s`, at the measured arrival rate (or the rate since
      the jump, if higher): a rise the current layout serves with the earliest first token is
      not split for (5 seeds of the quick burst: static TP had the lower P90 in 3, and the
@@ -76,8 +77,12 @@ decided while a node is switching, warming, draining or restarting):
      `LoadSignals.prompt_tokens` / `output_tokens`, each instance's prefill plus the output
      at its share of a step at its largest batch, as many as its KV holds,
      `views.capacity_rps`): switch to the layout with more instances that beats the current
-     one by `latency_gain` (past every layout's capacity: the one that serves the most, by
-     `throughput_gain`, at a trend onset by any margin), HARD. A load that rises steadily
+     one by `split_gain` (past every layout's capacity: the one that serves the most, by
+     `throughput_gain`, at a trend onset by any margin), HARD. The margin: near the merged
+     capacity the estimated wait moves by half with a 10 % change of the capacity read, which
+     varied 15-23 req/s within one Azure run; splits there at 0.76x (12 req/s) split nodes
+     that static TP served 1.3-1.6x faster, while the priority scenario's overload splits at
+     0.06x or past capacity. A load that rises steadily
      (the Azure trace) made neither a backlog nor a trend in time: the node stayed merged
      until its queue was seconds long;
    - NORMAL with nothing waiting, **queueing merge** (`policy_rules.queueing_merge`): the
@@ -261,7 +266,7 @@ class Policy:
             return self._split(v, sig.arrival_rate, work, costs, cands) or (
                 None if queued else queueing_merge(c, v, sig.arrival_rate, st.peak.peak(), work,
                                                    costs, cands))
-        if burst and st.onset and not queued:      # measured, never projected (rule 4)
+        if burst and st.onset and queued < c.burst_enter * sum(s.layout):   # rule 4
             return self._split(v, max(sig.arrival_rate, sig.onset_rate), work, costs, cands,
                                onset=True)
         hard = self._hard(sig) or (burst and (queued or st.growing))

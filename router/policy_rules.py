@@ -66,7 +66,7 @@ def queueing_split(cfg: PolicyConfig, v: NodeView, rate: float, work: tuple, cos
     now_cap = capacity_rps(s.layout, costs, *work) or 0.0
     gain = 0.0 if onset else cfg.throughput_gain
     if math.isinf(ms) and -cap <= now_cap * (1 + gain) or \
-            not math.isinf(ms) and ms > current * (1 - cfg.latency_gain):
+            not math.isinf(ms) and ms > current * (1 - cfg.split_gain):
         return None, (rate, lo, ms, current, -cap, now_cap)
     why = (f"queueing: {rate:.1f} req/s of {work[0]:.0f}+{work[1]:.0f} tokens; "
            f"{list(lo)} gives a first token in {ms:.0f} ms vs {current:.0f} for "

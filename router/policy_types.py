@@ -56,6 +56,7 @@ class PolicyConfig:
     rate_horizon_s: float = 0.5     # arrivals expected within this horizon count as load
     throughput_gain: float = 0.10   # a split must add this fraction of tokens/s
     latency_gain: float = 0.10      # a merge must cut this fraction of the step time
+    split_gain: float = 0.30        # a queueing split must cut this fraction of the first token
     merge_headroom: float = 2.0     # a NORMAL merge: capacity >= this x the arrival rate
     merge_lookback_s: float = 30.0  # ... and >= the peak arrival rate of this long
     hard_wait_s: float = 0.5        # urgent requests waiting this long: HARD preempt
@@ -82,7 +83,7 @@ class PolicyConfig:
             raise ValueError("need 0 <= low_enter < low_exit")
         if self.low_enter >= self.burst_enter:
             raise ValueError("need low_enter < burst_enter")
-        if not (0 <= self.throughput_gain < 1 and 0 <= self.latency_gain < 1):
+        if not all(0 <= g < 1 for g in (self.throughput_gain, self.latency_gain, self.split_gain)):
             raise ValueError("gains must be in [0, 1)")
         if self.merge_headroom < 1:
             raise ValueError("need merge_headroom >= 1")

@@ -8,6 +8,7 @@ from flying_core.cost_profile import (
     IDLE_FORGET_S,
     PREFILL_MIN_STEPS,
     PREFILL_WINDOW,
+    SIZE_FORGET_S,
     SNAPSHOT_EVERY_S,
     CostProfile,
 )
@@ -162,3 +163,24 @@ def test_an_unserved_size_prefills_at_the_served_sizes_ratio_not_its_idle_probe(
     for _ in range(PREFILL_MIN_STEPS):              # TP 1 served: its own measurement rules
         c.observe(1, [("a", 1), ("b", 100)], 2.0 + 100 * 0.03)
     assert c.prefill_ms(1) == pytest.approx(0.03)
+
+
+def test_a_size_that_stopped_serving_is_scaled_like_an_unserved_one():
+    """TP 1 served 4x its probe (an overload), then the node merged and TP 2 served 1.5x its
+    probe: SIZE_FORGET_S after TP 1's last step its overload's steps are dropped, and it reads
+    as its probe at TP 2's ratio per worker (1 + 0.5 * 1 / 2 = 1.25x), prefill included."""
+    c = CostProfile()
+    c.seed(1, 0.1, {1: 2.0, 16: 6.0})
+    c.seed(2, 0.06, {1: 3.0, 16: 5.0})
+    for i in range(PREFILL_MIN_STEPS):
+        c.observe(1, [("p", 100)], 2.0 + 40.0, now=100.0 + i * 0.1)     # 0.4 ms a token
+    c.observe(1, _decode_step(1), 8.0, now=101.0)
+    for k in range(40):                                  # TP 2 serves on, every 0.5 s
+        t = 101.5 + k * 0.5
+        c.observe(2, _decode_step(1), 4.5, now=t)
+        c.observe(2, [("p", 100)], 4.5 + 6.0, now=t)     # 0.06 ms a token, as probed
+        tp1 = {x.tp_size: x for x in c.snapshot(now=t)}[1]
+        if t < 101.0 + SIZE_FORGET_S:
+            assert tp1.decode_ms[1] == 8.0 and tp1.prefill_ms_per_token > 0.35
+    assert tp1.decode_ms == {1: pytest.approx(2.5), 16: pytest.approx(7.5)}
+    assert tp1.prefill_ms_per_token == pytest.approx(0.1)

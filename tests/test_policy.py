@@ -348,20 +348,26 @@ def test_scripted_day_on_gpu():
 
 
 def test_burst_onset_splits_on_the_rising_rate_within_three_ticks():
-    # the arrival rate climbs from 1 to 16 req/s while the backlog is still small (1 waiting)
+    # the arrival rate climbs from 1 to 16 req/s and the backlog builds (1, then 2, 4 waiting)
     rates = [1.0] * 10 + [2.0, 4.0, 8.0, 16.0, 16.0, 16.0]
+    waiting = [1] * 11 + [2] + [4] * 4
     # a profile where TP is faster (on this CPU one it is not, and NORMAL load alone splits)
-    timeline = [(k * 0.5, 1, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
-                for k, r in enumerate(rates)]
+    timeline = [(k * 0.5, w, 4, LoadSignals(arrival_rate=r, prompt_tokens=16, output_tokens=8))
+                for k, (r, w) in enumerate(zip(rates, waiting))]
     decisions, layout = drive(Policy(), (2,), timeline, costs=GPU)
     assert layout == (1, 1) and len(decisions) == 1
     t, d = decisions[0]
     assert d.kind == "throughput" and d.mode == PreemptMode.HARD
     assert t <= 5.0 + 3 * 0.5                                    # onset at t = 5.0
-    # without the trend rule nothing happens while the backlog is small (TP 2 serves ~60
-    # req/s of these short requests: its first token comes sooner than the replicas')
+    # without the trend rule nothing happens: the backlog's BURST, scored at the measured
+    # demand (no projected arrivals), finds no throughput gain of 10 %
     slow = Policy(PolicyConfig(trend_enter=1e9))
     assert drive(slow, (2,), timeline, costs=GPU)[0] == []
+    # one request waiting is no backlog: the onset is scored at the measured rate, and TP 2
+    # serves ~60 req/s of these short requests with the earlier first token (on the Azure
+    # trace one waiting request at a crunch split a node static TP served 1.3-1.6x faster)
+    one = [(t, 1, r, s) for t, _, r, s in timeline]
+    assert drive(Policy(), (2,), one, costs=GPU)[0] == []
 
 
 def test_an_onset_with_nothing_waiting_splits_only_when_the_measured_rate_needs_it():
@@ -605,7 +611,7 @@ def test_first_token_with_queueing():
 def test_a_steady_rise_splits_when_queueing_makes_the_merged_layout_slower():
     """The Azure trace's shape: the rate climbs 1 req/s every 2 s, no backlog, no steep trend:
     NORMAL all along; the split comes on the first tick where the replicas' expected first
-    token (with queueing) beats the merged instance's by 10 %, HARD."""
+    token (with queueing) beats the merged instance's by 30 % (`split_gain`), HARD."""
     costs = {c.tp_size: c for c in BOX}
     kv = BLOCKS * BS                                    # the test node's KV tokens a worker
     rate = [1.0 + k / 4 for k in range(40)]
@@ -616,7 +622,7 @@ def test_a_steady_rise_splits_when_queueing_makes_the_merged_layout_slower():
     assert d.kind == "queueing" and d.mode == PreemptMode.HARD
 
     def better(r):
-        return first_token_ms((1, 1), costs, r, 700, 112, 0, kv) <= 0.9 * first_token_ms(
+        return first_token_ms((1, 1), costs, r, 700, 112, 0, kv) <= 0.7 * first_token_ms(
             (2,), costs, r, 700, 112, 0, kv)
     k = int(t / 0.5)
     assert better(rate[k]) and not better(rate[k - 1])
