@@ -48,13 +48,10 @@ decided while a node is switching, warming, draining or restarting):
      worker; one request waiting for the next step is no backlog): the NORMAL queueing split
      (below), HARD, after `onset_dwell_s`, at the measured arrival rate (or the rate since
      the jump, if higher): a rise the current layout serves with the earliest first token is
-     not split for (5 seeds of the quick burst: static TP had the lower P90 in 3, and the
-     throughput split at the onset cost Flying up to 1.67x there). The trend's projection
-     declares the onset but is never scored as load: a 2-s count's slope over 1 s, projected
-     2 s ahead, is +-6 req/s of noise at 10 req/s, and the Azure trace's crunches (counts of
-     8-10.5 req/s) projected to 15.5-18.4, at or past TP's capacity as measured under that
-     load; Flying split to replicas that static TP never needed, P90 TTFT 1.27-1.54x static
-     TP's in 5 of 5 rounds (`bench/results/cpu-2core-repeat-b`). A jump is the
+     not split for. The trend's projection declares the onset but is never scored as load: a
+     2-s count's slope over 1 s, projected 2 s ahead, is +-6 req/s of noise at 10 req/s, and
+     read the Azure trace's crunches at or past TP's capacity (Flying's P90 TTFT 1.27-1.54x
+     static TP's in 5 of 5 rounds, `bench/results/cpu-2core-repeat-b`). A jump is the
      arrival-by-arrival test's to catch (its rate since the jump is measured);
    - BURST, **throughput split**: switch to the layout with the highest decode tokens/s if it
      beats the current one by `throughput_gain`, among layouts with at least as many
@@ -79,12 +76,11 @@ decided while a node is switching, warming, draining or restarting):
      `views.capacity_rps`): switch to the layout with more instances that beats the current
      one by `split_gain` (past every layout's capacity: the one that serves the most, by
      `throughput_gain`, at a trend onset by any margin), HARD. The margin: near the merged
-     capacity the estimated wait moves by half with a 10 % change of the capacity read, which
-     varied 15-23 req/s within one Azure run; splits there at 0.76x (12 req/s) split nodes
-     that static TP served 1.3-1.6x faster, while the priority scenario's overload splits at
-     0.06x or past capacity. A load that rises steadily
-     (the Azure trace) made neither a backlog nor a trend in time: the node stayed merged
-     until its queue was seconds long;
+     capacity the estimated wait moves by half with a 10 % change of the capacity read (15-23
+     req/s within one Azure run); repeat-c split at 0.75x (12 req/s) where static TP was 1.3x
+     faster; the priority scenario splits past capacity. A steadily rising load (the Azure
+     trace) made neither a backlog nor a trend in time: the node stayed merged until its
+     queue was seconds long;
    - NORMAL with nothing waiting, **queueing merge** (`policy_rules.queueing_merge`): the
      other way, HARD, to a layout with fewer instances whose first token with queueing
      beats the current one's by `latency_gain` and whose capacity is at least
