@@ -1,6 +1,7 @@
 """The layout policy's rules as functions of one node's state (`router.policy`'s module doc
 has the rules; `Policy._decide` picks which applies): the memory merge (rule 1), the urgent
-switch or reservation (rule 2), the queueing split (rule 4, NORMAL and at a trend onset) and
+switch or reservation (rule 2), the queueing split (rule 4, NORMAL and at a trend onset), the
+queueing merge (rule 4, NORMAL) and
 the profile's throughput split / latency merge (rule 4, BURST and LOW). Pure but for the
 `NodeState` they are given (its holds and reservation), deterministic, time an argument."""
 from __future__ import annotations
