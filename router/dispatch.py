@@ -58,16 +58,12 @@ class NodeLoad:
     prompts: MeanLength = field(default_factory=lambda: MeanLength(min_n=6))
     outputs: MeanLength = field(default_factory=MeanLength)   # of its finished requests
     onset: ArrivalOnset = field(default_factory=ArrivalOnset)
-    first_min_n: int = 8           # first tokens in window_s before their mean is a signal
     _recent: deque = field(default_factory=deque)             # arrivals, base_window_s
-    _firsts: deque = field(default_factory=deque)             # (t, ms), window_s
 
     def _forget(self, now: float) -> None:
         for q, keep in ((self.arrivals, self.window_s), (self._recent, self.base_window_s)):
             while q and now - q[0] > keep:
                 q.popleft()
-        while self._firsts and now - self._firsts[0][0] > self.window_s:
-            self._firsts.popleft()
 
     def arrived(self, now: float, prompt_tokens: int, workers: int = 1) -> bool:
         """Count an arrival; True when it makes an arrival-rate onset (wake the policy)."""
@@ -83,14 +79,6 @@ class NodeLoad:
     def finished(self, output_tokens: int) -> None:
         self.outputs.add(output_tokens)
 
-    def first_token(self, now: float, ms: float) -> None:
-        """A request's first token came `ms` after the router sent it to the node."""
-        self._firsts.append((now, ms))
-
-    def _first_token_ms(self) -> float:
-        n = len(self._firsts)
-        return sum(ms for _, ms in self._firsts) / n if n >= self.first_min_n else 0.0
-
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         self._forget(now)
         oldest = min(self.urgent_waiting.values(), default=now)
@@ -101,8 +89,7 @@ class NodeLoad:
                            longest_inflight_tokens=max(self.longest.values(), default=0),
                            prompt_tokens=self.prompts.mean(),
                            output_tokens=self.outputs.mean(),
-                           onset_rate=self.onset.rate(now),
-                           first_token_ms=self._first_token_ms())
+                           onset_rate=self.onset.rate(now))
 
 
 class Dispatcher:
@@ -235,15 +222,12 @@ class Dispatcher:
                 load.urgent_waiting[req.request_id] = time.monotonic()
             req.instance = placement.instance
             remote = self._split(req, placement)
-            sent = time.monotonic()
             call = agent.generate(req)
             produced, done, tokens = False, False, []
             try:
                 async for resp in call:
                     if not produced:
                         load.urgent_waiting.pop(req.request_id, None)
-                        now = time.monotonic()
-                        load.first_token(now, (now - sent) * 1e3)
                     produced = True
                     done = resp.HasField("complete")
                     if done and resp.complete.finish_reason == "handoff":

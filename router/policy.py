@@ -259,8 +259,7 @@ class Policy:
             cands.append((lo, changed_workers(s.layout, lo)))
         queued = sum(i.waiting for i in s.instances) + sig.queue_depth
         if st.regime == Regime.NORMAL:
-            return self._split(v, sig.arrival_rate, work, costs, cands,
-                               measured=sig.first_token_ms) or (
+            return self._split(v, sig.arrival_rate, work, costs, cands) or (
                 None if queued else queueing_merge(c, v, sig.arrival_rate, st.peak.peak(), work,
                                                    costs, cands))
         if burst and st.onset and queued < c.burst_enter * sum(s.layout):   # rule 4
@@ -270,9 +269,8 @@ class Policy:
         return profile_switch(c, v, sig, st, costs, cands, demand, work, hard)
 
     def _split(self, v: NodeView, rate: float, work: tuple, costs, cands,
-               onset: bool = False, measured: float = 0.0) -> Reconfigure | None:
-        d, self._declined = queueing_split(self.cfg, v, rate, work, costs, cands, onset,
-                                           measured)
+               onset: bool = False) -> Reconfigure | None:
+        d, self._declined = queueing_split(self.cfg, v, rate, work, costs, cands, onset)
         return d
 
     def _kept(self, layout: tuple[int, ...]) -> str:

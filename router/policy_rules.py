@@ -41,29 +41,20 @@ def memory_merge(cfg: PolicyConfig, v: NodeView, req: PendingRequest, st: NodeSt
 
 
 def queueing_split(cfg: PolicyConfig, v: NodeView, rate: float, work: tuple, costs, cands,
-                   onset: bool = False, measured: float = 0.0
-                   ) -> tuple[Reconfigure | None, tuple]:
+                   onset: bool = False) -> tuple[Reconfigure | None, tuple]:
     """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
     first token with queueing (`views.first_token_ms`) beats the current one's by
     `latency_gain`; past every layout's capacity, to the one that serves the most (by
     `throughput_gain`; at an `onset`, by any margin: a burst is never merged back, so
     there is no flapping to guard against, and at the priority scenario's onset the
     capacities read 36.8 vs 33.7 req/s, 1.09x, and the split waited for the next tick).
-    HARD: a node this busy is not left to drain. Within capacity and not at an onset, the
-    current layout's first token is the lower of the model's and the `measured` one (its
-    recent requests' mean, 0: too few): the model reads the capacity from steps timed under
-    the load it judges, and at the Azure trace's crunches it put TP 2 at 0.7-0.85 of a
-    capacity of 11-15 req/s (first token 82-177 ms) while TP served them at a P90 of 53-75
-    ms; Flying split there in every round (`bench/results/cpu-2core-repeat-e`). A split then
-    needs the queue the model predicts to show. Returns the decision and, when a split was
+    HARD: a node this busy is not left to drain. Returns the decision and, when a split was
     considered and declined, (rate, layout, its ms, the current ms, its capacity, the
     current capacity) for the regime note."""
     s = v.status
     current = first_token_ms(s.layout, costs, rate, *work)
     if current is None:
         return None, ()
-    if measured > 0 and not onset and not math.isinf(current):
-        current = min(current, measured)
     best = None
     for lo, changed in cands:
         ms = first_token_ms(lo, costs, rate, *work) if len(lo) > len(s.layout) else None

@@ -26,7 +26,6 @@ class LoadSignals:
     prompt_tokens: float = 0.0             # its requests' mean prompt length (0: none seen)
     output_tokens: float = 0.0             # its finished requests' mean output (0: none yet)
     onset_rate: float = 0.0                # req/s since an arrival-rate jump (0: none now)
-    first_token_ms: float = 0.0            # its recent requests' mean first token (0: too few)
 
 
 class Regime(enum.StrEnum):

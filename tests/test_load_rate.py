@@ -182,13 +182,3 @@ def test_a_handful_of_requests_is_no_mean_length():
     assert sig.prompt_tokens == pytest.approx((17 + 15 * 33) / 16, rel=0.05)
     # ten outputs averaged (14.5), then six at weight 0.1 each
     assert sig.output_tokens == pytest.approx(0.9 ** 6 * 14.5 + (1 - 0.9 ** 6) * 100)
-
-
-def test_the_first_token_signal_is_the_mean_of_the_window_once_it_has_enough():
-    load = NodeLoad()
-    for k in range(load.first_min_n - 1):
-        load.first_token(10.0 + k * 0.1, 40.0)
-    assert load.signals(10.8).first_token_ms == 0.0          # 7 first tokens: no signal
-    load.first_token(10.8, 120.0)
-    assert load.signals(10.8).first_token_ms == pytest.approx((7 * 40.0 + 120.0) / 8)
-    assert load.signals(12.85).first_token_ms == 0.0         # older than window_s: gone

@@ -626,20 +626,6 @@ def test_a_steady_rise_splits_when_queueing_makes_the_merged_layout_slower():
             (2,), costs, r, 700, 112, 0, kv)
     k = int(t / 0.5)
     assert better(rate[k]) and not better(rate[k - 1])
-    # a node whose requests' measured first tokens stay below what the model predicts for
-    # the merged instance is not split for the model's queue (only once the rate passes the
-    # merged capacity, where the model alone decides); measured high, it splits as before
-    def measured(ms):
-        return [(t, w, r, LoadSignals(arrival_rate=s.arrival_rate, first_token_ms=ms, **LONG))
-                for t, w, r, s in timeline]
-    [(t1, d1)] = drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), measured(150.0),
-                       costs=BOX)[0]
-    cap = capacity_rps((2,), costs, 700, 112, 0, kv)
-    k1 = int(t1 / 0.5)
-    assert t1 > t and rate[k1] >= cap > rate[k1 - 1] and d1.layout == (1, 1)
-    [(t2, d2)] = drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), measured(5000.0),
-                       costs=BOX)[0]
-    assert t2 == t and d2.layout == (1, 1)
     # the same rise of short requests (TP 2 serves ~60 req/s of them) does not split
     short = [(t, w, r, LoadSignals(arrival_rate=s.arrival_rate, prompt_tokens=64,
                                    output_tokens=16)) for t, w, r, s in timeline]
