@@ -170,10 +170,9 @@ class CostProfile:
         now = time.monotonic() if now is None else now
         if self._served_at is not None and now - self._served_at >= IDLE_FORGET_S:
             self.forget_served()
-        for size, at in list(self._size_served_at.items()):
-            if now - at >= SIZE_FORGET_S:
-                self._forget_size(size)
         if now - self._snapshot_at >= SNAPSHOT_EVERY_S:
+            for size in [s for s, at in self._size_served_at.items() if now - at >= SIZE_FORGET_S]:
+                self._forget_size(size)
             self._snapshot_at = now
             self._snapshot = tuple(LayoutCost(s, self.prefill_ms(s), self.decode(s))
                                    for s in sorted(self.probed.keys() | self.served.keys()))
@@ -188,7 +187,6 @@ class CostProfile:
             self._prefill_steps[size].clear()
         self._table.pop(size, None)
         self._stale.update(self.probed)
-        self._snapshot_at = -SNAPSHOT_EVERY_S
 
     def forget_served(self) -> None:
         """Back to the probe: every served step forgotten (an idle profile, module doc)."""
