@@ -83,13 +83,15 @@ class NodeLoad:
         self._forget(now)
         oldest = min(self.urgent_waiting.values(), default=now)
         return LoadSignals(arrival_rate=len(self.arrivals) / self.window_s,
+                           arrival_window_s=self.window_s,
                            queue_depth=self.held, pending=pending,
                            urgent_waiting=len(self.urgent_waiting),
                            urgent_wait_s=now - oldest,
                            longest_inflight_tokens=max(self.longest.values(), default=0),
                            prompt_tokens=self.prompts.mean(),
                            output_tokens=self.outputs.mean(),
-                           onset_rate=self.onset.rate(now))
+                           onset_rate=self.onset.rate(now),
+                           onset_arrivals=self.onset.arrivals(now))
 
 
 class Dispatcher:

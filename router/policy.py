@@ -68,19 +68,20 @@ decided while a node is switching, warming, draining or restarting):
      mean TTFT; a node merged for memory goes back to replicas once its hold is over), and
      never into a layout whose first token with queueing (below) comes later;
    - NORMAL, **queueing split**: each layout's expected time to a first token at the
-     arrival rate (`views.first_token_ms`: prefill of the node's mean prompt and a step, plus
-     the wait for one of an instance's batch slots, M/M/c at the layout's utilization; its
-     capacity from the mean prompt and output,
+     arrival rate one standard error under its count (`LoadSignals.rate_low`: the policy
+     looks every `policy_interval_s` and would act on the first high 2-s count; the Azure
+     trace's crunch, 9.5 req/s over 8 s, read 12-13.5 and split in 2 of 3 rounds where
+     static TP served it at P90 48-50 ms) (`queueing.first_token_ms`: prefill of the node's
+     mean prompt and a step, plus the wait for one of an instance's batch slots,
+     `queueing.slot_wait_s`, at the layout's utilization; its capacity from the mean prompt and output,
      `LoadSignals.prompt_tokens` / `output_tokens`, each instance's prefill plus the output
      at its share of a step at its largest batch, as many as its KV holds,
-     `views.capacity_rps`): switch to the layout with more instances that beats the current
+     `queueing.capacity_rps`): switch to the layout with more instances that beats the current
      one by `split_gain` (past every layout's capacity: the one that serves the most, by
      `throughput_gain`, at a trend onset by any margin), HARD. The margin: near the merged
      capacity the estimated wait moves by half with a 10 % change of the capacity read (15-23
-     req/s within one Azure run); repeat-c split at 0.75x (12 req/s) where static TP was 1.3x
-     faster; the priority scenario splits past capacity. A steadily rising load (the Azure
-     trace) made neither a backlog nor a trend in time: the node stayed merged until its
-     queue was seconds long;
+     req/s within one Azure run). A steady rise (the Azure trace) makes neither a backlog
+     nor a trend in time;
    - NORMAL with nothing waiting, **queueing merge** (`policy_rules.queueing_merge`): the
      other way, HARD, to a layout with fewer instances whose first token with queueing
      beats the current one's by `latency_gain` and whose capacity is at least
@@ -89,7 +90,7 @@ decided while a node is switching, warming, draining or restarting):
      after the Azure trace's crunch the node served 5-7 req/s on replicas for 15-20 s.
    Ties go to the layout that disturbs fewer workers. Every layout is scored at one batch
    cap, `max_batch` or else the largest batch every TP size's profile measured
-   (`views.common_batch`): a size served at batch 32 beside one only probed to 16 had its
+   (`queueing.common_batch`): a size served at batch 32 beside one only probed to 16 had its
    decode cost per token read at twice the batch, and TP's capacity came out equal to DP's
    at an onset on this box, where DP serves 1.25x TP's tokens.
    Profiles are smoothed first (`policy_signals.Smoother`, weight `profile_alpha`), so one
@@ -129,12 +130,12 @@ from router.policy_types import (  # noqa: F401 - re-exported: the policy's publ
     Reconfigure,
     Regime,
 )
+from router.queueing import common_batch
 from router.views import (
     NodeView,
     aligned_layouts,
     capacity_tokens,
     changed_workers,
-    common_batch,
     fits,
     merge_for,
     worker_blocks,
@@ -259,18 +260,19 @@ class Policy:
             cands.append((lo, changed_workers(s.layout, lo)))
         queued = sum(i.waiting for i in s.instances) + sig.queue_depth
         if st.regime == Regime.NORMAL:
-            return self._split(v, sig.arrival_rate, work, costs, cands) or (
+            return self._split(v, sig.arrival_rate, sig.rate_low(), work, costs, cands) or (
                 None if queued else queueing_merge(c, v, sig.arrival_rate, st.peak.peak(), work,
                                                    costs, cands))
         if burst and st.onset and queued < c.burst_enter * sum(s.layout):   # rule 4
-            return self._split(v, max(sig.arrival_rate, sig.onset_rate), work, costs, cands,
+            return self._split(v, max(sig.arrival_rate, sig.onset_rate),
+                               max(sig.rate_low(), sig.onset_rate_low()), work, costs, cands,
                                onset=True)
         hard = self._hard(sig) or (burst and (queued or st.growing))
         return profile_switch(c, v, sig, st, costs, cands, demand, work, hard)
 
-    def _split(self, v: NodeView, rate: float, work: tuple, costs, cands,
+    def _split(self, v: NodeView, rate: float, low: float, work: tuple, costs, cands,
                onset: bool = False) -> Reconfigure | None:
-        d, self._declined = queueing_split(self.cfg, v, rate, work, costs, cands, onset)
+        d, self._declined = queueing_split(self.cfg, v, rate, low, work, costs, cands, onset)
         return d
 
     def _kept(self, layout: tuple[int, ...]) -> str:

@@ -12,13 +12,12 @@ from flying_core.types import PreemptMode
 from router.policy_node import NodeState
 from router.policy_signals import fastest_step
 from router.policy_types import LoadSignals, PendingRequest, PolicyConfig, Reconfigure, Regime
+from router.queueing import capacity_rps, first_token_ms
 from router.views import (
     NodeView,
     aligned_layouts,
-    capacity_rps,
     capacity_tokens,
     changed_workers,
-    first_token_ms,
     score_layout,
     step_ms,
 )
@@ -40,14 +39,18 @@ def memory_merge(cfg: PolicyConfig, v: NodeView, req: PendingRequest, st: NodeSt
     return Reconfigure(v.name, new, mode, why, "memory")
 
 
-def queueing_split(cfg: PolicyConfig, v: NodeView, rate: float, work: tuple, costs, cands,
-                   onset: bool = False) -> tuple[Reconfigure | None, tuple]:
+def queueing_split(cfg: PolicyConfig, v: NodeView, rate: float, low: float, work: tuple,
+                   costs, cands, onset: bool = False) -> tuple[Reconfigure | None, tuple]:
     """Rule 4, NORMAL: split to the layout with more instances whose expected time to a
-    first token with queueing (`views.first_token_ms`) beats the current one's by
+    first token with queueing (`queueing.first_token_ms`) beats the current one's by
     `latency_gain`; past every layout's capacity, to the one that serves the most (by
     `throughput_gain`; at an `onset`, by any margin: a burst is never merged back, so
     there is no flapping to guard against, and at the priority scenario's onset the
     capacities read 36.8 vs 33.7 req/s, 1.09x, and the split waited for the next tick).
+    Within the current layout's capacity at `rate`, every layout is scored at `low` (the
+    rate one standard error under its count, `LoadSignals.rate_low`): the policy reads a 2-s
+    count every tick and would act on its first high reading, and a queue that waits for
+    a rate to persist is not past capacity's queue, which grows from the first second.
     HARD: a node this busy is not left to drain. Returns the decision and, when a split was
     considered and declined, (rate, layout, its ms, the current ms, its capacity, the
     current capacity) for the regime note."""
@@ -55,6 +58,8 @@ def queueing_split(cfg: PolicyConfig, v: NodeView, rate: float, work: tuple, cos
     current = first_token_ms(s.layout, costs, rate, *work)
     if current is None:
         return None, ()
+    if not math.isinf(current):
+        rate, current = low, first_token_ms(s.layout, costs, low, *work)
     best = None
     for lo, changed in cands:
         ms = first_token_ms(lo, costs, rate, *work) if len(lo) > len(s.layout) else None

@@ -192,6 +192,10 @@ class ArrivalOnset:
             return 0.0
         return (self.count - 1) / max(self.last - self.since, 0.05)
 
+    def arrivals(self, now: float) -> int:
+        """The gaps `rate` counts (0 when no onset is reported)."""
+        return self.count - 1 if self.alarmed(now) else 0
+
 
 def fastest_step(layout: tuple[int, ...], costs: dict[int, LayoutCost], batch: int
                  ) -> float | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from flying_core.types import PreemptMode
@@ -26,6 +27,21 @@ class LoadSignals:
     prompt_tokens: float = 0.0             # its requests' mean prompt length (0: none seen)
     output_tokens: float = 0.0             # its finished requests' mean output (0: none yet)
     onset_rate: float = 0.0                # req/s since an arrival-rate jump (0: none now)
+    arrival_window_s: float = 0.0          # arrival_rate is a count over it (0: not a count)
+    onset_arrivals: int = 0                # onset_rate counts these gaps (0: not a count)
+
+    def rate_low(self) -> float:
+        """The arrival rate one standard error under its count, `(n - sqrt(n)) / window` (a
+        Poisson count's); the rate itself when it is not a count (`arrival_window_s` 0)."""
+        if self.arrival_window_s <= 0.0:
+            return self.arrival_rate
+        n = self.arrival_rate * self.arrival_window_s
+        return max(0.0, n - math.sqrt(n)) / self.arrival_window_s
+
+    def onset_rate_low(self) -> float:
+        """`onset_rate` one standard error under its count of `onset_arrivals`."""
+        k = self.onset_arrivals
+        return self.onset_rate * max(0.0, 1.0 - 1.0 / math.sqrt(k)) if k else self.onset_rate
 
 
 class Regime(enum.StrEnum):

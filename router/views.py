@@ -18,7 +18,6 @@ Sizes without a measured profile are *unknown*: nothing is assumed about them.
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -158,104 +157,6 @@ def score_layout(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], deman
     latency = sum(b * (ms + prompt_tokens * costs[s].prefill_ms_per_token)
                   for s, b, ms in zip(layout, batch, steps)) / max(1, served)
     return LayoutScore(tps, latency, served)
-
-
-def instance_batch(cost: LayoutCost, size: int, prompt_tokens: float, output_tokens: float,
-                   max_batch: int = 0, kv_tokens_per_worker: int = 0) -> int:
-    """The most requests an instance of `size` runs at once: `max_batch` (else the size's
-    largest measured batch), at most as many as its KV holds (`kv_tokens_per_worker` x its
-    size over prompt + output; the suite's Azure trace fits 10 in a merged instance, 5 in a
-    replica), at least 1."""
-    b = max_batch or max(cost.decode_ms)
-    if kv_tokens_per_worker:
-        b = min(b, int(kv_tokens_per_worker * size // max(1.0, prompt_tokens + output_tokens)))
-    return max(1, b)
-
-
-def instance_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
-                 prompt_tokens: float, output_tokens: float, max_batch: int = 0,
-                 kv_tokens_per_worker: int = 0) -> tuple[float, ...] | None:
-    """Each instance's most requests/s when requests average `prompt_tokens` in and
-    `output_tokens` out: at its largest batch B (`instance_batch`), 1000 / (its prefill of the
-    prompt + the output at its share of a step, `step_ms(B) / B`) (continuous batching:
-    decodes share steps, prefills do not). None when a size of the layout has no measured
-    profile."""
-    if any(s not in costs for s in layout):
-        return None
-    out = []
-    for s in layout:
-        cost = costs[s]
-        b = instance_batch(cost, s, prompt_tokens, output_tokens, max_batch,
-                           kv_tokens_per_worker)
-        work = prompt_tokens * cost.prefill_ms_per_token + output_tokens * cost.step_ms(b) / b
-        out.append(1000.0 / work if work > 0 else 0.0)
-    return tuple(out)
-
-
-def common_batch(costs: Mapping[int, LayoutCost]) -> int:
-    """The largest batch every size of `costs` measured (0: none measured), the one batch
-    cap layouts are compared at (`router.policy`, rule 4)."""
-    sizes = [max(c.decode_ms) for c in costs.values() if c.decode_ms]
-    return min(sizes) if sizes else 0
-
-
-def capacity_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
-                 prompt_tokens: float, output_tokens: float, max_batch: int = 0,
-                 kv_tokens_per_worker: int = 0) -> float | None:
-    """The most requests/s `layout` serves (the sum of `instance_rps`); None: unprofiled."""
-    mus = instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch,
-                       kv_tokens_per_worker)
-    return None if mus is None else sum(mus)
-
-
-def erlang_c(servers: int, offered: float) -> float:
-    """The probability that an arrival waits in an M/M/c queue of `servers` offered `offered`
-    erlangs (1 at or past capacity). By the Erlang B recursion, stable for any c; a dozen
-    lines hand-written rather than a scipy dependency in the router."""
-    if offered >= servers:
-        return 1.0
-    b = 1.0
-    for k in range(1, servers + 1):
-        b = offered * b / (k + offered * b)
-    return b / (1.0 - offered / servers * (1.0 - b))
-
-
-def first_token_ms(layout: tuple[int, ...], costs: Mapping[int, LayoutCost], rate: float,
-                   prompt_tokens: float, output_tokens: float, max_batch: int = 0,
-                   kv_tokens_per_worker: int = 0) -> float | None:
-    """Expected time to a first token on `layout` at `rate` requests/s: on each instance, the
-    prefill of the mean prompt and a decode step, plus the wait for a free batch slot. An
-    instance of capacity mu at batch B (`instance_rps`, `instance_batch`) is B slots each
-    serving mu / B (continuous batching: a request joins the running batch at the next step
-    unless all B are taken), an M/M/c queue at the layout's utilization `rate / capacity`
-    (placement spreads requests by load, so every instance runs at about that utilization):
-    `erlang_c(B, rho * B) / (mu - lambda)`; weighted by each instance's share of the requests.
-    M/M/1 at the instance's whole capacity, as before, queued each arrival behind whole
-    requests: at the Azure trace's crunch (9 req/s, TP 2's capacity 18) it read TP's wait at
-    52 ms against the replicas' 31 and split, while static TP serves the trace with the lower
-    P90 TTFT (39-63 ms against 66-91 over 15 rounds, `bench/results/cpu-2core-repeat-b`, -c,
-    -d). At no load it is the low-load score (a merged CPU instance prefills faster); near the
-    merged instance's capacity its slots' wait costs more than its prefill saves. inf at or
-    past capacity; None when a size of the layout has no measured profile."""
-    mus = instance_rps(layout, costs, prompt_tokens, output_tokens, max_batch,
-                       kv_tokens_per_worker)
-    if mus is None:
-        return None
-    total = sum(mus)
-    rho = rate / total if total > 0 else math.inf
-    if rho >= 1.0:
-        return math.inf
-    out, by_size = 0.0, {}           # instances of one size: the same mu, batch and wait
-    for s, mu in zip(layout, mus):
-        if mu <= 0:
-            continue
-        if s not in by_size:
-            b = instance_batch(costs[s], s, prompt_tokens, output_tokens, max_batch,
-                               kv_tokens_per_worker)
-            by_size[s] = (prompt_tokens * costs[s].prefill_ms_per_token + costs[s].step_ms(1)
-                          + 1000.0 * erlang_c(b, rho * b) / (mu * (1.0 - rho)))
-        out += mu / total * by_size[s]
-    return out
 
 
 def merge_for(status: GroupStatus, tokens: int) -> tuple[tuple[int, ...], int, int] | None:

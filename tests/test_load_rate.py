@@ -76,7 +76,7 @@ def test_an_overload_is_split_within_a_few_arrivals(seed):
     DP in the quick burst and the mixed-priority scenario. At 100 req/s (1.7x TP 2's 59)
     within 0.2 s. At 64 (1.08x) within 0.5 s: the rate read from the alarm's 6 arrivals can
     be 0.6x the true one (seed 5: 39 req/s), which TP 2 serves with the earlier first token
-    (its 16 batch slots seldom all taken, `views.first_token_ms`); the policy re-reads it at
+    (its 16 batch slots seldom all taken, `queueing.first_token_ms`); the policy re-reads it at
     12 and 24 arrivals (M/M/1 at TP's whole capacity split on the low reading, 0.25 s at
     most over 20 seeds, and split the Azure trace's crunches for nothing)."""
     out, notes = _run(_poisson(100.0, 10.0, 20.0, seed), 14.0)
@@ -182,3 +182,24 @@ def test_a_handful_of_requests_is_no_mean_length():
     assert sig.prompt_tokens == pytest.approx((17 + 15 * 33) / 16, rel=0.05)
     # ten outputs averaged (14.5), then six at weight 0.1 each
     assert sig.output_tokens == pytest.approx(0.9 ** 6 * 14.5 + (1 - 0.9 ** 6) * 100)
+
+
+def test_a_crunch_the_merged_node_serves_is_seldom_split():
+    """25 req/s for 20 s, then 10 s at 40 (TP 2's first token 15 ms, the replicas' 23: TP 2
+    serves it better) or at 70 (past TP 2's 59): a split within capacity reads the rate one
+    standard error under its count (`LoadSignals.rate_low`, `onset_rate_low`). Read at the
+    count itself, 7 of these 17 crunches at 40 req/s were split (the policy acts on the
+    first high 2-s count of ~40 ticks), 2 of 18 at the bound; those are onsets read past
+    capacity from a few arrivals, which split at the rate read (an overload's queue grows from
+    its first second). Seeds whose start-up (idle to 25 req/s) was split are left out."""
+    def splits(rate):
+        out = []
+        for seed in range(20):
+            arrivals = _poisson(25.0, 0.0, 20.0, seed) + _poisson(rate, 20.0, 30.0, seed + 100)
+            decided, _ = _run(arrivals, 30.0)
+            if not decided or decided[0][0] >= 20.0:
+                out.append(bool(decided))
+        return out
+    crunch, overload = splits(40.0), splits(70.0)
+    assert len(crunch) >= 15 and sum(crunch) <= 3
+    assert len(overload) >= 15 and all(overload)

@@ -7,12 +7,10 @@ import pytest
 
 from flying_core.types import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig, Regime
+from router.queueing import capacity_rps, first_token_ms, slot_wait_s
 from router.views import (
     NodeView,
     aligned_layouts,
-    capacity_rps,
-    erlang_c,
-    first_token_ms,
     merge_for,
     score_layout,
     with_block,
@@ -576,12 +574,29 @@ def test_capacity_is_prefill_plus_output_at_the_largest_batch_its_kv_holds():
     assert capacity_rps((4,), costs, 700, 112) is None
 
 
-def test_erlang_c():
-    assert erlang_c(1, 0.3) == pytest.approx(0.3)                   # M/M/1: P(wait) = rho
-    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)                 # the textbook case
-    assert erlang_c(16, 8.0) < 0.02 < erlang_c(16, 14.0) < erlang_c(16, 15.5) < 1.0
-    assert erlang_c(4, 4.0) == erlang_c(4, 5.0) == 1.0              # at or past capacity
-    assert 0.0 < erlang_c(200, 190.0) < 1.0                         # no overflow at large c
+def erlang_c(servers: int, offered: float) -> float:
+    """The textbook closed form, P(wait) in M/M/c (the reference for `slot_wait_s`)."""
+    if offered >= servers:
+        return 1.0
+    top = offered ** servers / math.factorial(servers) * servers / (servers - offered)
+    return top / (sum(offered ** k / math.factorial(k) for k in range(servers)) + top)
+
+
+def test_slot_wait_is_erlang_c_at_a_linear_rate_and_shorter_with_batching():
+    def linear(b, cap=10.0):
+        return [n / b * cap for n in range(1, b + 1)]
+    for b, rate in ((1, 3.0), (2, 5.0), (16, 8.0), (16, 9.5), (40, 9.0)):
+        assert slot_wait_s(rate, linear(b)) == pytest.approx(
+            erlang_c(b, rate / 10.0 * b) / (10.0 - rate))      # M/M/c: C / (mu - lambda)
+    assert slot_wait_s(3.0, linear(1)) == pytest.approx(0.3 / 7.0)   # M/M/1: rho / (mu - l)
+    # a shared step: 16 slots whose throughput at batch n is n / (1 + n / 16) x 2 req/s
+    # (capacity 16 at 16): a request holds its slot 0.5-1 s, not the 1 s of a linear rate
+    batched = [2.0 * n / (1.0 + n / 16.0) for n in range(1, 17)]
+    for rate in (4.0, 8.0, 12.0, 15.0):
+        assert slot_wait_s(rate, batched) < slot_wait_s(rate, linear(16, 16.0))
+    assert slot_wait_s(0.0, batched) == 0.0
+    assert slot_wait_s(16.0, batched) == slot_wait_s(20.0, batched) == math.inf
+    assert 0.0 < slot_wait_s(190.0, linear(200, 200.0)) < math.inf   # no overflow
 
 
 def test_first_token_with_queueing():
@@ -590,14 +605,16 @@ def test_first_token_with_queueing():
     assert idle == pytest.approx(700 * 0.075 + 4.2)                # prefill + a step, no queue
     cap = capacity_rps((2,), costs, 700, 112)
     half = first_token_ms((2,), costs, cap / 2, 700, 112)
-    # 16 batch slots at rho 1/2: an arrival seldom finds them all taken (M/M/16)
-    assert half == pytest.approx(idle + 1000 * erlang_c(16, 8.0) / (cap / 2))
-    assert half < idle + 0.05 * 1000 / cap          # M/M/1 at the whole capacity: + 1000/cap
+    # 16 batch slots at rho 1/2: an arrival seldom finds them all taken, less often than in
+    # M/M/16 (a shared step serves a small batch's requests faster than a full one's)
+    assert idle < half < idle + 1000 * erlang_c(16, 8.0) / (cap / 2)
+    near = first_token_ms((2,), costs, 0.9 * cap, 700, 112)
+    assert idle + 0.2 * 1000 * erlang_c(16, 14.4) / (0.1 * cap) < near < \
+        idle + 1000 * erlang_c(16, 14.4) / (0.1 * cap)
     assert first_token_ms((2,), costs, cap, 700, 112) == math.inf
     # a KV that holds 2 such requests (1,024 tokens a worker): 2 slots, waits are longer
     cap2 = capacity_rps((2,), costs, 700, 112, 0, BLOCKS * BS)
     kv = first_token_ms((2,), costs, cap2 / 2, 700, 112, 0, BLOCKS * BS)
-    assert kv == pytest.approx(idle + 1000 * erlang_c(2, 1.0) / (cap2 / 2))
     assert kv - idle > (half - idle) * cap / cap2
     # at no load the merged instance's faster prefill wins (one server twice as fast queues
     # less than two, too); near its capacity, the replicas' larger capacity wins
@@ -630,6 +647,28 @@ def test_a_steady_rise_splits_when_queueing_makes_the_merged_layout_slower():
     short = [(t, w, r, LoadSignals(arrival_rate=s.arrival_rate, prompt_tokens=64,
                                    output_tokens=16)) for t, w, r, s in timeline]
     assert drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), short, costs=BOX)[0] == []
+
+
+def test_a_normal_split_reads_the_rate_one_standard_error_under_its_count():
+    """The router's rate is a 2-s count, read every tick: a split within capacity needs the
+    replicas to win at (n - sqrt(n)) / 2 s, not at the count itself."""
+    costs, kv = {c.tp_size: c for c in BOX}, BLOCKS * BS
+
+    def better(r):
+        return first_token_ms((1, 1), costs, r, 700, 112, 0, kv) <= 0.7 * first_token_ms(
+            (2,), costs, r, 700, 112, 0, kv)
+    edge = next(r / 100 for r in range(100, 2000) if better(r / 100))
+    counted = LoadSignals(arrival_rate=edge, arrival_window_s=2.0, **LONG)
+    assert counted.rate_low() == pytest.approx(edge - math.sqrt(2 * edge) / 2)
+    assert LoadSignals(arrival_rate=edge, **LONG).rate_low() == edge    # not a count: itself
+
+    def run(sig):
+        timeline = [(k * 0.5, 0, 3, sig) for k in range(20)]
+        return drive(Policy(PolicyConfig(trend_enter=1e9)), (2,), timeline, costs=BOX)
+    assert run(LoadSignals(arrival_rate=edge, **LONG))[1] == (1, 1)
+    assert run(counted)[1] == (2,)                               # 1 sigma under: kept
+    n = next(k for k in range(1, 200) if k - math.sqrt(k) >= 2 * edge)   # enough arrivals
+    assert run(LoadSignals(arrival_rate=n / 2, arrival_window_s=2.0, **LONG))[1] == (1, 1)
 
 
 def test_low_load_merges_only_where_queueing_does_not_undo_it():
