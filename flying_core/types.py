@@ -190,6 +190,25 @@ def decode_at(decode_ms: dict[int, float], batch: int) -> float:
     return pts[-1][1]
 
 
+def decode_steps(decode_ms: dict[int, float], batches: int) -> list[float]:
+    """`decode_at` at every batch 1..`batches`, in one pass over the sorted points (the
+    queueing model reads a whole table per size, up to 256 batches on a GPU profile)."""
+    if not decode_ms:
+        return [0.0] * batches
+    pts, out, i = sorted(decode_ms.items()), [], 0
+    for b in range(1, batches + 1):
+        while i < len(pts) and pts[i][0] < b:
+            i += 1
+        if i == 0:
+            out.append(pts[0][1])
+        elif i == len(pts):
+            out.append(pts[-1][1])
+        else:
+            (b0, m0), (b1, m1) = pts[i - 1], pts[i]
+            out.append(m0 + (m1 - m0) * (b - b0) / (b1 - b0))
+    return out
+
+
 @dataclass(frozen=True)
 class LayoutCost:
     """Measured cost of one TP size: prefill ms per token, decode ms per step by batch size."""

@@ -70,7 +70,7 @@ decided while a node is switching, warming, draining or restarting):
    - NORMAL, **queueing split**: each layout's expected time to a first token at the
      arrival rate one standard error under its count (`LoadSignals.rate_low`: the policy
      looks every `policy_interval_s` and would act on the first high 2-s count; the Azure
-     trace's crunch, 9.5 req/s over 8 s, read 12-13.5 and split in 2 of 3 rounds where
+     trace's crunch, 9.6 req/s over 8 s, read 12-13.5 and split in 2 of 3 rounds where
      static TP served it at P90 48-50 ms) (`queueing.first_token_ms`: prefill of the node's
      mean prompt and a step, plus the wait for one of an instance's batch slots,
      `queueing.slot_wait_s`, at the layout's utilization; its capacity from the mean prompt and output,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from flying_core.types import LayoutCost
+from flying_core.types import LayoutCost, decode_steps
 
 
 def instance_batch(cost: LayoutCost, size: int, prompt_tokens: float, output_tokens: float,
@@ -26,18 +26,20 @@ def instance_batch(cost: LayoutCost, size: int, prompt_tokens: float, output_tok
     return max(1, b)
 
 
-def _rps(cost: LayoutCost, prompt_tokens: float, output_tokens: float, n: int) -> float:
-    """Requests/s of an instance running n at a time: 1000 / (its prefill of the prompt +
-    the output at its share of a step, `step_ms(n) / n`) (continuous batching: decodes share
-    steps, prefills do not)."""
-    work = prompt_tokens * cost.prefill_ms_per_token + output_tokens * cost.step_ms(n) / n
+def _rps(prefill_ms: float, output_tokens: float, step_ms: float, n: int) -> float:
+    """Requests/s of an instance running n at a time: 1000 / (its prefill of the prompt + the
+    output at its share of a step, `step_ms / n`) (continuous batching: decodes share steps,
+    prefills do not)."""
+    work = prefill_ms + output_tokens * step_ms / n
     return 1000.0 / work if work > 0 else 0.0
 
 
 def batch_rps(cost: LayoutCost, prompt_tokens: float, output_tokens: float,
               batch: int) -> tuple[float, ...]:
     """An instance's requests/s while it runs n requests, for n = 1..`batch` (`_rps`)."""
-    return tuple(_rps(cost, prompt_tokens, output_tokens, n) for n in range(1, batch + 1))
+    prefill = prompt_tokens * cost.prefill_ms_per_token
+    return tuple(_rps(prefill, output_tokens, step, n)
+                 for n, step in enumerate(decode_steps(cost.decode_ms, batch), 1))
 
 
 def instance_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
@@ -48,9 +50,14 @@ def instance_rps(layout: tuple[int, ...], costs: Mapping[int, LayoutCost],
     of the layout has no measured profile."""
     if any(s not in costs for s in layout):
         return None
-    return tuple(_rps(costs[s], prompt_tokens, output_tokens, instance_batch(
-        costs[s], s, prompt_tokens, output_tokens, max_batch, kv_tokens_per_worker))
-        for s in layout)
+    out = []
+    for s in layout:
+        cost = costs[s]
+        b = instance_batch(cost, s, prompt_tokens, output_tokens, max_batch,
+                           kv_tokens_per_worker)
+        out.append(_rps(prompt_tokens * cost.prefill_ms_per_token, output_tokens,
+                        cost.step_ms(b), b))
+    return tuple(out)
 
 
 def common_batch(costs: Mapping[int, LayoutCost]) -> int:
@@ -79,8 +86,9 @@ def slot_wait_s(rate: float, rps: Sequence[float]) -> float:
     continuous batch's step is shared, so its throughput grows with the batch and a request
     holds its slot the shorter the fewer run beside it: at the Azure trace's crunch (7.7 req/s
     over 11 s, 805-token prompts) static TP ran 4.0-4.4 requests at a time where its 10 slots
-    at a linear rate hold 6, and M/M/c read its wait at 140 ms where its first token took 50-61
-    (`bench/results/cpu-2core-repeat-e`, round 2-4). inf at or past capacity."""
+    at a linear rate hold 6, and M/M/c read its wait at ~140 ms (at the 10 req/s read then)
+    where its first token took 50-61 (`bench/results/cpu-2core-repeat-e`, rounds 2-4). inf at
+    or past capacity."""
     cap, batch = rps[-1], len(rps)
     if rate <= 0.0:
         return 0.0

@@ -5,9 +5,16 @@ import math
 
 import pytest
 
-from flying_core.types import GroupStatus, InstanceStatus, LayoutCost, PreemptMode
+from flying_core.types import (
+    GroupStatus,
+    InstanceStatus,
+    LayoutCost,
+    PreemptMode,
+    decode_at,
+    decode_steps,
+)
 from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig, Regime
-from router.queueing import capacity_rps, first_token_ms, slot_wait_s
+from router.queueing import batch_rps, capacity_rps, first_token_ms, slot_wait_s
 from router.views import (
     NodeView,
     aligned_layouts,
@@ -705,3 +712,18 @@ def test_normal_load_merges_back_when_the_merged_first_token_wins_with_room():
     # a burst never merges: the same load with a backlog (BURST) stays on replicas
     backlog = steady(0.0, 30.0, 6, 4, LoadSignals(arrival_rate=1.5, **LONG))
     assert drive(Policy(), (1, 1), backlog, costs=BOX)[0] == []
+
+
+def test_the_batch_table_is_the_profile_lookup_at_every_batch():
+    """`batch_rps` reads the step of every batch in one pass (`types.decode_steps`): the same
+    numbers as `decode_at` batch by batch, below, between and past the measured points."""
+    for cost in BOX + GPU:
+        steps = decode_steps(cost.decode_ms, 40)
+        assert steps == pytest.approx([decode_at(cost.decode_ms, b) for b in range(1, 41)])
+        table = batch_rps(cost, 700, 112, 40)
+        assert table[-1] == pytest.approx(capacity_rps(
+            (cost.tp_size,), {cost.tp_size: cost}, 700, 112, 40))
+        assert table == pytest.approx([1000 / (700 * cost.prefill_ms_per_token
+                                               + 112 * decode_at(cost.decode_ms, n) / n)
+                                       for n in range(1, 41)])
+    assert decode_steps({}, 3) == [0.0, 0.0, 0.0]
