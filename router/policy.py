@@ -68,12 +68,13 @@ decided while a node is switching, warming, draining or restarting):
      mean TTFT; a node merged for memory goes back to replicas once its hold is over), and
      never into a layout whose first token with queueing (below) comes later;
    - NORMAL, **queueing split**: each layout's expected time to a first token at the
-     arrival rate one standard error under its count (`LoadSignals.rate_low`: the policy
-     looks every `policy_interval_s` and would act on the first high 2-s count; the Azure
-     trace's crunch, 9.6 req/s over 8 s, read 12-13.5 and split in 2 of 3 rounds where
-     static TP served it at P90 48-50 ms) (`queueing.first_token_ms`: prefill of the node's
-     mean prompt and a step, plus the wait for one of an instance's batch slots,
-     `queueing.slot_wait_s`, at the layout's utilization; its capacity from the mean prompt and output,
+     arrival rate, within the current layout's capacity one standard error under its count
+     (`LoadSignals.rate_low`: the policy looks every `policy_interval_s` and would act on
+     the first high 2-s count; the Azure trace's crunch, 9.6 req/s over 8 s, read 12-13.5
+     and split in 2 of 3 rounds where static TP served it at P90 48-50 ms)
+     (`queueing.first_token_ms`: prefill of the node's mean prompt and a step, plus the wait
+     for one of an instance's batch slots, `queueing.slot_wait_s`, at the layout's
+     utilization; its capacity from the mean prompt and output,
      `LoadSignals.prompt_tokens` / `output_tokens`, each instance's prefill plus the output
      at its share of a step at its largest batch, as many as its KV holds,
      `queueing.capacity_rps`): switch to the layout with more instances that beats the current

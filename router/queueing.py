@@ -96,6 +96,8 @@ def slot_wait_s(rate: float, rps: Sequence[float]) -> float:
         return math.inf
     weight, total = 1.0, 1.0         # the chain's weights, scaled so the state 0 weighs 1
     for n, r in enumerate(rps, 1):
+        if r <= 0.0:                 # a batch the profile says completes nothing
+            return math.inf
         weight *= rate / r
         if weight > 1e200:           # rescaled: only the ratio weight / total counts
             weight, total = weight / 1e200, total / 1e200

@@ -603,6 +603,7 @@ def test_slot_wait_is_erlang_c_at_a_linear_rate_and_shorter_with_batching():
         assert slot_wait_s(rate, batched) < slot_wait_s(rate, linear(16, 16.0))
     assert slot_wait_s(0.0, batched) == 0.0
     assert slot_wait_s(16.0, batched) == slot_wait_s(20.0, batched) == math.inf
+    assert slot_wait_s(1.0, [0.0, 4.0]) == math.inf          # a batch that completes nothing
     assert 0.0 < slot_wait_s(190.0, linear(200, 200.0)) < math.inf   # no overflow
 
 

@@ -2,11 +2,10 @@
 
 `router.policy` scores every aligned layout of every node on each evaluation
 (`views.score_layout`, `queueing.instance_rps` under `capacity_rps` and `first_token_ms`,
-`queueing.batch_rps`,
-`views.changed_workers`, `views.aligned_layouts`): at 128 nodes that is
-most of a simulation's time. They are pure functions, so the simulator installs cached
-wrappers in `router.policy`'s namespace (`instance_rps` and `batch_rps` in `router.queueing`'s; same results; the
-policy's code is unchanged).
+`queueing.batch_rps`, `views.changed_workers`, `views.aligned_layouts`): at 128 nodes that
+is most of a simulation's time. They are pure functions, so the simulator installs cached
+wrappers in `router.policy`'s namespace (`instance_rps` and `batch_rps` in
+`router.queueing`'s; same results; the policy's code is unchanged).
 `score_layout`'s cost table is keyed by the identity of its `LayoutCost` objects: a
 simulated node reports its profile's objects, never copies (the policy passes whole-token mean
 lengths, so `instance_rps` repeats).
