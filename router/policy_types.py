@@ -31,17 +31,19 @@ class LoadSignals:
     onset_arrivals: int = 0                # onset_rate counts these gaps (0: not a count)
 
     def rate_low(self) -> float:
-        """The arrival rate one standard error under its count, `(n - sqrt(n)) / window` (a
-        Poisson count's); the rate itself when it is not a count (`arrival_window_s` 0)."""
-        if self.arrival_window_s <= 0.0:
-            return self.arrival_rate
-        n = self.arrival_rate * self.arrival_window_s
-        return max(0.0, n - math.sqrt(n)) / self.arrival_window_s
+        """The arrival rate one standard error under its count (`_under`); the rate itself
+        when it is not a count (`arrival_window_s` 0)."""
+        return _under(self.arrival_rate, self.arrival_rate * self.arrival_window_s)
 
     def onset_rate_low(self) -> float:
         """`onset_rate` one standard error under its count of `onset_arrivals`."""
-        k = self.onset_arrivals
-        return self.onset_rate * max(0.0, 1.0 - 1.0 / math.sqrt(k)) if k else self.onset_rate
+        return _under(self.onset_rate, self.onset_arrivals)
+
+
+def _under(rate: float, count: float) -> float:
+    """A rate counted from `count` arrivals, one standard error under it (a Poisson count's
+    sqrt(n): `(n - sqrt(n)) / window`); `rate` itself when nothing was counted."""
+    return rate * max(0.0, 1.0 - 1.0 / math.sqrt(count)) if count > 0 else rate
 
 
 class Regime(enum.StrEnum):
