@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from flying_core.step_cost import decode_at, decode_steps, interpolate, points  # noqa: F401
+
 
 class PreemptMode(enum.Enum):
     SOFT = "soft"  # in-flight requests on changing instances finish first, then switch
@@ -174,50 +176,19 @@ class InstanceStatus:
         return len(self.workers)
 
 
-def decode_at(decode_ms: dict[int, float], batch: int) -> float:
-    """Decode step time at `batch` from measured (batch -> ms) points: linearly interpolated
-    between them, flat below the smallest and beyond the largest; 0 when nothing is measured.
-    The one lookup of the profile: the agent's step budget and the router's policy both use it."""
-    if not decode_ms:
-        return 0.0
-    pts = sorted(decode_ms.items())
-    b = max(1, batch)
-    if b <= pts[0][0]:
-        return pts[0][1]
-    for (b0, m0), (b1, m1) in zip(pts, pts[1:]):
-        if b <= b1:
-            return m0 + (m1 - m0) * (b - b0) / (b1 - b0)
-    return pts[-1][1]
-
-
-def decode_steps(decode_ms: dict[int, float], batches: int) -> list[float]:
-    """`decode_at` at every batch 1..`batches`, in one pass over the sorted points (the
-    queueing model reads a whole table per size, up to 256 batches on a GPU profile)."""
-    if not decode_ms:
-        return [0.0] * batches
-    pts, out, i = sorted(decode_ms.items()), [], 0
-    for b in range(1, batches + 1):
-        while i < len(pts) and pts[i][0] < b:
-            i += 1
-        if i == 0:
-            out.append(pts[0][1])
-        elif i == len(pts):
-            out.append(pts[-1][1])
-        else:
-            (b0, m0), (b1, m1) = pts[i - 1], pts[i]
-            out.append(m0 + (m1 - m0) * (b - b0) / (b1 - b0))
-    return out
-
-
 @dataclass(frozen=True)
 class LayoutCost:
     """Measured cost of one TP size: prefill ms per token, decode ms per step by batch size."""
     tp_size: int
     prefill_ms_per_token: float
     decode_ms: dict[int, float] = field(default_factory=dict)
+    _points: tuple = field(init=False, repr=False, compare=False)   # decode_ms, sorted once
+
+    def __post_init__(self):
+        object.__setattr__(self, "_points", points(self.decode_ms))
 
     def step_ms(self, batch: int) -> float:
-        return decode_at(self.decode_ms, batch)
+        return interpolate(self._points, batch)
 
 
 @dataclass(frozen=True)

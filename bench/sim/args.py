@@ -22,6 +22,9 @@ def add_args(ap: argparse.ArgumentParser) -> None:
                     help=f"comma-separated, of: {', '.join(SYSTEMS + MICRO)}")
     ap.add_argument("--start", choices=("tp", "dp"), default="tp",
                     help="first layout of flying and cold-restart")
+    ap.add_argument("--node-weight", type=int, default=1,
+                    help="simulate --nodes / M nodes, each standing for M identical ones and "
+                         "given 1/M of the trace (x --scale / M); 1: every node")
     ap.add_argument("--sample-nodes", type=int, default=8,
                     help="nodes placement looks at per request (power-of-d choices)")
     ap.add_argument("--seed", type=int, default=0)

@@ -5,9 +5,10 @@
 `views.changed_workers`, `views.aligned_layouts`): at 128 nodes that is most of a
 simulation's time. They are pure functions, so the simulator installs cached wrappers in
 `router.policy`'s namespace (`instance_rps` in `router.queueing`'s; same results; the
-policy's code is unchanged). Not `queueing.batch_rps`: its key would hold the node's mean
-prompt and output, which change every evaluation (95 % misses in a 128-node run), and each
-entry is a table of up to 256 rates.
+policy's code is unchanged). `queueing.batch_rps` (a table of up to 256 rates) is kept for
+the last few keys only: its key holds the node's mean prompt and output, which change every
+evaluation, but within one evaluation every candidate layout with an instance of a size reads
+the same table.
 `score_layout`'s cost table is keyed by the identity of its `LayoutCost` objects: a
 simulated node reports its profile's objects, never copies (the policy passes whole-token mean
 lengths, so `instance_rps` repeats).
@@ -20,7 +21,9 @@ import router.policy as policy
 from router import queueing, views
 
 _installed = False
+
 plain_instance_rps = queueing.instance_rps
+plain_batch_rps = queueing.batch_rps
 
 
 def install() -> None:
@@ -49,7 +52,18 @@ def install() -> None:
                                           max_batch, kv_tokens)
         return rps[key]
 
+    tables: dict = {}
+
+    def batch_rps(cost, prompt_tokens, output_tokens, batch):
+        key = (id(cost), prompt_tokens, output_tokens, batch)
+        if key not in tables:
+            if len(tables) > 64:
+                tables.clear()
+            tables[key] = plain_batch_rps(cost, prompt_tokens, output_tokens, batch)
+        return tables[key]
+
     policy.score_layout = score_layout
+    queueing.batch_rps = batch_rps          # what first_token_ms calls
     queueing.instance_rps = instance_rps    # what capacity_rps and first_token_ms call
     policy.changed_workers = functools.lru_cache(maxsize=65536)(views.changed_workers)
     policy.aligned_layouts = functools.lru_cache(maxsize=1024)(views.aligned_layouts)

@@ -30,10 +30,9 @@ from bench.sim.profile import Profile
 from flying_core import layout as lay
 from flying_core.scheduler import Budget
 from flying_core.types import GroupStatus, InstanceStatus
-from router.views import blocks_for
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Req:
     id: int
     arrival: float
@@ -73,6 +72,7 @@ class Instance:
     idle: simpy.Event | None = None
     proc: simpy.Process | None = None
     barriers: deque = field(default_factory=deque)   # KV moves to join (bench/sim/micro.py)
+    evicted: set = field(default_factory=set)        # preempted while a step is planned
 
 
 class Node:
@@ -125,8 +125,9 @@ class Node:
 
     def _grow(self, inst: Instance, r: Req, tokens: int) -> bool:
         """Room for `r`'s KV up to `tokens`, preempting newer running requests if short."""
-        need = blocks_for(tokens, self.p.block_size) - r.blocks
-        while inst.kv_used + need > self.p.kv_blocks_per_worker * inst.size:
+        need = -(-tokens // self.p.block_size) - r.blocks          # views.blocks_for, inlined
+        cap = self.p.kv_blocks_per_worker * inst.size
+        while inst.kv_used + need > cap:
             newer = [v for v in inst.running if v is not r and v.arrival > r.arrival]
             if not newer:
                 return False
@@ -138,6 +139,7 @@ class Node:
 
     def _preempt(self, inst: Instance, r: Req) -> None:
         inst.running.remove(r)
+        inst.evicted.add(r)
         inst.kv_used -= r.blocks
         r.blocks, r.prefill_left = 0, r.kv + r.prefill_left
         i = 0
@@ -149,11 +151,16 @@ class Node:
         """One step's (request, tokens): running ones oldest first, then admissions."""
         decodes = sum(1 for r in inst.running if r.prefill_left == 0)
         budget, batch = self.budget.tokens(inst.size, decodes), []
-        for r in sorted(inst.running, key=lambda v: v.arrival):
+        evicted, bs = inst.evicted, self.p.block_size
+        evicted.clear()               # preempted while this step is planned
+        for r in sorted(inst.running, key=_arrival):
             if budget <= 0:
                 break
             n = min(r.prefill_left, budget) if r.prefill_left else 1
-            if r in inst.running and self._grow(inst, r, r.kv + n):
+            if r in evicted:
+                continue
+            kv = r.prompt + r.output - r.left - r.prefill_left + n
+            if kv <= r.blocks * bs or self._grow(inst, r, kv):     # no new block: no call
                 batch.append((r, n))
                 budget -= n
         while inst.waiting and budget > 0:
@@ -169,14 +176,18 @@ class Node:
                 break
             inst.waiting.popleft()
             inst.running.append(r)
+            evicted.discard(r)
             batch.append((r, n))
             budget -= n
-        return [(r, n) for r, n in batch if r in inst.running]
+        return [(r, n) for r, n in batch if r not in evicted] if evicted else batch
 
     def _stretch(self, inst: Instance, batch: list[Req], k: int) -> int:
         """The most pure-decode steps (<= k) the KV pool holds; their blocks allocated."""
+        bs = self.p.block_size
+        kvs = [(r.prompt + r.output - r.left - r.prefill_left, r.blocks) for r in batch]
+
         def need(j):
-            return sum(blocks_for(r.kv + j, self.p.block_size) - r.blocks for r in batch)
+            return sum(-(-(kv + j) // bs) - held for kv, held in kvs)
         free = self.p.kv_blocks_per_worker * inst.size - inst.kv_used
         if need(k) > free:
             lo, hi = 1, k          # need(1) fits: the plan made room for one step
@@ -184,8 +195,13 @@ class Node:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if need(mid) <= free else (lo, mid - 1)
             k = lo
-        for r in batch:
-            self._grow(inst, r, r.kv + k)
+        grown = 0
+        for r, (kv, held) in zip(batch, kvs):
+            add = -(-(kv + k) // bs) - held
+            if add > 0:
+                r.blocks += add
+                grown += add
+        inst.kv_used += grown
         return k
 
     def _finish(self, inst: Instance) -> None:
@@ -290,6 +306,10 @@ class Node:
         self._build(layout, held)
         self.restarts += 1
         self.state = "serving"
+
+
+def _arrival(r: Req) -> float:
+    return r.arrival
 
 
 def _changed_fraction(old: tuple[int, ...], new: tuple[int, ...]) -> float:

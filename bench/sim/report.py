@@ -8,7 +8,9 @@ from bench.sim.cluster import Cluster
 SLO_TTFT_S, SLO_TPOT_S = 1.0, 0.05     # the bench's goodput SLO (bench/results summary.md)
 
 
-def summarize(c: Cluster) -> dict:
+def summarize(c: Cluster, weight: int = 1) -> dict:
+    """The run's figures; with a node weight M (`flying sim --node-weight`) the cluster's:
+    tokens/s, goodput and switches M times the simulated nodes', the rest per request."""
     done = [r for r in c.done if r.t_first >= 0]
     ttft = np.array([r.t_first - r.arrival for r in done]) * 1e3
     tpot = np.array([(r.t_done - r.t_first) / (r.output - 1) for r in done if r.output > 1])
@@ -21,10 +23,10 @@ def summarize(c: Cluster) -> dict:
         "unfinished": c.n - len(done) - len(c.failed),
         "ttft_p50_ms": pct(ttft, 50), "ttft_p90_ms": pct(ttft, 90), "ttft_p99_ms": pct(ttft, 99),
         "tpot_p50_ms": pct(tpot * 1e3, 50),
-        "output_tok_s": sum(r.output for r in done) / span if span > 0 else 0.0,
-        "goodput_rps": good / span if span > 0 else 0.0,
-        "switches": len(c.switch_events),
-        "switch_s_total": float(sum(e[4] for e in c.switch_events)),
+        "output_tok_s": weight * sum(r.output for r in done) / span if span > 0 else 0.0,
+        "goodput_rps": weight * good / span if span > 0 else 0.0,
+        "switches": weight * len(c.switch_events),
+        "switch_s_total": weight * float(sum(e[4] for e in c.switch_events)),
         "sim_span_s": span,
     }
 
@@ -33,7 +35,8 @@ def pct(a, q) -> float:
     return float(np.percentile(a, q)) if len(a) else 0.0
 
 
-def plot_timeline(runs: dict[str, Cluster], rows: np.ndarray, path, title: str) -> None:
+def plot_timeline(runs: dict[str, Cluster], rows: np.ndarray, path, title: str,
+                  weight: int = 1) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -42,13 +45,14 @@ def plot_timeline(runs: dict[str, Cluster], rows: np.ndarray, path, title: str) 
     if len(rows):
         bins = np.arange(0, rows[-1, 0] + step, step)
         h, _ = np.histogram(rows[:, 0], bins)
-        a1.plot(bins[:-1], h / step, color="grey")
+        a1.plot(bins[:-1], weight * h / step, color="grey")
     a1.set_ylabel("arrivals / s")
     a1.set_title(title)
     for name, c in runs.items():
         b = sorted(c.tokens_by_bucket)
-        line, = a2.plot([x * step for x in b], [c.tokens_by_bucket[x] / step for x in b],
-                        label=f"{name} ({len(c.switch_events)} switches)", lw=1)
+        line, = a2.plot([x * step for x in b],
+                        [weight * c.tokens_by_bucket[x] / step for x in b],
+                        label=f"{name} ({weight * len(c.switch_events)} switches)", lw=1)
         for e in c.switch_events[:200]:
             a2.axvline(e[0], color=line.get_color(), alpha=0.15, lw=0.5)
     a2.set_ylabel("output tokens / s (finished)")
