@@ -68,7 +68,7 @@ class NodeLoad:
     def arrived(self, now: float, prompt_tokens: int, workers: int = 1) -> bool:
         """Count an arrival; True when it makes an arrival-rate onset (wake the policy)."""
         self._forget(now)
-        self.prompts.add(prompt_tokens)
+        self.prompts.add(prompt_tokens, now)
         # the rate before it, the higher of two windows' (a 2 s count alone reads a steady
         # load low often enough to see a jump in its own noise)
         base = max(len(self.arrivals) / self.window_s, len(self._recent) / self.base_window_s)
@@ -76,8 +76,8 @@ class NodeLoad:
         self._recent.append(now)
         return self.onset.arrived(now, base, self.onset_rps_per_worker * max(1, workers))
 
-    def finished(self, output_tokens: int) -> None:
-        self.outputs.add(output_tokens)
+    def finished(self, output_tokens: int, now: float | None = None) -> None:
+        self.outputs.add(output_tokens, now)
 
     def signals(self, now: float, pending: tuple[PendingRequest, ...] = ()) -> LoadSignals:
         self._forget(now)
@@ -239,7 +239,7 @@ class Dispatcher:
                         return
                     tokens.extend(resp.chunk.token_ids)
                     if done:
-                        load.finished(len(carried) + len(tokens))
+                        load.finished(len(carried) + len(tokens), time.monotonic())
                     if done and carried:
                         resp = merge_complete(resp.complete, resp.complete, n_prompt,
                                               len(carried))

@@ -548,11 +548,23 @@ def test_poisson_noise_at_low_load_is_no_burst_onset(seed):
     assert burst_ticks < 0
 
 
-def test_moving_mean_starts_at_the_first_prompt_then_moves_slowly():
-    from router.policy_signals import moving_mean
-    m = moving_mean(0.0, 200)
-    assert m == 200.0
-    assert moving_mean(m, 1200) == pytest.approx(300.0)
+def test_a_mean_length_spans_a_second_at_a_gpu_nodes_rate():
+    """One request weighs at most 10 % and at most its share of the last second: at 100
+    req/s (a GPU node's) ~1 %, so the mean is of ~100 requests, not of the last ten; at 1
+    req/s (this box's) 10 % as before."""
+    from router.policy_signals import MeanLength
+    fast, slow = MeanLength(min_n=1), MeanLength(min_n=1)
+    for i in range(200):
+        fast.add(1000, i * 0.01)
+        slow.add(1000, float(i))
+    fast.add(5000, 2.0)
+    slow.add(5000, 200.0)
+    assert fast.mean() == pytest.approx(1000 + 4000 * (1 - math.exp(-0.01)))
+    assert slow.mean() == pytest.approx(1400.0)
+    first = MeanLength(min_n=1)
+    first.add(200, 0.0)
+    first.add(1200, 0.0)                  # a running mean over the first ten, at any rate
+    assert first.mean() == pytest.approx(700.0)
 
 
 # ---------------------------------------------------------------- utilization (NORMAL)

@@ -108,8 +108,11 @@ def test_replicate_scales_count_and_keeps_order():
     rows = np.array([[0.0, 10, 5], [1.0, 20, 6], [3.0, 30, 7]])
     out = traces.replicate(rows, 2.0)
     assert len(out) == 6 and np.all(np.diff(out[:, 0]) >= 0)
-    assert out[:, 0].max() < 4.0
-    assert len(traces.replicate(rows, 1.0)) == 3
+    assert out[:, 0].max() < 3.0 + traces.SPREAD_S
+    assert traces.replicate(rows, 1.0).tolist() == rows.tolist()   # one copy: the trace itself
+    # a request's copies are independent arrivals, not bunched within the gap to the next
+    many = traces.replicate(rows[:1], 200.0, spread_s=10.0)[:, 0]
+    assert 2.5 < many.std() < 3.3          # uniform over 10 s: 2.89
 
 
 def test_roofline_constants():

@@ -6,8 +6,10 @@ Per request: `router.classify.classify` then `router.placement.place` over the n
 nodes, placement sees a random sample of that many nodes (power-of-d choices) to keep the
 simulation linear in requests; requests no node takes now wait in a router queue, retried
 every `tick_s`. Every `policy_interval_s` (0.5 s: the router's interval when the runs it is
-validated against were recorded; the router's is 0.25 s now), `router.policy.Policy.evaluate`
-gets every node's view and `LoadSignals`, and its `Reconfigure` decisions run as live switches
+validated against were recorded; the router's is 0.25 s now), or at once when an arrival-rate
+onset kicks it, `router.policy.Policy.evaluate` gets every node's view and the `LoadSignals`
+of the router's own `router.dispatch.NodeLoad` for it (fed each placement and each finished
+request), and its `Reconfigure` decisions run as live switches
 (`Node.switch`) or, for the cold-restart system, as restarts (`Node.restart`). The `MICRO`
 systems (static DP nodes whose requests may split) are `bench/sim/micro.py`'s `MicroCluster`.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simpy
@@ -26,9 +28,9 @@ from bench.sim.args import SYSTEMS as LAYOUT_SYSTEMS
 from bench.sim.node import Node, Req
 from bench.sim.profile import Profile
 from router.classify import classify
+from router.dispatch import NodeLoad
 from router.placement import PlacementConfig, Unplaced, place
-from router.policy import LoadSignals, PendingRequest, Policy, PolicyConfig
-from router.policy_signals import moving_mean
+from router.policy import PendingRequest, Policy, PolicyConfig
 from router.views import NodeView, single_worker_tokens
 
 SYSTEMS = LAYOUT_SYSTEMS + MICRO
@@ -70,10 +72,10 @@ class Cluster:
         self.queue: deque[Req] = deque()
         self.done: list[Req] = []
         self.failed: list[Req] = []
-        self.arrived: dict[str, int] = {n.name: 0 for n in self.nodes}
-        self.prompt: dict[str, float] = {}   # node -> mean prompt tokens placed there
-        self.output: dict[str, float] = {}   # node -> mean output tokens placed there
-        self.rate: dict[str, float] = {n.name: 0.0 for n in self.nodes}
+        # what the router measures of each node's traffic (`router.dispatch.NodeLoad`)
+        self.loads = {n.name: NodeLoad(onset_rps_per_worker=cfg.policy.trend_rate)
+                      for n in self.nodes}
+        self.kick = self.env.event()     # an arrival-rate onset wakes the policy (as the router)
         self.switch_events: list[tuple] = []
         self.policy = Policy(cfg.policy)
         self.busy: set[str] = set()
@@ -82,6 +84,8 @@ class Cluster:
     # ------------------------------------------------------------ requests
     def _done(self, r: Req) -> None:
         self.done.append(r)
+        if r.node:
+            self.loads[r.node].finished(r.output, self.env.now)
         b = int(r.t_done // self.cfg.timeline_s)
         self.tokens_by_bucket[b] = self.tokens_by_bucket.get(b, 0) + r.output
 
@@ -102,10 +106,11 @@ class Cluster:
             if why == Unplaced.NEEDS_MERGE:
                 self.pending.append(PendingRequest(c.context_tokens, c.urgent))
             return False
+        r.node = pl.node
         self._submit(r, self.by_name[pl.node], pl.instance)
-        self.arrived[pl.node] += 1
-        self.prompt[pl.node] = moving_mean(self.prompt.get(pl.node, 0.0), r.prompt)
-        self.output[pl.node] = moving_mean(self.output.get(pl.node, 0.0), r.output)
+        if self.loads[pl.node].arrived(self.env.now, r.prompt, self.cfg.workers) \
+                and not self.kick.triggered:
+            self.kick.succeed()
         return True
 
     def _submit(self, r: Req, node: Node, instance: int) -> None:
@@ -128,20 +133,20 @@ class Cluster:
 
     # ------------------------------------------------------------ policy
     def _control(self):
+        """The router's control loop (`router.control`): every `policy_interval_s`, or at once
+        when an arrival-rate onset kicks it, the policy reads every node's view and the
+        router's `NodeLoad` signals (a 2-s arrival count, mean prompt and output lengths, the
+        onset's rate)."""
         cfg, env = self.cfg, self.env
-        alpha = 0.3
         while True:
-            yield env.timeout(cfg.policy_interval_s)
-            for name, k in self.arrived.items():
-                self.rate[name] = (1 - alpha) * self.rate[name] + alpha * k / cfg.policy_interval_s
-                self.arrived[name] = 0
+            yield env.timeout(cfg.policy_interval_s) | self.kick
+            if self.kick.triggered:
+                self.kick = env.event()
             qd = len(self.queue) // max(1, len(self.nodes))
             pending, self.pending = tuple(self.pending), []
-            loads = {n.name: LoadSignals(arrival_rate=self.rate[n.name], queue_depth=qd,
-                                         prompt_tokens=self.prompt.get(n.name, 0.0),
-                                         output_tokens=self.output.get(n.name, 0.0))
+            loads = {n.name: replace(self.loads[n.name].signals(env.now), queue_depth=qd)
                      for n in self.nodes}
-            views = [v for v in self._views(self.nodes)]
+            views = self._views(self.nodes)
             for d in self.policy.evaluate(views, loads, env.now, pending):
                 if d.node in self.busy:
                     continue

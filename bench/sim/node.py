@@ -44,6 +44,7 @@ class Req:
     blocks: int = 0               # KV blocks it holds now
     t_first: float = -1.0
     t_done: float = -1.0
+    node: str = ""                # where placement put it
 
     def __post_init__(self):
         self.prefill_left, self.left = self.prompt, self.output

@@ -3,8 +3,8 @@
 - `azure-conv` / `azure-code`: the Azure LLM inference trace 2023 (AzurePublicDataset), from
   `../shared/data/azure-llm-2023/AzureLLMInferenceTrace_{conv,code}.csv` (TIMESTAMP,
   ContextTokens, GeneratedTokens), times from the first row. `scale` k replays k copies of
-  each request, each shifted by a uniform jitter within the gap to the next arrival, so the
-  rate grows k-fold and the shape stays.
+  the trace, each request of a copy shifted by its own uniform draw in [0, 10) s
+  (`replicate`), so the rate grows k-fold and its shape over longer spans stays.
 - `burst`: the authors' burst pattern (`bench.workloads.burst_arrivals`), `n` requests with
   ShareGPT-like lengths given by `lengths` (or the benchmark's fixed 109/122 means); the named
   trace is the suite's burst scenario, x`BURST_SCALE` (`bench/workloads_suite.py`: x3),
@@ -48,16 +48,25 @@ def _read_csv(path: Path) -> np.ndarray:
     return rows
 
 
-def replicate(rows: np.ndarray, scale: float, seed: int = 0) -> np.ndarray:
-    """k = scale copies (fractional: the last copy keeps a random share of the rows)."""
+SPREAD_S = 10.0     # a copy's shift: uniform in [0, SPREAD_S) s (`replicate`)
+
+
+def replicate(rows: np.ndarray, scale: float, seed: int = 0,
+              spread_s: float = SPREAD_S) -> np.ndarray:
+    """k = scale copies (fractional: the last copy keeps a random share of the rows); every
+    copy but the first shifts each request by its own uniform draw in [0, `spread_s`): the
+    rate over time is k times the trace's, averaged over `spread_s`, and the copies of one
+    request are independent arrivals, as k times the users would send. Shifts within the gap
+    to the next arrival (before) put a request's k copies, the same prompt k times, within a
+    fraction of a second: at x18 a node took 18 identical prompts at once, which a wider
+    instance prefills as one chunk."""
     if scale <= 0:
         raise ValueError("scale must be > 0")
     rng = np.random.default_rng(seed)
-    gaps = np.diff(rows[:, 0], append=rows[-1, 0] + 1.0)
     out = []
     for c in range(int(np.ceil(scale - 1e-9))):
         keep = np.ones(len(rows), bool) if c + 1 <= scale else rng.random(len(rows)) < scale - c
-        jit = rng.random(int(keep.sum())) * gaps[keep] if c else 0.0
+        jit = rng.random(int(keep.sum())) * spread_s if c else 0.0
         out.append(np.column_stack([rows[keep, 0] + jit, rows[keep, 1:]]))
     allr = np.concatenate(out)
     return allr[np.argsort(allr[:, 0], kind="stable")]
