@@ -6,6 +6,7 @@ import numpy as np
 from bench.sim.cluster import Cluster
 
 SLO_TTFT_S, SLO_TPOT_S = 1.0, 0.05     # the bench's goodput SLO (bench/results summary.md)
+MARKS = 200                            # switches a timeline marks one by one
 
 
 def summarize(c: Cluster, weight: int = 1) -> dict:
@@ -48,13 +49,23 @@ def plot_timeline(runs: dict[str, Cluster], rows: np.ndarray, path, title: str,
         a1.plot(bins[:-1], weight * h / step, color="grey")
     a1.set_ylabel("arrivals / s")
     a1.set_title(title)
+    many = any(len(c.switch_events) > MARKS for c in runs.values())
+    a3 = a2.twinx() if many else None
     for name, c in runs.items():
         b = sorted(c.tokens_by_bucket)
         line, = a2.plot([x * step for x in b],
                         [weight * c.tokens_by_bucket[x] / step for x in b],
                         label=f"{name} ({weight * len(c.switch_events)} switches)", lw=1)
-        for e in c.switch_events[:200]:
-            a2.axvline(e[0], color=line.get_color(), alpha=0.15, lw=0.5)
+        if a3 is None:
+            for e in c.switch_events:
+                a2.axvline(e[0], color=line.get_color(), alpha=0.15, lw=0.5)
+        elif c.switch_events:            # too many to mark one by one: switches a minute
+            t = np.array([e[0] for e in c.switch_events])
+            h, edges = np.histogram(t, np.arange(0, t.max() + 60.0, 60.0))
+            a3.step(edges[:-1], weight * h, where="post", color=line.get_color(), alpha=0.5,
+                    lw=0.8, ls="--")
+    if a3 is not None:
+        a3.set_ylabel("switches / min (dashed)")
     a2.set_ylabel("output tokens / s (finished)")
     a2.set_xlabel("time (s)")
     a2.legend(fontsize=8)
